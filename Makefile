@@ -1,0 +1,46 @@
+# Everything a fresh Debian machine needs, as root: `make demo`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SANDBOX := scripts/sandbox
+APT_PACKAGES := iproute2 iputils-ping util-linux
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps venv demo test lint unit clean
+
+all: test
+
+# System packages the demo and tests use (ip, ping, unshare), installed only when missing.
+deps:
+	@missing=""; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
+	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: deps venv
+	$(SANDBOX) scripts/demo.sh
+
+lint: venv
+	$(BIN)/ruff check reconciler tests
+	$(BIN)/mypy reconciler
+
+unit: venv
+	$(BIN)/pytest -q -m "not kernel"
+
+test: deps venv lint
+	$(SANDBOX) $(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

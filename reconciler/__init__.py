@@ -1,0 +1,3 @@
+"""netapply: a declarative reconciler for Linux container networking."""
+
+__version__ = "0.1.0"

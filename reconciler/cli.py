@@ -1,0 +1,184 @@
+"""`netapply` command line: arguments and output only; the work is in engine.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from reconciler import __version__, engine, render
+from reconciler import spec as spec_mod
+from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.errors import ApplyError, NetapplyError, SpecError
+from reconciler.executor import describe
+from reconciler.planner import Action, Change
+from reconciler.resources import fields_json
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netapply",
+        description="Declarative container networking: make the kernel match a YAML spec.",
+    )
+    parser.add_argument("--version", action="version", version=f"netapply {__version__}")
+    parser.add_argument("--no-color", action="store_true", help="plain text output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("spec", metavar="SPEC", help="a YAML file or a directory of YAML files")
+        return p
+
+    command("validate", "check a spec without touching the kernel")
+    p = command("plan", "show what apply would change")
+    p.add_argument("--output", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--detailed-exitcode", action="store_true",
+        help="exit 0 when there are no changes, 2 when there are, 1 on error",
+    )
+    for name, text in (
+        ("apply", "make the kernel match the spec"),
+        ("destroy", "delete everything the project owns"),
+    ):
+        p = command(name, text)
+        p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
+    p = command("show", "print what the project owns in the kernel")
+    p.add_argument("--output", choices=("text", "json"), default="text")
+    return parser
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        no_color = bool(args.no_color)
+        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+
+    def run(self) -> int:
+        try:
+            spec = spec_mod.load(self.args.spec)
+            if self.args.command == "validate":
+                return self.validate(spec)
+            engine.require_privileges()
+            kernel = NetlinkKernel()
+            try:
+                return getattr(self, self.args.command)(spec, kernel)  # type: ignore[no-any-return]
+            finally:
+                kernel.close()
+        except SpecError as e:
+            for problem in e.problems:
+                self.err.print(f"[red]error:[/red] {escape(str(problem))}")
+            self.err.print(f"{len(e.problems)} problem(s); nothing was changed.")
+        except ApplyError as e:
+            self.err.print(f"[red]error:[/red] {escape(str(e))}")
+            if e.done:
+                self.err.print(f"Already done ({len(e.done)} step(s)), left in place:")
+                for text in e.done:
+                    self.err.print(f"  {escape(text)}")
+            else:
+                self.err.print("Nothing was changed before the failure.")
+            self.err.print(
+                "Fix the cause and run apply again: it continues from the current state."
+            )
+        except NetapplyError as e:
+            self.err.print(f"[red]error:[/red] {escape(str(e))}")
+        except KeyboardInterrupt:
+            self.err.print("interrupted")
+            return 130
+        return EXIT_ERROR
+
+    def validate(self, spec: spec_mod.Spec) -> int:
+        self.out.print(
+            f"The spec of project '{escape(spec.project)}' is valid: "
+            f"{len(spec.networks)} network(s), {len(spec.containers)} container(s)."
+        )
+        return EXIT_OK
+
+    def plan(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
+        snap = engine.snapshot(kernel, spec)
+        if self.args.output == "json":
+            print(json.dumps(snap.plan.to_json(spec.project), indent=2, sort_keys=True))
+        else:
+            self.out.print(render.plan_text(snap.plan, spec.project))
+        if self.args.detailed_exitcode and not snap.plan.empty:
+            return EXIT_CHANGES
+        return EXIT_OK
+
+    def apply(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
+        return self._change(spec, kernel, destroy=False)
+
+    def destroy(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
+        return self._change(spec, kernel, destroy=True)
+
+    def _change(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool) -> int:
+        snap = engine.snapshot(kernel, spec, destroy=destroy)
+        self.out.print(render.plan_text(snap.plan, spec.project))
+        if snap.plan.empty:
+            return EXIT_OK
+        if not self.args.auto_approve and not self._confirm(destroy):
+            self.err.print("Cancelled; nothing was changed.")
+            return EXIT_ERROR
+        steps = sum(1 for _ in snap.plan.steps())
+        if self.out.is_terminal:
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                console=self.out, transient=True,
+            ) as bar:
+                task = bar.add_task("applying", total=steps)
+
+                def advance(action: Action, change: Change) -> None:
+                    bar.update(task, advance=1, description=escape(describe(action, change)))
+
+                result = engine.apply(kernel, spec, snap.plan, destroy, advance)
+        else:
+            def log(action: Action, change: Change) -> None:
+                self.out.print(f"  done: {escape(describe(action, change))}")
+
+            result = engine.apply(kernel, spec, snap.plan, destroy, log)
+        what = "Destroy" if destroy else "Apply"
+        self.out.print(
+            f"[green]{what} complete:[/green] {len(result.done)} step(s); "
+            "the kernel matches the spec."
+        )
+        return EXIT_OK
+
+    def _confirm(self, destroy: bool) -> bool:
+        if not sys.stdin.isatty():
+            raise NetapplyError(
+                "refusing to change the kernel without confirmation: stdin is not a terminal; "
+                "pass --auto-approve"
+            )
+        verb = "destroy everything project owns" if destroy else "apply these changes"
+        answer = self.out.input(f"Do you want to {verb}? Only 'yes' will be accepted: ")
+        return answer.strip() == "yes"
+
+    def show(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
+        snap = engine.snapshot(kernel, spec, destroy=True)
+        owned = snap.observed.resources.values()
+        if self.args.output == "json":
+            resources = [
+                {"kind": str(r.kind), "key": list(r.key), **fields_json(r)} for r in owned
+            ]
+            print(json.dumps(
+                {"project": spec.project, "resources": resources},
+                indent=2, sort_keys=True,
+            ))
+        else:
+            self.out.print(render.state_text(owned, spec.project))
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return Cli(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""Spec + observed state -> desired state (pure: no I/O).
+
+Observed state is an input only for sticky allocation (an endpoint keeps the
+address it already has while that address stays valid) and for refusing names
+taken by foreign objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from reconciler.errors import Problem, SpecError
+from reconciler.model import (
+    IFNAMSIZ,
+    Attachment,
+    Container,
+    Driver,
+    IPAddress,
+    Network,
+    NetworkMode,
+    Spec,
+    default_mac,
+)
+from reconciler.resources import (
+    HOST_NS,
+    HOSTS_HEADER,
+    Address,
+    Bridge,
+    HostsFile,
+    Key,
+    Kind,
+    Netns,
+    Resource,
+    Route,
+    Veth,
+)
+from reconciler.state.observe import ObservedState
+
+DEFAULT_V4 = "0.0.0.0/0"
+DEFAULT_V6 = "::/0"
+SUPPORTED_DRIVERS = (Driver.BRIDGE,)
+
+
+def _digest(*parts: str) -> bytes:
+    return hashlib.sha256("/".join(parts).encode()).digest()
+
+
+def host_ifname(project: str, container: str, network: str) -> str:
+    """Host end of a veth: "veth" + 11 hex digits, stable for the attachment."""
+    name = "veth" + _digest(project, container, network).hex()[: IFNAMSIZ - 4]
+    assert len(name) <= IFNAMSIZ
+    return name
+
+
+def bridge_mac(project: str, network: str) -> str:
+    """A fixed, locally administered MAC, so the bridge's address does not follow
+    its ports (which would make containers' ARP entries for the gateway stale)."""
+    return "02:" + ":".join(f"{b:02x}" for b in _digest(project, "bridge", network)[:5])
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    container: Container
+    attachment: Attachment
+    network: Network
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address | None
+
+    @property
+    def key(self) -> Key:
+        return (Kind.VETH, self.container.name, self.network.name)
+
+    @property
+    def mac(self) -> str:
+        return self.attachment.mac_address or default_mac(self.ipv4)
+
+
+def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
+    """The desired state, or SpecError listing every problem at once."""
+    problems = list(_unsupported(spec)) + list(_missing_paths(spec, observed))
+    if problems:
+        raise SpecError(problems)
+    endpoints = allocate(spec, observed)
+    resources: list[Resource] = []
+    for network in spec.networks.values():
+        resources.extend(_bridge(spec.project, network))
+    by_container: dict[str, list[Endpoint]] = {}
+    for ep in endpoints:
+        by_container.setdefault(ep.container.name, []).append(ep)
+    for container in spec.containers.values():
+        if container.network_mode == NetworkMode.HOST:
+            continue
+        own = by_container.get(container.name, [])
+        resources.extend(_container(spec, container, own, endpoints))
+    problems = list(_collisions(spec, resources, observed))
+    if problems:
+        raise SpecError(problems)
+    return {r.key: r for r in resources}
+
+
+def _unsupported(spec: Spec) -> Iterator[Problem]:
+    for network in spec.networks.values():
+        if network.driver not in SUPPORTED_DRIVERS:
+            yield Problem(
+                spec.locate("networks", network.name, "driver"),
+                f"network '{network.name}': driver {network.driver} is not supported by "
+                f"this version of netapply (supported: {', '.join(SUPPORTED_DRIVERS)})",
+            )
+
+
+def _missing_paths(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
+    for container in spec.containers.values():
+        if container.netns_path and container.netns_path in observed.missing_paths:
+            yield Problem(
+                spec.locate("containers", container.name, "netns_path"),
+                f"container '{container.name}': netns_path {container.netns_path} does not exist",
+            )
+
+
+def _bridge(project: str, network: Network) -> Iterator[Resource]:
+    bridge = Bridge(
+        network.name, network.interface, network.mtu, bridge_mac(project, network.name)
+    )
+    yield bridge
+    if network.gateway is not None:
+        cidr = f"{network.gateway}/{network.subnet.prefixlen}"
+        yield Address(bridge.key, cidr, ns=HOST_NS, ifname=bridge.ifname)
+    if network.ipv6_subnet is not None and network.ipv6_gateway is not None:
+        cidr = f"{network.ipv6_gateway}/{network.ipv6_subnet.prefixlen}"
+        yield Address(bridge.key, cidr, ns=HOST_NS, ifname=bridge.ifname)
+
+
+def _container(
+    spec: Spec, container: Container, own: list[Endpoint], everyone: list[Endpoint]
+) -> Iterator[Resource]:
+    ns = container.ns
+    assert ns is not None
+    if container.netns:
+        yield Netns(container.netns)
+        yield HostsFile(container.netns, hosts_content(spec.project, container, everyone))
+    for ep in own:
+        veth = Veth(
+            container=container.name,
+            network=ep.network.name,
+            ns=ns,
+            ifname=ep.attachment.interface,
+            mac=ep.mac,
+            mtu=ep.network.mtu,
+            host_ifname=host_ifname(spec.project, container.name, ep.network.name),
+            host_mtu=ep.network.mtu,
+            master=ep.network.interface,
+            owned_ns=container.netns is not None,
+        )
+        yield veth
+        yield _address(veth, ep.ipv4, ep.network.subnet.prefixlen)
+        if ep.ipv6 is not None and ep.network.ipv6_subnet is not None:
+            yield _address(veth, ep.ipv6, ep.network.ipv6_subnet.prefixlen)
+    yield from _routes(container, own)
+
+
+def _address(veth: Veth, ip: IPAddress, prefixlen: int) -> Address:
+    return Address(veth.key, f"{ip}/{prefixlen}", ns=veth.ns, ifname=veth.ifname)
+
+
+def _routes(container: Container, own: list[Endpoint]) -> Iterator[Route]:
+    ns = container.ns
+    assert ns is not None
+    for ep in own:
+        if ep.network.name != container.default_route:
+            continue
+        if ep.network.gateway is not None:
+            yield _route(ns, DEFAULT_V4, ep.network.gateway, ep)
+        if ep.ipv6 is not None and ep.network.ipv6_gateway is not None:
+            yield _route(ns, DEFAULT_V6, ep.network.ipv6_gateway, ep)
+    for extra in container.routes:
+        for ep in own:
+            if extra.via.version == 4 and extra.via in ep.network.subnet:
+                yield _route(ns, str(extra.to), extra.via, ep)
+                break
+            subnet6 = ep.network.ipv6_subnet
+            if extra.via.version == 6 and subnet6 is not None and extra.via in subnet6:
+                yield _route(ns, str(extra.to), extra.via, ep)
+                break
+
+
+def _route(ns: str, dst: str, via: IPAddress, ep: Endpoint) -> Route:
+    if via.version == 4:
+        source = (Kind.ADDRESS, *ep.key, f"{ep.ipv4}/{ep.network.subnet.prefixlen}")
+    else:
+        assert ep.network.ipv6_subnet is not None
+        source = (Kind.ADDRESS, *ep.key, f"{ep.ipv6}/{ep.network.ipv6_subnet.prefixlen}")
+    return Route(ns, dst, str(via), ep.key, ifname=ep.attachment.interface, source=source)
+
+
+def hosts_content(project: str, container: Container, everyone: list[Endpoint]) -> str:
+    """Docker's embedded DNS, as a hosts file: the container itself and every
+    container it shares a network with, by name and per-network aliases."""
+    lines = [
+        f"{HOSTS_HEADER}{project}; changes here are overwritten",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+    ]
+    mine = [ep.network.name for ep in everyone if ep.container.name == container.name]
+    for network in mine:
+        peers = sorted(
+            (ep for ep in everyone if ep.network.name == network),
+            key=lambda ep: ep.container.name,
+        )
+        for ep in peers:
+            names = " ".join((ep.container.name, *ep.attachment.aliases))
+            lines.append(f"{ep.ipv4}\t{names}")
+            if ep.ipv6 is not None:
+                lines.append(f"{ep.ipv6}\t{names}")
+    return "\n".join(lines) + "\n"
+
+
+# ---- allocation ---------------------------------------------------------------
+
+
+def allocate(spec: Spec, observed: ObservedState) -> list[Endpoint]:
+    """Addresses for every attachment: explicit ones win; otherwise an endpoint
+    keeps the address it has while it stays valid; new ones get the lowest free
+    address of the pool. Deterministic for a given spec and observed state."""
+    kept = _observed_addresses(observed)
+    endpoints = []
+    for network in spec.networks.values():
+        members = [
+            (c, a)
+            for c in sorted(spec.containers.values(), key=lambda c: c.name)
+            if c.network_mode == NetworkMode.BRIDGE
+            for a in c.attachments
+            if a.network == network.name
+        ]
+        v4 = _allocate_family(
+            spec, network, members, kept, 4,
+            pool=network.ip_range or network.subnet, subnet=network.subnet,
+            gateway=network.gateway,
+        )
+        v6: dict[str, IPAddress] = {}
+        if network.ipv6_subnet is not None:
+            v6 = _allocate_family(
+                spec, network, members, kept, 6, pool=network.ipv6_subnet,
+                subnet=network.ipv6_subnet, gateway=network.ipv6_gateway,
+            )
+        for container, attachment in members:
+            ipv4 = v4[container.name]
+            ipv6 = v6.get(container.name)
+            assert isinstance(ipv4, ipaddress.IPv4Address)
+            assert ipv6 is None or isinstance(ipv6, ipaddress.IPv6Address)
+            endpoints.append(Endpoint(container, attachment, network, ipv4, ipv6))
+    order = {name: i for i, name in enumerate(spec.containers)}
+    endpoints.sort(key=lambda ep: (order[ep.container.name], _position(ep)))
+    return endpoints
+
+
+def _position(ep: Endpoint) -> int:
+    return ep.container.attachments.index(ep.attachment)
+
+
+def _observed_addresses(observed: ObservedState) -> dict[Key, list[IPAddress]]:
+    kept: dict[Key, list[IPAddress]] = {}
+    for res in observed.resources.values():
+        if isinstance(res, Address) and res.link[0] == Kind.VETH:
+            kept.setdefault(res.link, []).append(ipaddress.ip_interface(res.cidr).ip)
+    return kept
+
+
+def _allocate_family(
+    spec: Spec,
+    network: Network,
+    members: list[tuple[Container, Attachment]],
+    kept: dict[Key, list[IPAddress]],
+    version: int,
+    pool: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    gateway: IPAddress | None,
+) -> dict[str, IPAddress]:
+    taken: set[IPAddress] = {subnet.network_address, subnet.broadcast_address}
+    if gateway is not None:
+        taken.add(gateway)
+    chosen: dict[str, IPAddress] = {}
+    for container, attachment in members:
+        explicit = attachment.ipv4_address if version == 4 else attachment.ipv6_address
+        if explicit is not None:
+            chosen[container.name] = explicit
+            taken.add(explicit)
+    # Sticky: keep what the endpoint has, if still in the pool and not claimed.
+    for container, _attachment in members:
+        if container.name in chosen:
+            continue
+        for ip in kept.get((Kind.VETH, container.name, network.name), []):
+            if ip.version == version and ip in pool and ip not in taken:
+                chosen[container.name] = ip
+                taken.add(ip)
+                break
+    free = (ip for ip in pool if ip not in taken)
+    for container, _attachment in members:
+        if container.name in chosen:
+            continue
+        new_ip = next(free, None)
+        if new_ip is None:
+            raise SpecError([Problem(
+                spec.locate("networks", network.name, "subnet"),
+                f"network '{network.name}': no free IPv{version} address left in {pool} "
+                f"for container '{container.name}'",
+            )])
+        chosen[container.name] = new_ip
+        taken.add(new_ip)
+    return chosen
+
+
+# ---- foreign objects --------------------------------------------------------------
+
+
+def _collisions(
+    spec: Spec, resources: list[Resource], observed: ObservedState
+) -> Iterator[Problem]:
+    foreign = observed.foreign
+    project = spec.project
+    not_owned = f"exists and is not owned by project '{project}'"
+    for res in resources:
+        if isinstance(res, Netns) and res.name in foreign.netns:
+            container = _container_of_netns(spec, res.name)
+            yield Problem(
+                spec.locate("containers", container, "netns"),
+                f"container '{container}': netns {res.name} {not_owned}",
+            )
+        elif isinstance(res, HostsFile) and res.netns in foreign.hosts:
+            container = _container_of_netns(spec, res.netns)
+            yield Problem(
+                spec.locate("containers", container),
+                f"container '{container}': /etc/netns/{res.netns}/hosts exists and is not "
+                f"managed by netapply project '{project}'",
+            )
+        elif isinstance(res, Bridge) and (HOST_NS, res.ifname) in foreign.links:
+            yield Problem(
+                spec.locate("networks", res.network, "interface"),
+                f"network '{res.network}': interface {res.ifname} {not_owned}",
+            )
+        elif isinstance(res, Veth):
+            yield from _veth_collisions(spec, res, foreign.links, not_owned)
+        elif isinstance(res, Route) and (res.ns, res.dst) in foreign.routes:
+            container = res.link[1]
+            yield Problem(
+                spec.locate("containers", container),
+                f"container '{container}': route {res.dst} in its namespace {not_owned}",
+            )
+
+
+def _veth_collisions(
+    spec: Spec, veth: Veth, foreign_links: frozenset[tuple[str, str]], not_owned: str
+) -> Iterator[Problem]:
+    where = spec.locate("containers", veth.container, "networks", veth.network)
+    if (HOST_NS, veth.host_ifname) in foreign_links:
+        yield Problem(
+            where,
+            f"container '{veth.container}': host interface {veth.host_ifname} for network "
+            f"'{veth.network}' {not_owned}",
+        )
+    if (veth.ns, veth.ifname) in foreign_links:
+        yield Problem(
+            where,
+            f"container '{veth.container}': interface {veth.ifname} in its namespace "
+            f"{not_owned}",
+        )
+
+
+def _container_of_netns(spec: Spec, netns: str) -> str:
+    return next(c.name for c in spec.containers.values() if c.netns == netns)

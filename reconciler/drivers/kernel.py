@@ -1,0 +1,93 @@
+"""The narrow kernel interface every engine part talks to.
+
+Namespaces are addressed by a string: "" is the machine's own namespace, a
+plain name is /run/netns/<name>, and an absolute path is any namespace file
+(for example /proc/4242/ns/net). Implementations raise KernelError with the
+kernel's errno; they never let library exceptions escape.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Protocol
+
+# Idempotency from an errno table, not from luck: these mean "already gone".
+GONE = frozenset({errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
+
+NETNS_DIR = "/run/netns"
+ETC_NETNS_DIR = "/etc/netns"
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    index: int
+    ifname: str
+    kind: str | None
+    mtu: int
+    mac: str
+    up: bool
+    alias: str | None
+    master: int | None
+
+
+@dataclass(frozen=True)
+class AddrInfo:
+    index: int
+    cidr: str  # "172.30.1.10/24", "fd00::10/64"
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    dst: str  # CIDR, "0.0.0.0/0" for default
+    via: str | None
+    oif: int | None
+    proto: int
+
+
+class Kernel(Protocol):
+    """Reads and writes used by state/ and drivers/ops.py. `writes` counts every
+    call that changed (or tried to change) the kernel or a managed file."""
+
+    writes: int
+
+    # reads
+    def netns_names(self) -> list[str]: ...
+    def ns_exists(self, ns: str) -> bool: ...
+    def links(self, ns: str) -> list[LinkInfo]: ...
+    def addresses(self, ns: str) -> list[AddrInfo]: ...
+    def routes(self, ns: str) -> list[RouteInfo]: ...
+    def read_file(self, path: str) -> str | None: ...
+    def list_dir(self, path: str) -> list[str]: ...
+
+    # writes
+    def netns_add(self, name: str) -> None: ...
+    def netns_del(self, name: str) -> None: ...
+    def bridge_add(self, ifname: str, mtu: int, mac: str) -> None: ...
+    def veth_add(
+        self, host_ifname: str, host_mtu: int, peer_ns: str, peer_ifname: str, peer_mac: str,
+        peer_mtu: int,
+    ) -> None: ...
+    def link_set(
+        self,
+        ns: str,
+        ifname: str,
+        *,
+        new_name: str | None = None,
+        mtu: int | None = None,
+        mac: str | None = None,
+        up: bool | None = None,
+        master: str | None = None,
+        nomaster: bool = False,
+        alias: str | None = None,
+    ) -> None: ...
+    def link_del(self, ns: str, ifname: str) -> None: ...
+    def addr_add(self, ns: str, ifname: str, cidr: str) -> None: ...
+    def addr_del(self, ns: str, ifname: str, cidr: str) -> None: ...
+    def route_add(
+        self, ns: str, dst: str, via: str, ifname: str, replace: bool = False
+    ) -> None: ...
+    def route_del(self, ns: str, dst: str) -> None: ...
+    def write_file(self, path: str, content: str) -> None: ...
+    def remove_file(self, path: str) -> None: ...
+    def close(self) -> None: ...

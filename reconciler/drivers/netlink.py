@@ -1,0 +1,396 @@
+"""The real kernel, over netlink with pyroute2. The only module that imports it.
+
+One netlink socket per namespace, opened after entering that namespace and kept
+for the whole run (pyroute2's own netns support forks a helper per socket).
+Namespaces are created in-process the way iproute2 does: a thread unshares its
+network namespace and bind-mounts it under /run/netns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from reconciler.drivers.kernel import (
+    ETC_NETNS_DIR,
+    GONE,
+    NETNS_DIR,
+    AddrInfo,
+    LinkInfo,
+    RouteInfo,
+)
+from reconciler.errors import KernelError
+from reconciler.resources import RTPROT_NETAPPLY
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+RT_TABLE_MAIN = 254
+
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        raise KernelError(what, ctypes.get_errno())
+
+
+def _setns(fd: int, what: str) -> None:
+    _check(_libc.setns(fd, CLONE_NEWNET), what)
+
+
+def _ns_path(ns: str) -> str:
+    return ns if ns.startswith("/") else os.path.join(NETNS_DIR, ns)
+
+
+def _ns_label(ns: str) -> str:
+    return f"netns {ns}" if ns else "host namespace"
+
+
+class NetlinkKernel:
+    """Kernel interface on the running kernel (see drivers/kernel.py)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self._sockets: dict[str, IPRoute] = {}
+
+    # ---- sockets -------------------------------------------------------------
+
+    def _ipr(self, ns: str) -> IPRoute:
+        sock = self._sockets.get(ns)
+        if sock is None:
+            sock = self._open(ns)
+            self._sockets[ns] = sock
+        return sock
+
+    def _open(self, ns: str) -> IPRoute:
+        if not ns:
+            return IPRoute()
+        try:
+            target = os.open(_ns_path(ns), os.O_RDONLY)
+        except OSError as e:
+            raise KernelError(f"open {_ns_label(ns)}", e.errno or errno.ENOENT) from None
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            _setns(target, f"enter {_ns_label(ns)}")
+            try:
+                return IPRoute()
+            finally:
+                _setns(own, "return to own namespace")
+        finally:
+            os.close(target)
+            os.close(own)
+
+    def _forget(self, ns: str) -> None:
+        sock = self._sockets.pop(ns, None)
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        for ns in list(self._sockets):
+            self._forget(ns)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except NetlinkError as e:
+            raise KernelError(what, e.code) from None
+        except OSError as e:
+            raise KernelError(what, e.errno or errno.EIO) from None
+
+    def _write(self, what: str, fn: Callable[[], Any]) -> None:
+        self.writes += 1
+        self._call(what, fn)
+
+    def _index(self, ns: str, ifname: str) -> int:
+        found = self._call(
+            f"look up {ifname} in {_ns_label(ns)}", lambda: self._ipr(ns).link_lookup(ifname=ifname)
+        )
+        if not found:
+            raise KernelError(f"look up {ifname} in {_ns_label(ns)}", errno.ENODEV)
+        return int(found[0])
+
+    # ---- reads ---------------------------------------------------------------
+
+    def netns_names(self) -> list[str]:
+        try:
+            return sorted(os.listdir(NETNS_DIR))
+        except FileNotFoundError:
+            return []
+
+    def ns_exists(self, ns: str) -> bool:
+        return not ns or os.path.exists(_ns_path(ns))
+
+    def links(self, ns: str) -> list[LinkInfo]:
+        msgs = self._call(f"list links in {_ns_label(ns)}", lambda: self._ipr(ns).get_links())
+        return [_link_info(m) for m in msgs]
+
+    def addresses(self, ns: str) -> list[AddrInfo]:
+        msgs = self._call(f"list addresses in {_ns_label(ns)}", lambda: self._ipr(ns).get_addr())
+        return [
+            AddrInfo(m["index"], f"{m.get('address')}/{m['prefixlen']}")
+            for m in msgs
+            if m.get("address") is not None
+        ]
+
+    def routes(self, ns: str) -> list[RouteInfo]:
+        def dump() -> list[Any]:
+            return list(self._ipr(ns).route("dump", table=RT_TABLE_MAIN))
+
+        out = []
+        for m in self._call(f"list routes in {_ns_label(ns)}", dump):
+            if m.get("table") != RT_TABLE_MAIN or m["family"] not in (2, 10):
+                continue
+            dst = m.get("dst") or ("0.0.0.0" if m["family"] == 2 else "::")
+            net = ipaddress.ip_network(f"{dst}/{m['dst_len']}", strict=False)
+            out.append(RouteInfo(str(net), m.get("gateway"), m.get("oif"), m["proto"]))
+        return out
+
+    def read_file(self, path: str) -> str | None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise KernelError(f"read {path}", e.errno or errno.EIO) from None
+
+    def list_dir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    # ---- namespaces ----------------------------------------------------------
+
+    def netns_add(self, name: str) -> None:
+        self.writes += 1
+        what = f"create netns {name}"
+        _prepare_netns_dir(what)
+        path = _ns_path(name)
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        except OSError as e:
+            raise KernelError(what, e.errno or errno.EIO) from None
+        failure: list[int] = []
+
+        def run() -> None:
+            # unshare() changes only this thread's namespace; the bind mount keeps
+            # the new namespace alive after the thread ends.
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                failure.append(ctypes.get_errno())
+                return
+            src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+            if _libc.mount(src, path.encode(), b"none", MS_BIND, None) != 0:
+                failure.append(ctypes.get_errno())
+
+        thread = threading.Thread(target=run, name=f"netns-{name}")
+        thread.start()
+        thread.join()
+        if failure:
+            os.unlink(path)
+            raise KernelError(what, failure[0])
+
+    def netns_del(self, name: str) -> None:
+        self.writes += 1
+        self._forget(name)
+        path = _ns_path(name)
+        _libc.umount2(path.encode(), MNT_DETACH)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise KernelError(f"delete netns {name}", e.errno or errno.EIO) from None
+
+    # ---- links ---------------------------------------------------------------
+
+    def bridge_add(self, ifname: str, mtu: int, mac: str) -> None:
+        self._write(
+            f"create bridge {ifname}",
+            lambda: self._ipr("").link("add", ifname=ifname, kind="bridge", mtu=mtu, address=mac),
+        )
+
+    def veth_add(
+        self, host_ifname: str, host_mtu: int, peer_ns: str, peer_ifname: str, peer_mac: str,
+        peer_mtu: int,
+    ) -> None:
+        what = f"create veth {host_ifname} <-> {peer_ifname} in {_ns_label(peer_ns)}"
+        with self._ns_fd(peer_ns, what) as fd:
+            peer = {"ifname": peer_ifname, "address": peer_mac, "mtu": peer_mtu, "net_ns_fd": fd}
+            self._write(
+                what,
+                lambda: self._ipr("").link(
+                    "add", ifname=host_ifname, kind="veth", mtu=host_mtu, peer=peer
+                ),
+            )
+
+    @contextmanager
+    def _ns_fd(self, ns: str, what: str) -> Iterator[int]:
+        try:
+            fd = os.open(_ns_path(ns), os.O_RDONLY)
+        except OSError as e:
+            raise KernelError(what, e.errno or errno.ENOENT) from None
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def link_set(
+        self,
+        ns: str,
+        ifname: str,
+        *,
+        new_name: str | None = None,
+        mtu: int | None = None,
+        mac: str | None = None,
+        up: bool | None = None,
+        master: str | None = None,
+        nomaster: bool = False,
+        alias: str | None = None,
+    ) -> None:
+        what = f"set {ifname} in {_ns_label(ns)}"
+        index = self._index(ns, ifname)
+        attrs: dict[str, Any] = {}
+        if new_name is not None:
+            attrs["ifname"] = new_name
+        if mtu is not None:
+            attrs["mtu"] = mtu
+        if mac is not None:
+            attrs["address"] = mac
+        if master is not None:
+            attrs["master"] = self._index(ns, master)
+        elif nomaster:
+            attrs["master"] = 0
+        if alias is not None:
+            attrs["ifalias"] = alias
+        if up is not None:
+            attrs["state"] = "up" if up else "down"
+        if attrs:
+            self._write(what, lambda: self._ipr(ns).link("set", index=index, **attrs))
+
+    def link_del(self, ns: str, ifname: str) -> None:
+        what = f"delete {ifname} in {_ns_label(ns)}"
+        index = self._index(ns, ifname)
+        self._write(what, lambda: self._ipr(ns).link("del", index=index))
+
+    # ---- addresses and routes --------------------------------------------------
+
+    def addr_add(self, ns: str, ifname: str, cidr: str) -> None:
+        iface = ipaddress.ip_interface(cidr)
+        index = self._index(ns, ifname)
+        # No duplicate address detection: the spec already rules out duplicates,
+        # and DAD would leave a new IPv6 address unusable for a second or more.
+        flags = IFA_F_NODAD if iface.version == 6 else 0
+        self._write(
+            f"add address {cidr} to {ifname} in {_ns_label(ns)}",
+            lambda: self._ipr(ns).addr(
+                "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                flags=flags,
+            ),
+        )
+
+    def addr_del(self, ns: str, ifname: str, cidr: str) -> None:
+        iface = ipaddress.ip_interface(cidr)
+        index = self._index(ns, ifname)
+        self._write(
+            f"delete address {cidr} from {ifname} in {_ns_label(ns)}",
+            lambda: self._ipr(ns).addr(
+                "del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+            ),
+        )
+
+    def route_add(self, ns: str, dst: str, via: str, ifname: str, replace: bool = False) -> None:
+        index = self._index(ns, ifname)
+        net = ipaddress.ip_network(dst)
+        self._write(
+            f"{'replace' if replace else 'add'} route {dst} via {via} in {_ns_label(ns)}",
+            lambda: self._ipr(ns).route(
+                "replace" if replace else "add",
+                dst=str(net), gateway=via, oif=index, proto=RTPROT_NETAPPLY,
+                family=10 if net.version == 6 else 2, table=RT_TABLE_MAIN,
+            ),
+        )
+
+    def route_del(self, ns: str, dst: str) -> None:
+        net = ipaddress.ip_network(dst)
+        self._write(
+            f"delete route {dst} in {_ns_label(ns)}",
+            lambda: self._ipr(ns).route(
+                "del", dst=str(net), proto=RTPROT_NETAPPLY,
+                family=10 if net.version == 6 else 2, table=RT_TABLE_MAIN,
+            ),
+        )
+
+    # ---- files -----------------------------------------------------------------
+
+    def write_file(self, path: str, content: str) -> None:
+        self.writes += 1
+        tmp = f"{path}.netapply-tmp"
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(content)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise KernelError(f"write {path}", e.errno or errno.EIO) from None
+
+    def remove_file(self, path: str) -> None:
+        self.writes += 1
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise KernelError(f"remove {path}", e.errno or errno.EIO) from None
+        parent = os.path.dirname(path)
+        if os.path.dirname(parent) == ETC_NETNS_DIR:
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)  # only when empty: other files there are not ours
+
+
+def _prepare_netns_dir(what: str) -> None:
+    """Make /run/netns a shared mount point, as `ip netns add` does, so that
+    namespaces created here are visible from other mount namespaces."""
+    os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+    path = NETNS_DIR.encode()
+    if _libc.mount(b"none", path, None, MS_SHARED | MS_REC, None) == 0:
+        return
+    if ctypes.get_errno() != errno.EINVAL:
+        raise KernelError(what, ctypes.get_errno())
+    _check(_libc.mount(path, path, b"none", MS_BIND | MS_REC, None), what)
+    _check(_libc.mount(b"none", path, None, MS_SHARED | MS_REC, None), what)
+
+
+def _link_info(m: Any) -> LinkInfo:
+    info = m.get("IFLA_LINKINFO")
+    kind = info.get("IFLA_INFO_KIND") if info is not None else None
+    return LinkInfo(
+        index=m["index"],
+        ifname=m.get("IFLA_IFNAME"),
+        kind=kind,
+        mtu=m.get("IFLA_MTU"),
+        mac=m.get("IFLA_ADDRESS") or "",
+        up=bool(m["flags"] & IFF_UP),
+        alias=m.get("IFLA_IFALIAS"),
+        master=m.get("IFLA_MASTER"),
+    )
+
+
+__all__ = ["GONE", "NetlinkKernel"]

@@ -1,0 +1,128 @@
+"""Turn one planned change into kernel primitive calls.
+
+Shared by every Kernel implementation, so the in-memory kernel runs the same
+code as the real one. Deletes treat "already gone" errnos as success; ownership
+marks (interface aliases) are written right after each create.
+"""
+
+from __future__ import annotations
+
+import os
+
+from reconciler.drivers.kernel import ETC_NETNS_DIR, GONE, Kernel
+from reconciler.errors import InternalError, KernelError
+from reconciler.resources import (
+    Address,
+    Bridge,
+    HostsFile,
+    Netns,
+    Resource,
+    Route,
+    Veth,
+    owner_alias,
+)
+
+LOOPBACK = "lo"
+
+
+def hosts_path(netns: str) -> str:
+    return os.path.join(ETC_NETNS_DIR, netns, "hosts")
+
+
+def create(kernel: Kernel, project: str, res: Resource) -> None:
+    if isinstance(res, Netns):
+        kernel.netns_add(res.name)
+        kernel.link_set(
+            res.name, LOOPBACK, alias=owner_alias(project, "netns", res.name), up=res.lo_up
+        )
+    elif isinstance(res, Bridge):
+        kernel.bridge_add(res.ifname, res.mtu, res.mac)
+        kernel.link_set(
+            "", res.ifname, alias=owner_alias(project, "bridge", res.network), up=res.up
+        )
+    elif isinstance(res, Veth):
+        kernel.veth_add(res.host_ifname, res.host_mtu, res.ns, res.ifname, res.mac, res.mtu)
+        alias = owner_alias(project, "veth", res.container, res.network)
+        kernel.link_set(
+            "", res.host_ifname, alias=alias + "/host", master=res.master, up=res.host_up
+        )
+        kernel.link_set(res.ns, res.ifname, alias=alias, up=res.up)
+    elif isinstance(res, Address):
+        kernel.addr_add(res.ns, res.ifname, res.cidr)
+    elif isinstance(res, Route):
+        kernel.route_add(res.ns, res.dst, res.via, res.ifname)
+    elif isinstance(res, HostsFile):
+        kernel.write_file(hosts_path(res.netns), res.content)
+    else:  # pragma: no cover - the Resource union is closed
+        raise InternalError(f"no create for {res!r}")
+
+
+def update(kernel: Kernel, before: Resource, after: Resource) -> None:
+    if isinstance(before, Netns) and isinstance(after, Netns):
+        kernel.link_set(after.name, LOOPBACK, up=after.lo_up)
+    elif isinstance(before, Bridge) and isinstance(after, Bridge):
+        _set_link(kernel, "", before.ifname, after.ifname, before.mtu, after.mtu,
+                  before.mac, after.mac, before.up, after.up)
+    elif isinstance(before, Veth) and isinstance(after, Veth):
+        _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
+                  before.mac, after.mac, before.up, after.up)
+        _set_link(kernel, "", before.host_ifname, after.host_ifname, before.host_mtu,
+                  after.host_mtu, None, None, before.host_up, after.host_up)
+        if before.master != after.master:
+            if after.master is None:
+                kernel.link_set("", after.host_ifname, nomaster=True)
+            else:
+                kernel.link_set("", after.host_ifname, master=after.master)
+    elif isinstance(before, Route) and isinstance(after, Route):
+        kernel.route_add(after.ns, after.dst, after.via, after.ifname, replace=True)
+    elif isinstance(before, HostsFile) and isinstance(after, HostsFile):
+        kernel.write_file(hosts_path(after.netns), after.content)
+    else:
+        raise InternalError(f"no in-place update from {before!r} to {after!r}")
+
+
+def _set_link(
+    kernel: Kernel, ns: str, name: str, new_name: str, mtu: int, new_mtu: int,
+    mac: str | None, new_mac: str | None, up: bool, new_up: bool,
+) -> None:
+    if name != new_name:
+        kernel.link_set(ns, name, new_name=new_name)
+    changes: dict[str, object] = {}
+    if mtu != new_mtu:
+        changes["mtu"] = new_mtu
+    if mac != new_mac and new_mac is not None:
+        changes["mac"] = new_mac
+    if up != new_up:
+        changes["up"] = new_up
+    if changes:
+        kernel.link_set(ns, new_name, **changes)  # type: ignore[arg-type]
+
+
+def delete(kernel: Kernel, res: Resource) -> None:
+    """Remove res; a resource that is already gone counts as removed."""
+    try:
+        _delete(kernel, res)
+    except KernelError as e:
+        if e.errno not in GONE:
+            raise
+
+
+def _delete(kernel: Kernel, res: Resource) -> None:
+    if isinstance(res, Netns):
+        kernel.netns_del(res.name)
+    elif isinstance(res, Bridge):
+        kernel.link_del("", res.ifname)
+    elif isinstance(res, Veth):
+        # Deleting either end removes the pair; the host end is always reachable.
+        if res.host_ifname:
+            kernel.link_del("", res.host_ifname)
+        else:
+            kernel.link_del(res.ns, res.ifname)
+    elif isinstance(res, Address):
+        kernel.addr_del(res.ns, res.ifname, res.cidr)
+    elif isinstance(res, Route):
+        kernel.route_del(res.ns, res.dst)
+    elif isinstance(res, HostsFile):
+        kernel.remove_file(hosts_path(res.netns))
+    else:  # pragma: no cover
+        raise InternalError(f"no delete for {res!r}")

@@ -1,0 +1,79 @@
+"""The reconcile loop shared by the CLI (and later watch): load, observe, plan,
+apply, verify. No output here: callers decide how to show things."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from reconciler import desired as desired_mod
+from reconciler import planner
+from reconciler.drivers.kernel import Kernel
+from reconciler.errors import ConvergenceError, PrivilegeError
+from reconciler.executor import Progress, Result, execute
+from reconciler.model import Spec
+from reconciler.planner import Plan
+from reconciler.resources import Key, Resource
+from reconciler.state.observe import ObservedState, observe
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+
+
+def require_privileges() -> None:
+    """One sentence instead of a cascade of EPERMs."""
+    missing = [
+        name
+        for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))
+        if not _has_capability(bit)
+    ]
+    if missing:
+        raise PrivilegeError(
+            f"netapply needs {' and '.join(missing)} to read and change network namespaces: "
+            "run it as root (for example with sudo)"
+        )
+
+
+def _has_capability(bit: int) -> bool:
+    try:
+        with open(f"/proc/{os.getpid()}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+def netns_paths(spec: Spec) -> list[str]:
+    return sorted({c.netns_path for c in spec.containers.values() if c.netns_path})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    observed: ObservedState
+    desired: dict[Key, Resource]
+    plan: Plan
+
+
+def snapshot(kernel: Kernel, spec: Spec, destroy: bool = False) -> Snapshot:
+    """Observe and plan. With destroy, the desired state is empty."""
+    observed = observe(kernel, spec.project, netns_paths(spec))
+    wanted = {} if destroy else desired_mod.build(spec, observed)
+    return Snapshot(observed, wanted, planner.plan(wanted, observed.resources))
+
+
+def apply(
+    kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
+    progress: Progress | None = None,
+) -> Result:
+    """Execute the plan, then re-observe: a non-empty plan afterwards is an error
+    that shows what still differs."""
+    result = execute(kernel, spec.project, plan, progress)
+    after = snapshot(kernel, spec, destroy=destroy)
+    if not after.plan.empty:
+        lines = [f"  {c.action} {c.title()}: {c.reason}" for c in after.plan.changes]
+        raise ConvergenceError(
+            "the kernel did not converge after apply; still different:\n" + "\n".join(lines)
+        )
+    return result

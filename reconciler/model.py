@@ -1,0 +1,142 @@
+"""The validated spec as immutable values: what spec.py produces.
+
+Every default SPEC.md defines is already filled in here, so the rest of the
+engine never looks at raw YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from reconciler.errors import Where
+
+IPv4Address = ipaddress.IPv4Address
+IPv6Address = ipaddress.IPv6Address
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+IFNAMSIZ = 15  # the kernel's limit on interface names, without the NUL
+
+
+class Driver(StrEnum):
+    BRIDGE = "bridge"
+    OVERLAY = "overlay"
+    MACVLAN = "macvlan"
+    IPVLAN = "ipvlan"
+
+
+class NetworkMode(StrEnum):
+    BRIDGE = "bridge"
+    HOST = "host"
+    NONE = "none"
+
+
+DEFAULT_MTU = 1500
+OVERLAY_MTU = 1450
+VXLAN_PORT = 4789
+
+
+def bridge_ifname(project: str, network: str) -> str:
+    """Default bridge device name: Docker's `br-` + 12 hex digits, derived from project+name."""
+    digest = hashlib.sha256(f"{project}/{network}".encode()).hexdigest()
+    return "br-" + digest[:12]
+
+
+def default_mac(ipv4: IPv4Address) -> str:
+    """Docker's rule: 02:42 followed by the four bytes of the IPv4 address."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipv4.packed)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: IPAddress
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    subnet: ipaddress.IPv4Network
+    gateway: IPv4Address | None  # filled with the first usable address unless overlay
+    interface: str  # bridge device name
+    driver: Driver = Driver.BRIDGE
+    ip_range: ipaddress.IPv4Network | None = None
+    ipv6_subnet: ipaddress.IPv6Network | None = None
+    ipv6_gateway: IPv6Address | None = None
+    mtu: int = DEFAULT_MTU
+    internal: bool = False
+    icc: bool = True
+    masquerade: bool = True
+    labels: tuple[tuple[str, str], ...] = ()
+    vni: int | None = None
+    port: int = VXLAN_PORT
+    parent: str | None = None
+    mode: str | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    network: str
+    interface: str  # name inside the container
+    ipv4_address: IPv4Address | None = None  # None: allocated
+    ipv6_address: IPv6Address | None = None  # None: allocated when the network has ipv6
+    mac_address: str | None = None  # None: derived from the IPv4 address
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    to: IPNetwork
+    via: IPAddress
+
+
+@dataclass(frozen=True)
+class Port:
+    published: int
+    target: int
+    protocol: str = "tcp"
+    host_ip: IPAddress | None = None
+    network: str | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    network_mode: NetworkMode = NetworkMode.BRIDGE
+    netns: str | None = None  # named namespace; None when netns_path is set or mode is host
+    netns_path: str | None = None
+    host: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    default_route: str | None = None  # filled with the first listed non-internal network
+    routes: tuple[Route, ...] = ()
+    ports: tuple[Port, ...] = ()
+
+    @property
+    def ns(self) -> str | None:
+        """Namespace reference used in resources: a name, an absolute path, or None (host)."""
+        if self.network_mode == NetworkMode.HOST:
+            return None
+        return self.netns_path or self.netns
+
+
+@dataclass(frozen=True)
+class Spec:
+    project: str
+    networks: Mapping[str, Network]
+    containers: Mapping[str, Container]
+    hosts: Mapping[str, Host] = field(default_factory=dict)
+    # Source positions by path, e.g. ("containers", "web", "networks", "frontend",
+    # "ipv4_address"); used for errors found after loading (foreign collisions).
+    where: Mapping[tuple[str, ...], Where] = field(default_factory=dict, compare=False)
+
+    def locate(self, *path: str) -> Where | None:
+        """The position of the longest prefix of path that was written in the files."""
+        for n in range(len(path), 0, -1):
+            found = self.where.get(tuple(path[:n]))
+            if found is not None:
+                return found
+        return None

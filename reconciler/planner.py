@@ -1,0 +1,209 @@
+"""The planner: a pure function from (desired, observed) to an ordered plan.
+
+No I/O here and no kernel imports: both states are plain immutable values of
+the same shape (reconciler.resources), so planning is comparing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from reconciler.resources import (
+    Key,
+    Kind,
+    Resource,
+    State,
+    Veth,
+    diff_fields,
+    fields_json,
+)
+
+# Creation order by kind. Every dependency points from an earlier kind to a later
+# one (namespace -> link, bridge -> port, link -> address -> route), so sorting by
+# this rank is a topological order; deletes run in the reverse.
+KIND_ORDER = (Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS)
+RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
+
+# Fields the kernel cannot change in place, with the reason shown in the plan.
+REPLACE_FIELDS: dict[Kind, dict[str, str]] = {
+    Kind.VETH: {"ns": "a veth end cannot change namespace in place"},
+}
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Action
+    key: Key
+    before: Resource | None
+    after: Resource | None
+    reason: str
+
+    @property
+    def resource(self) -> Resource:
+        found = self.after if self.after is not None else self.before
+        assert found is not None
+        return found
+
+    @property
+    def ns(self) -> str:
+        return self.resource.ns
+
+    def title(self) -> str:
+        return self.resource.title()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": str(self.action),
+            "kind": str(self.key[0]),
+            "key": list(self.key),
+            "ns": self.ns,
+            "reason": self.reason,
+            "before": None if self.before is None else fields_json(self.before),
+            "after": None if self.after is None else fields_json(self.after),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Changes in execution order: every delete (and the delete half of every
+    replace) in reverse dependency order, then creates, updates and the create
+    half of replaces in dependency order."""
+
+    changes: tuple[Change, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def counts(self) -> dict[str, int]:
+        counts = {str(a): 0 for a in Action}
+        for change in self.changes:
+            counts[str(change.action)] += 1
+        return counts
+
+    def steps(self) -> Iterator[tuple[Action, Change]]:
+        """(CREATE|UPDATE|DELETE, change) in the order an executor performs them."""
+        for change in self.changes:
+            if change.action in (Action.DELETE, Action.REPLACE):
+                yield Action.DELETE, change
+        for change in self.changes:
+            if change.action == Action.REPLACE:
+                yield Action.CREATE, change
+            elif change.action != Action.DELETE:
+                yield change.action, change
+
+    def to_json(self, project: str) -> dict[str, Any]:
+        return {
+            "format_version": 1,
+            "project": project,
+            "summary": self.counts(),
+            "changes": [c.to_json() for c in self.changes],
+        }
+
+
+def _order(key: Key) -> tuple[int, Key]:
+    return (RANK[Kind(key[0])], key)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "up" if value else "down"
+    if isinstance(value, tuple):
+        return "/".join(value)
+    return str(value)
+
+
+def _update_reason(before: Resource, after: Resource) -> str:
+    parts = []
+    for name, old, new in diff_fields(before, after):
+        if name == "content":
+            parts.append("content differs")
+        else:
+            parts.append(f"{name} {_fmt(old)} -> {_fmt(new)}")
+    return ", ".join(parts)
+
+
+def _replace_reason(before: Resource, after: Resource) -> str | None:
+    if isinstance(before, Veth) and before.ns == "?":
+        return "container end of the veth pair is missing"
+    rules = REPLACE_FIELDS.get(before.kind, {})
+    for name, old, new in diff_fields(before, after):
+        if name in rules:
+            return f"{rules[name]} ({_fmt(old)} -> {_fmt(new)})"
+    return None
+
+
+def plan(desired: State, observed: State) -> Plan:
+    """Compare desired with observed and order the differences.
+
+    A resource whose kernel parent is deleted or replaced is gone with it: a
+    stale one is left out of the plan (the kernel removes it), a wanted one is
+    replaced so that it is made again after its parent.
+    """
+    actions: dict[Key, tuple[Action, str]] = {}
+    for key in sorted(desired.keys() | observed.keys(), key=_order):
+        want, have = desired.get(key), observed.get(key)
+        if have is None:
+            assert want is not None
+            actions[key] = (Action.CREATE, "not in the kernel")
+            continue
+        if want is None:
+            gone_with = _cascaded_by(have, actions, observed)
+            if gone_with is None:
+                actions[key] = (Action.DELETE, "not in spec")
+            continue
+        gone_with = _cascaded_by(have, actions, observed)
+        if gone_with is not None:
+            actions[key] = (Action.REPLACE, f"removed with {gone_with}")
+        elif (why := _replace_reason(have, want)) is not None:
+            actions[key] = (Action.REPLACE, why)
+        elif have != want:
+            actions[key] = (Action.UPDATE, _update_reason(have, want))
+    changes = [
+        Change(action, key, observed.get(key), desired.get(key), reason)
+        for key, (action, reason) in actions.items()
+    ]
+    deletes = [c for c in changes if c.action == Action.DELETE]
+    others = [c for c in changes if c.action != Action.DELETE]
+    deletes.reverse()
+    return Plan(tuple(deletes + others))
+
+
+def _cascaded_by(
+    have: Resource, actions: dict[Key, tuple[Action, str]], observed: State
+) -> str | None:
+    """The title of a parent whose removal takes `have` with it, if any.
+
+    Parents always sort before children, so their action is already decided.
+    A parent that is itself left out (cascaded) counts as removed too.
+    """
+    for dep in have.deps:
+        if not dep.cascade or dep.key not in observed:
+            continue
+        parent_action = actions.get(dep.key)
+        parent_gone = parent_action is not None and parent_action[0] in (
+            Action.DELETE,
+            Action.REPLACE,
+        )
+        if parent_gone or _is_elided(dep.key, actions, observed):
+            return observed[dep.key].title()
+    return None
+
+
+def _is_elided(key: Key, actions: dict[Key, tuple[Action, str]], observed: State) -> bool:
+    """Observed, not planned, yet removed with its own parent."""
+    if key in actions:
+        return False
+    return _cascaded_by(observed[key], actions, observed) is not None

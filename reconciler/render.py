@@ -1,0 +1,82 @@
+"""Human-readable output: plans, observed state, errors (rich markup)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from rich.markup import escape
+
+from reconciler.planner import Action, Change, Plan
+from reconciler.resources import HOST_NS, Resource, ns_label
+
+SYMBOL = {
+    Action.CREATE: ("+", "green"),
+    Action.UPDATE: ("~", "yellow"),
+    Action.REPLACE: ("-/+", "magenta"),
+    Action.DELETE: ("-", "red"),
+}
+VERB = {
+    Action.CREATE: "create",
+    Action.UPDATE: "update in place",
+    Action.REPLACE: "replace",
+    Action.DELETE: "delete",
+}
+
+
+def _group_order(ns: str) -> tuple[int, str]:
+    return (0 if ns == HOST_NS else 1, ns)
+
+
+def _grouped(changes: Iterable[Change]) -> dict[str, list[Change]]:
+    groups: dict[str, list[Change]] = {}
+    for change in changes:
+        groups.setdefault(change.ns, []).append(change)
+    return {ns: groups[ns] for ns in sorted(groups, key=_group_order)}
+
+
+def plan_text(plan: Plan, project: str) -> str:
+    if plan.empty:
+        return (
+            f"[green]No changes.[/green] The kernel matches the spec of project "
+            f"'{escape(project)}'."
+        )
+    lines = [f"netapply will perform these actions for project '{escape(project)}':", ""]
+    for ns, changes in _grouped(plan.changes).items():
+        lines.append(f"  [bold]# {escape(ns_label(ns))}[/bold]")
+        for change in changes:
+            symbol, colour = SYMBOL[change.action]
+            lines.append(
+                f"  [{colour}]{escape(symbol):>3} {VERB[change.action]}[/{colour}] "
+                f"{escape(change.title())}  [dim]({escape(change.reason)})[/dim]"
+            )
+        lines.append("")
+    counts = plan.counts()
+    lines.append(
+        f"[bold]Plan:[/bold] {counts['create']} to create, {counts['update']} to update, "
+        f"{counts['replace']} to replace, {counts['delete']} to delete."
+    )
+    return "\n".join(lines)
+
+
+def state_text(resources: Iterable[Resource], project: str) -> str:
+    items = list(resources)
+    if not items:
+        return f"Project '{escape(project)}' owns nothing on this machine."
+    groups: dict[str, list[Resource]] = {}
+    for res in items:
+        groups.setdefault(res.ns, []).append(res)
+    lines = [f"Owned by project '{escape(project)}':"]
+    for ns in sorted(groups, key=_group_order):
+        lines.append(f"  [bold]# {escape(ns_label(ns))}[/bold]")
+        for res in sorted(groups[ns], key=lambda r: r.key):
+            lines.append(f"    {escape(res.title())}{_details(res)}")
+    return "\n".join(lines)
+
+
+def _details(res: Resource) -> str:
+    shown = []
+    for f in dataclasses.fields(res):
+        if f.compare and f.name in ("mtu", "mac", "up", "master", "host_ifname", "lo_up"):
+            shown.append(f"{f.name}={getattr(res, f.name)}")
+    return f"  [dim]{escape(' '.join(shown))}[/dim]" if shown else ""

@@ -1,0 +1,232 @@
+"""Resource values: the common shape of desired and observed state.
+
+A state is a mapping from a resource key to a frozen resource value, so that
+diffing is comparing. Fields marked `compare=False` are locators the drivers
+need (the link's current name), not properties the planner diffs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import ClassVar
+
+Key = tuple[str, ...]
+
+HOST_NS = ""  # the machine's own namespace in `ns` fields
+RTPROT_NETAPPLY = 78  # route protocol number marking routes netapply installed
+ALIAS_PREFIX = "netapply"
+HOSTS_HEADER = "# managed by netapply project "
+
+
+class Kind(StrEnum):
+    NETNS = "netns"
+    BRIDGE = "bridge"
+    VETH = "veth"
+    ADDRESS = "address"
+    ROUTE = "route"
+    HOSTS = "hosts"
+
+
+@dataclass(frozen=True)
+class Dep:
+    """An edge to a resource that must exist first.
+
+    cascade: the kernel removes this resource when the dependency goes away
+    (an address with its link, a link with its namespace).
+    """
+
+    key: Key
+    cascade: bool
+
+
+def owner_alias(project: str, *parts: str) -> str:
+    """The ifalias that marks a link (or a namespace's loopback) as owned."""
+    return "/".join((ALIAS_PREFIX, project, *parts))
+
+
+def ns_label(ns: str) -> str:
+    return "host" if ns == HOST_NS else ns
+
+
+@dataclass(frozen=True)
+class Netns:
+    """A named namespace the project created, marked by its loopback's alias."""
+
+    kind: ClassVar[Kind] = Kind.NETNS
+    name: str
+    lo_up: bool = True
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.name)
+
+    @property
+    def ns(self) -> str:
+        return self.name
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return ()
+
+    def title(self) -> str:
+        return f"netns {self.name}"
+
+
+@dataclass(frozen=True)
+class Bridge:
+    kind: ClassVar[Kind] = Kind.BRIDGE
+    network: str
+    ifname: str
+    mtu: int
+    mac: str
+    up: bool = True
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.network)
+
+    @property
+    def ns(self) -> str:
+        return HOST_NS
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return ()
+
+    def title(self) -> str:
+        return f"bridge {self.ifname} (network {self.network})"
+
+
+@dataclass(frozen=True)
+class Veth:
+    """A veth pair: the host end is a port of the network's bridge, the other end
+    lives in the container's namespace under the attachment's interface name."""
+
+    kind: ClassVar[Kind] = Kind.VETH
+    container: str
+    network: str
+    ns: str  # named netns, or an absolute path for netns_path; "?" when unseen
+    ifname: str
+    mac: str
+    mtu: int
+    host_ifname: str
+    host_mtu: int
+    master: str | None  # bridge device the host end is enslaved to
+    up: bool = True
+    host_up: bool = True
+    owned_ns: bool = field(default=True, compare=False)  # ns is a Netns of the project
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.container, self.network)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        deps = [Dep((Kind.BRIDGE, self.network), cascade=False)]
+        if self.owned_ns:
+            # Not cascade: a namespace is torn down asynchronously, so its veths are
+            # deleted explicitly first (the host end would linger otherwise).
+            deps.insert(0, Dep((Kind.NETNS, self.ns), cascade=False))
+        return tuple(deps)
+
+    def title(self) -> str:
+        return f"veth {self.ifname} (container {self.container}, network {self.network})"
+
+
+@dataclass(frozen=True)
+class Address:
+    kind: ClassVar[Kind] = Kind.ADDRESS
+    link: Key
+    cidr: str  # "172.30.1.10/24"
+    ns: str = field(compare=False)
+    ifname: str = field(compare=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, *self.link, self.cidr)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return (Dep(self.link, cascade=True),)
+
+    def title(self) -> str:
+        return f"address {self.cidr} on {self.ifname}"
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: ClassVar[Kind] = Kind.ROUTE
+    ns: str
+    dst: str  # CIDR; "0.0.0.0/0" and "::/0" are default routes
+    via: str
+    link: Key  # the veth the route leaves through
+    ifname: str = field(compare=False)
+    source: Key | None = field(default=None, compare=False)  # address making `via` reachable
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.ns, self.dst)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        deps = [Dep(self.link, cascade=True)]
+        if self.source is not None:
+            deps.append(Dep(self.source, cascade=True))
+        return tuple(deps)
+
+    def title(self) -> str:
+        dst = "default" if self.dst in ("0.0.0.0/0", "::/0") else self.dst
+        return f"route {dst} via {self.via} dev {self.ifname}"
+
+
+@dataclass(frozen=True)
+class HostsFile:
+    """/etc/netns/<netns>/hosts, which `ip netns exec` mounts over /etc/hosts."""
+
+    kind: ClassVar[Kind] = Kind.HOSTS
+    netns: str
+    content: str
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.netns)
+
+    @property
+    def ns(self) -> str:
+        return self.netns
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return (Dep((Kind.NETNS, self.netns), cascade=False),)
+
+    def title(self) -> str:
+        return f"hosts file /etc/netns/{self.netns}/hosts"
+
+
+Resource = Netns | Bridge | Veth | Address | Route | HostsFile
+State = Mapping[Key, Resource]
+
+
+def diff_fields(before: Resource, after: Resource) -> list[tuple[str, object, object]]:
+    """The compared fields that differ, in declaration order."""
+    return [
+        (f.name, getattr(before, f.name), getattr(after, f.name))
+        for f in fields(before)
+        if f.compare and getattr(before, f.name) != getattr(after, f.name)
+    ]
+
+
+def fields_json(res: Resource) -> dict[str, object]:
+    """The compared fields as JSON values (keys become lists)."""
+    out: dict[str, object] = {}
+    for f in fields(res):
+        if f.compare:
+            value = getattr(res, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def state_of(resources: list[Resource]) -> dict[Key, Resource]:
+    return {r.key: r for r in resources}

@@ -1,0 +1,213 @@
+"""Observe what the project owns, from the kernel alone.
+
+Ownership is read from marks in the kernel itself: the ifalias of links and of
+each owned namespace's loopback, the protocol number of routes, and a header
+line in managed hosts files. Everything else that is seen is recorded only by
+name, as foreign, so that a desired name that collides with it is an error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from reconciler.drivers.kernel import ETC_NETNS_DIR, AddrInfo, Kernel, LinkInfo
+from reconciler.drivers.ops import LOOPBACK, hosts_path
+from reconciler.resources import (
+    HOST_NS,
+    HOSTS_HEADER,
+    RTPROT_NETAPPLY,
+    Address,
+    Bridge,
+    HostsFile,
+    Key,
+    Kind,
+    Netns,
+    Resource,
+    Route,
+    Veth,
+    owner_alias,
+)
+
+RTPROT_KERNEL = 2
+UNSEEN_NS = "?"
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """Names taken by objects the project does not own."""
+
+    links: frozenset[tuple[str, str]] = frozenset()  # (ns, ifname)
+    netns: frozenset[str] = frozenset()
+    hosts: frozenset[str] = frozenset()  # netns names with an unmanaged hosts file
+    routes: frozenset[tuple[str, str]] = frozenset()  # (ns, dst)
+
+
+@dataclass(frozen=True)
+class ObservedState:
+    resources: dict[Key, Resource]
+    foreign: Foreign = field(default_factory=Foreign)
+    missing_paths: frozenset[str] = frozenset()
+
+
+@dataclass
+class _End:
+    ns: str
+    link: LinkInfo
+    master: str | None = None
+
+
+@dataclass
+class _Scan:
+    project: str
+    kernel: Kernel
+    resources: dict[Key, Resource] = field(default_factory=dict)
+    host_ends: dict[tuple[str, str], _End] = field(default_factory=dict)
+    inner_ends: dict[tuple[str, str], _End] = field(default_factory=dict)
+    foreign_links: set[tuple[str, str]] = field(default_factory=set)
+    foreign_netns: set[str] = field(default_factory=set)
+    foreign_routes: set[tuple[str, str]] = field(default_factory=set)
+
+    def alias_parts(self, link: LinkInfo) -> list[str] | None:
+        prefix = owner_alias(self.project) + "/"
+        if link.alias and link.alias.startswith(prefix):
+            return link.alias[len(prefix):].split("/")
+        return None
+
+
+def observe(kernel: Kernel, project: str, paths: Iterable[str] = ()) -> ObservedState:
+    """Read the project's objects. `paths` are netns_path namespaces from the spec,
+    which cannot be discovered from the kernel alone (their veths can: the host
+    end is in the host namespace, and deleting it removes the pair)."""
+    scan = _Scan(project, kernel)
+    _scan_host(scan)
+    for name in kernel.netns_names():
+        links = kernel.links(name)
+        lo = next((link for link in links if link.ifname == LOOPBACK), None)
+        if lo is not None and lo.alias == owner_alias(project, "netns", name):
+            scan.resources[(Kind.NETNS, name)] = Netns(name, lo_up=lo.up)
+            _scan_container_ns(scan, name, links)
+        else:
+            scan.foreign_netns.add(name)
+    missing = set()
+    for path in sorted(set(paths)):
+        if kernel.ns_exists(path):
+            _scan_container_ns(scan, path, kernel.links(path))
+        else:
+            missing.add(path)
+    _pair_veths(scan)
+    foreign_hosts = _scan_hosts_files(scan)
+    return ObservedState(
+        resources=scan.resources,
+        foreign=Foreign(
+            links=frozenset(scan.foreign_links),
+            netns=frozenset(scan.foreign_netns),
+            hosts=frozenset(foreign_hosts),
+            routes=frozenset(scan.foreign_routes),
+        ),
+        missing_paths=frozenset(missing),
+    )
+
+
+def _scan_host(scan: _Scan) -> None:
+    links = scan.kernel.links(HOST_NS)
+    names = {link.index: link.ifname for link in links}
+    owned: dict[int, Key] = {}
+    for link in links:
+        parts = scan.alias_parts(link)
+        if parts and parts[0] == "bridge" and len(parts) == 2 and link.kind == "bridge":
+            bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up)
+            scan.resources[bridge.key] = bridge
+            owned[link.index] = bridge.key
+        elif parts and parts[0] == "veth" and len(parts) == 4 and parts[3] == "host":
+            master = names.get(link.master) if link.master else None
+            scan.host_ends[(parts[1], parts[2])] = _End(HOST_NS, link, master)
+        else:
+            scan.foreign_links.add((HOST_NS, link.ifname))
+    _scan_addresses(scan, HOST_NS, owned, names, scan.kernel.addresses(HOST_NS))
+
+
+def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo]) -> None:
+    owned: dict[int, Key] = {}
+    for link in links:
+        parts = scan.alias_parts(link)
+        if parts and parts[0] == "veth" and len(parts) == 3:
+            scan.inner_ends[(parts[1], parts[2])] = _End(ns, link)
+            owned[link.index] = (Kind.VETH, parts[1], parts[2])
+        elif link.ifname != LOOPBACK:
+            scan.foreign_links.add((ns, link.ifname))
+    names = {link.index: link.ifname for link in links}
+    addresses = _scan_addresses(scan, ns, owned, names, scan.kernel.addresses(ns))
+    for info in scan.kernel.routes(ns):
+        oif = info.oif or 0
+        link_key = owned.get(oif)
+        if info.proto == RTPROT_NETAPPLY and link_key is not None and info.via:
+            route = Route(
+                ns, info.dst, info.via, link_key, names.get(oif, ""),
+                source=_source(addresses, link_key, info.via),
+            )
+            scan.resources[route.key] = route
+        elif info.proto != RTPROT_KERNEL:
+            scan.foreign_routes.add((ns, info.dst))
+
+
+def _scan_addresses(
+    scan: _Scan, ns: str, owned: dict[int, Key], names: dict[int, str], infos: list[AddrInfo]
+) -> list[Address]:
+    found = []
+    for info in infos:
+        link_key = owned.get(info.index)
+        if link_key is None:
+            continue
+        iface = ipaddress.ip_interface(info.cidr)
+        if iface.version == 6 and iface.ip.is_link_local:
+            continue  # the kernel adds these by itself
+        address = Address(link_key, str(iface), ns=ns, ifname=names[info.index])
+        scan.resources[address.key] = address
+        found.append(address)
+    return found
+
+
+def _source(addresses: list[Address], link: Key, via: str) -> Key | None:
+    gateway = ipaddress.ip_address(via)
+    for address in addresses:
+        if address.link == link and gateway in ipaddress.ip_interface(address.cidr).network:
+            return address.key
+    return None
+
+
+def _pair_veths(scan: _Scan) -> None:
+    netns_owned = {r.name for r in scan.resources.values() if isinstance(r, Netns)}
+    for ident in sorted(scan.host_ends.keys() | scan.inner_ends.keys()):
+        host, inner = scan.host_ends.get(ident), scan.inner_ends.get(ident)
+        veth = Veth(
+            container=ident[0],
+            network=ident[1],
+            ns=inner.ns if inner else UNSEEN_NS,
+            ifname=inner.link.ifname if inner else "",
+            mac=inner.link.mac if inner else "",
+            mtu=inner.link.mtu if inner else 0,
+            host_ifname=host.link.ifname if host else "",
+            host_mtu=host.link.mtu if host else 0,
+            master=host.master if host else None,
+            up=inner.link.up if inner else False,
+            host_up=host.link.up if host else False,
+            owned_ns=inner is not None and inner.ns in netns_owned,
+        )
+        scan.resources[veth.key] = veth
+
+
+def _scan_hosts_files(scan: _Scan) -> set[str]:
+    foreign = set()
+    header = f"{HOSTS_HEADER}{scan.project};"
+    for name in scan.kernel.list_dir(ETC_NETNS_DIR):
+        content = scan.kernel.read_file(hosts_path(name))
+        if content is None:
+            continue
+        if content.startswith(header):
+            hosts = HostsFile(name, content)
+            scan.resources[hosts.key] = hosts
+        else:
+            foreign.add(name)
+    return foreign

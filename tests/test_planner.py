@@ -1,0 +1,167 @@
+"""The planner on plain values: for each resource kind, a "changes" test with the
+exact actions and an "idempotent" test (desired fed back as observed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reconciler import planner
+from reconciler.planner import KIND_ORDER, RANK, Action, Plan
+from reconciler.resources import (
+    Address,
+    Bridge,
+    HostsFile,
+    Kind,
+    Netns,
+    Resource,
+    Route,
+    Veth,
+    state_of,
+)
+
+BR = Bridge("front", "br-front", 1500, "02:00:00:00:00:01")
+NS = Netns("web")
+VETH = Veth("web", "front", "web", "eth0", "02:42:ac:1e:01:0a", 1500, "vethabc", 1500, "br-front")
+ADDR = Address(VETH.key, "172.30.1.10/24", ns="web", ifname="eth0")
+GW = Address(BR.key, "172.30.1.1/24", ns="", ifname="br-front")
+ROUTE = Route("web", "0.0.0.0/0", "172.30.1.1", VETH.key, ifname="eth0", source=ADDR.key)
+HOSTS = HostsFile("web", "# managed by netapply project p; x\n")
+ALL: list[Resource] = [BR, NS, VETH, ADDR, GW, ROUTE, HOSTS]
+
+
+def actions(plan: Plan) -> list[tuple[str, tuple[str, ...], str]]:
+    return [(str(c.action), c.key, c.reason) for c in plan.changes]
+
+
+def test_create_everything_in_dependency_order() -> None:
+    plan = planner.plan(state_of(ALL), {})
+    assert [c.key for c in plan.changes] == [
+        NS.key, BR.key, VETH.key, GW.key, ADDR.key, ROUTE.key, HOSTS.key,
+    ]
+    assert {c.action for c in plan.changes} == {Action.CREATE}
+
+
+@pytest.mark.parametrize("resource", ALL, ids=lambda r: str(r.kind))
+def test_idempotent_per_kind(resource: Resource) -> None:
+    state = state_of([resource])
+    assert planner.plan(state, state).empty
+
+
+def test_converged_state_plans_nothing() -> None:
+    assert planner.plan(state_of(ALL), state_of(ALL)).empty
+
+
+def test_every_dependency_points_to_an_earlier_kind() -> None:
+    for res in ALL:
+        for dep in res.deps:
+            assert RANK[Kind(dep.key[0])] < RANK[res.kind], (res.key, dep.key)
+    assert set(KIND_ORDER) == set(Kind)
+
+
+def test_mtu_change_is_an_update_with_reason() -> None:
+    bigger = Veth(**{**VETH.__dict__, "mtu": 9000, "host_mtu": 9000})
+    plan = planner.plan(state_of([bigger]), state_of([VETH]))
+    assert actions(plan) == [("update", VETH.key, "mtu 1500 -> 9000, host_mtu 1500 -> 9000")]
+
+
+def test_bridge_rename_is_an_update() -> None:
+    renamed = Bridge("front", "br-new", 1500, BR.mac)
+    plan = planner.plan(state_of([renamed]), state_of([BR]))
+    assert actions(plan) == [("update", BR.key, "ifname br-front -> br-new")]
+
+
+def test_namespace_change_replaces_veth_and_its_children() -> None:
+    moved = Veth(**{**VETH.__dict__, "ns": "other"})
+    moved_addr = Address(VETH.key, ADDR.cidr, ns="other", ifname="eth0")
+    moved_route = Route("other", "0.0.0.0/0", "172.30.1.1", VETH.key, "eth0", ADDR.key)
+    plan = planner.plan(
+        state_of([moved, moved_addr, moved_route]), state_of([VETH, ADDR, ROUTE])
+    )
+    # The old namespace's route (another key) goes with the old veth: not listed.
+    assert actions(plan) == [
+        ("replace", VETH.key, "a veth end cannot change namespace in place (web -> other)"),
+        ("replace", ADDR.key, "removed with veth eth0 (container web, network front)"),
+        ("create", moved_route.key, "not in the kernel"),
+    ]
+
+
+def test_address_change_deletes_old_creates_new_and_replaces_dependent_route() -> None:
+    new_addr = Address(VETH.key, "172.30.1.20/24", ns="web", ifname="eth0")
+    new_route = Route("web", "0.0.0.0/0", "172.30.1.1", VETH.key, "eth0", new_addr.key)
+    plan = planner.plan(state_of([VETH, new_addr, new_route]), state_of([VETH, ADDR, ROUTE]))
+    assert actions(plan) == [
+        ("delete", ADDR.key, "not in spec"),
+        ("create", new_addr.key, "not in the kernel"),
+        ("replace", ROUTE.key, "removed with address 172.30.1.10/24 on eth0"),
+    ]
+
+
+def test_deleting_a_link_leaves_out_what_the_kernel_removes_with_it() -> None:
+    plan = planner.plan({}, state_of([NS, VETH, ADDR, ROUTE]))
+    # The address and route go with the veth; the veth is deleted explicitly
+    # before its namespace (namespace teardown is asynchronous).
+    assert actions(plan) == [
+        ("delete", VETH.key, "not in spec"),
+        ("delete", NS.key, "not in spec"),
+    ]
+
+
+def test_deletes_run_before_creates_and_in_reverse_order() -> None:
+    old = Bridge("old", "br-old", 1500, "02:00:00:00:00:02")
+    old_gw = Address(old.key, "10.1.0.1/24", ns="", ifname="br-old")
+    plan = planner.plan(state_of([BR]), state_of([old, old_gw]))
+    steps = [(str(a), c.key) for a, c in plan.steps()]
+    assert steps == [("delete", old.key), ("create", BR.key)]
+
+
+def test_replace_steps_delete_first_then_create() -> None:
+    moved = Veth(**{**VETH.__dict__, "ns": "other"})
+    plan = planner.plan(state_of([moved]), state_of([VETH]))
+    assert [(str(a), c.key) for a, c in plan.steps()] == [
+        ("delete", VETH.key), ("create", VETH.key),
+    ]
+
+
+def test_route_gateway_change_is_an_in_place_update() -> None:
+    changed = Route("web", "0.0.0.0/0", "172.30.1.254", VETH.key, "eth0", ADDR.key)
+    plan = planner.plan(state_of([changed]), state_of([ROUTE]))
+    assert actions(plan) == [("update", ROUTE.key, "via 172.30.1.1 -> 172.30.1.254")]
+
+
+def test_hosts_content_change_is_an_update() -> None:
+    changed = HostsFile("web", HOSTS.content + "172.30.1.11\tdb\n")
+    plan = planner.plan(state_of([changed]), state_of([HOSTS]))
+    assert actions(plan) == [("update", HOSTS.key, "content differs")]
+
+
+def test_loopback_down_is_repaired_in_place() -> None:
+    plan = planner.plan(state_of([NS]), state_of([Netns("web", lo_up=False)]))
+    assert actions(plan) == [("update", NS.key, "lo_up down -> up")]
+
+
+def test_missing_container_end_replaces_the_pair() -> None:
+    half = Veth(**{**VETH.__dict__, "ns": "?", "ifname": "", "mac": "", "mtu": 0, "up": False})
+    plan = planner.plan(state_of([VETH]), state_of([half]))
+    assert actions(plan) == [
+        ("replace", VETH.key, "container end of the veth pair is missing")
+    ]
+
+
+def test_json_plan_is_stable_and_complete() -> None:
+    plan = planner.plan(state_of([BR, GW]), {})
+    doc = plan.to_json("p")
+    assert json.loads(json.dumps(doc, sort_keys=True)) == doc
+    assert doc["summary"] == {"create": 2, "update": 0, "replace": 0, "delete": 0}
+    first = doc["changes"][0]
+    assert first == {
+        "action": "create",
+        "kind": "bridge",
+        "key": ["bridge", "front"],
+        "ns": "",
+        "reason": "not in the kernel",
+        "before": None,
+        "after": {"network": "front", "ifname": "br-front", "mtu": 1500,
+                  "mac": "02:00:00:00:00:01", "up": True},
+    }

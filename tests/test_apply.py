@@ -1,0 +1,393 @@
+"""The whole loop on the real kernel, each test in its own private namespace."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reconciler import cli, engine, spec as spec_mod
+from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.errors import KernelError
+from tests.kernelutil import (
+    addresses,
+    in_ns,
+    kernel_snapshot,
+    links,
+    netns_list,
+    run_cli,
+)
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = REPO / "examples" / "seed.yaml"
+BASE = """\
+version: 1
+project: shop
+networks:
+  front:
+    subnet: 172.30.1.0/24
+    interface: br-front
+containers:
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def converge(spec_path: Path) -> int:
+    """Apply through the engine and return the number of kernel writes."""
+    spec = spec_mod.load(spec_path)
+    kernel = NetlinkKernel()
+    try:
+        snap = engine.snapshot(kernel, spec)
+        engine.apply(kernel, spec, snap.plan)
+        return kernel.writes
+    finally:
+        kernel.close()
+
+
+def plan_json(capsys: pytest.CaptureFixture[str], spec_path: Path) -> dict[str, object]:
+    code, out, _ = run_cli(capsys, "plan", "--output", "json", str(spec_path))
+    assert code == 0
+    doc: dict[str, object] = json.loads(out)
+    return doc
+
+
+def test_seed_apply_ping_by_name_then_nothing_to_do(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], have_ping: None
+) -> None:
+    code, out, err = run_cli(capsys, "plan", "--detailed-exitcode", str(SEED))
+    assert code == 2, err
+    assert "+ create netns container1" in out
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
+    assert code == 0, err
+    assert "Apply complete" in out
+    ping = in_ns("container1", "ping", "-c", "1", "-W", "2", "container2")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert "172.30.1.3" in ping.stdout
+    code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(SEED))
+    assert (code, out.strip()) == (0, "No changes. The kernel matches the spec of project 'seed'.")
+    before = kernel_snapshot()
+    assert converge(SEED) == 0
+    assert kernel_snapshot() == before
+
+
+EDIT_V1 = """\
+version: 1
+project: shop
+networks:
+  front: {subnet: 172.30.1.0/24, interface: br-front}
+containers:
+  web: {networks: [front]}
+  db: {networks: [front]}
+"""
+# mtu changed, web's address pinned, a network and a container added
+EDIT_V2 = """\
+version: 1
+project: shop
+networks:
+  front: {subnet: 172.30.1.0/24, interface: br-front, mtu: 1400}
+  back: {subnet: 172.30.2.0/24, interface: br-back}
+containers:
+  web:
+    networks:
+      front: {ipv4_address: 172.30.1.50}
+      back: {}
+  db: {networks: [front]}
+  cache: {networks: [front]}
+"""
+# the network removed again
+EDIT_V3 = EDIT_V2.replace("      back: {}\n", "").replace(
+    "  back: {subnet: 172.30.2.0/24, interface: br-back}\n", ""
+)
+
+
+def test_edits_converge_in_place(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write(sandbox / "shop.yaml", EDIT_V1)
+    converge(spec)
+    assert addresses("db", "eth0") == ["172.30.1.2/24"]  # by name: db .2, web .3
+    assert addresses("web", "eth0") == ["172.30.1.3/24"]
+
+    write(spec, EDIT_V2)
+    doc = plan_json(capsys, spec)
+    by_key = {tuple(c["key"]): c for c in doc["changes"]}  # type: ignore[attr-defined]
+    assert by_key[("bridge", "front")]["action"] == "update"
+    assert by_key[("bridge", "front")]["reason"] == "mtu 1500 -> 1400"
+    assert by_key[("veth", "db", "front")]["action"] == "update"
+    converge(spec)
+    assert links()["br-front"]["mtu"] == 1400
+    assert links("db")["eth0"]["mtu"] == 1400
+    assert addresses("web", "eth0") == ["172.30.1.50/24"]
+    assert addresses("web", "eth1") == ["172.30.2.2/24"]
+    assert addresses("db", "eth0") == ["172.30.1.2/24"]  # not renumbered
+    assert addresses("cache", "eth0") == ["172.30.1.3/24"]  # web's old address is free again
+    hosts = Path("/etc/netns/cache/hosts").read_text()
+    assert "172.30.1.50\tweb\n" in hosts and "172.30.1.2\tdb\n" in hosts
+
+    write(spec, EDIT_V3)
+    converge(spec)
+    assert "eth1" not in links("web")
+    assert "br-back" not in links()
+    assert "br-front" in links()
+    assert converge(spec) == 0
+
+
+def test_adding_a_container_does_not_renumber_others(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    converge(SEED)
+    assert addresses("container1", "eth0") == ["172.30.1.2/24"]
+    assert addresses("container2", "eth0") == ["172.30.1.3/24"]
+    # "aaa" sorts first: on an empty machine it would get .2, here it must not.
+    grown = write(sandbox / "seed.yaml", SEED.read_text() + "  aaa:\n    networks: [alpine-net]\n")
+    converge(grown)
+    assert addresses("container1", "eth0") == ["172.30.1.2/24"]
+    assert addresses("container2", "eth0") == ["172.30.1.3/24"]
+    assert addresses("aaa", "eth0") == ["172.30.1.4/24"]
+    assert links("container1")["eth0"]["address"] == "02:42:ac:1e:01:02"
+
+
+def test_destroy_removes_owned_and_keeps_foreign(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subprocess.run(["ip", "link", "add", "br-mine", "type", "bridge"], check=True)
+    subprocess.run(["ip", "netns", "add", "mine"], check=True)
+    converge(SEED)
+    code, out, _ = run_cli(capsys, "show", str(SEED))
+    assert code == 0 and "netns container1" in out
+    code, out, err = run_cli(capsys, "destroy", "--auto-approve", str(SEED))
+    assert code == 0, err
+    assert netns_list() == ["mine"]
+    assert sorted(links()) == ["br-mine", "lo"]
+    assert not any(Path("/etc/netns").iterdir())
+    code, out, _ = run_cli(capsys, "show", str(SEED))
+    assert out.strip() == "Project 'seed' owns nothing on this machine."
+
+
+def test_foreign_object_with_a_desired_name_is_an_error(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subprocess.run(["ip", "netns", "add", "container1"], check=True)
+    subprocess.run(["ip", "link", "add", "br-front", "type", "bridge"], check=True)
+    spec = write(sandbox / "shop.yaml", BASE + "  container1:\n    networks: [front]\n")
+    before = kernel_snapshot()
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 1
+    assert err.splitlines() == [
+        f"error: {spec}:6:5: network 'front': interface br-front exists and is not owned "
+        "by project 'shop'",
+        f"error: {spec}:8:3: container 'container1': netns container1 exists and is not "
+        "owned by project 'shop'",
+        "2 problem(s); nothing was changed.",
+    ]
+    assert kernel_snapshot() == before
+
+
+def test_invalid_spec_changes_nothing(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write(sandbox / "shop.yaml", BASE + """\
+      web:
+        networks:
+          front: {ipv4_address: 172.30.2.10}
+    """)
+    before = kernel_snapshot()
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 1
+    assert err.splitlines()[0] == (
+        f"error: {spec}:10:19: container 'web': ipv4_address 172.30.2.10 is outside "
+        "network 'front' (172.30.1.0/24)"
+    )
+    assert kernel_snapshot() == before
+
+
+class FailingKernel(NetlinkKernel):
+    """The real kernel, except that the Nth write fails as the kernel would."""
+
+    fail_at = 5
+
+    def _write(self, what: str, fn):  # type: ignore[no-untyped-def]
+        if self.writes + 1 == self.fail_at:
+            self.writes += 1
+            raise KernelError(what, errno.EBUSY)
+        return super()._write(what, fn)
+
+
+def test_kernel_error_mid_apply_reports_and_next_apply_converges(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "NetlinkKernel", FailingKernel)
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("error: failed: create ")
+    assert lines[0].endswith("Device or resource busy (EBUSY)")
+    assert lines[1].startswith("Already done (")
+    assert "Fix the cause and run apply again" in err
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
+    assert code == 0, err
+    assert converge(SEED) == 0
+
+
+def test_modes_none_host_and_attached_namespace(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], have_ping: None
+) -> None:
+    subprocess.run(["ip", "netns", "add", "outside"], check=True)
+    spec = write(sandbox / "shop.yaml", BASE + """\
+      batch:
+        network_mode: none
+      cache:
+        network_mode: host
+      ext:
+        netns_path: /run/netns/outside
+        networks: [front]
+      web:
+        networks: [front]
+    """)
+    converge(spec)
+    assert sorted(links("batch")) == ["lo"]
+    assert links("batch")["lo"]["operstate"] == "UNKNOWN" and "UP" in links("batch")["lo"]["flags"]
+    assert "cache" not in netns_list()
+    assert addresses("outside", "eth0") == ["172.30.1.2/24"]
+    ping = in_ns("web", "ping", "-c", "1", "-W", "2", "172.30.1.2")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert converge(spec) == 0
+    code, _, err = run_cli(capsys, "destroy", "--auto-approve", str(spec))
+    assert code == 0, err
+    assert netns_list() == ["outside"]  # attached, never deleted
+    assert sorted(links("outside")) == ["lo"]
+
+
+def test_routes_and_ipv6(sandbox: Path, capsys: pytest.CaptureFixture[str], have_ping: None) -> None:
+    spec = write(sandbox / "shop.yaml", """\
+        version: 1
+        project: shop
+        networks:
+          front:
+            subnet: 172.30.1.0/24
+            ipv6: {subnet: "fd00:30:1::/64"}
+        containers:
+          web:
+            networks: [front]
+            routes:
+              - {to: 10.99.0.0/16, via: 172.30.1.254}
+          db:
+            networks:
+              front: {ipv6_address: "fd00:30:1::99"}
+    """)
+    converge(spec)
+    routes = {(r["dst"], r.get("gateway")): r for r in
+              json.loads(subprocess.run(["ip", "-j", "-n", "web", "route"], check=True,
+                                        capture_output=True, text=True).stdout)}
+    assert ("default", "172.30.1.1") in routes
+    assert ("10.99.0.0/16", "172.30.1.254") in routes
+    assert routes[("default", "172.30.1.1")]["protocol"] == "78"
+    assert addresses("db", "eth0", "inet6") == ["fd00:30:1::99/64"]
+    ping = in_ns("web", "ping", "-6", "-c", "1", "-W", "2", "db")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert converge(spec) == 0
+
+
+def test_drift_is_repaired(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    converge(SEED)
+    subprocess.run(["ip", "-n", "container1", "link", "set", "eth0", "mtu", "1300"], check=True)
+    subprocess.run(["ip", "-n", "container2", "addr", "flush", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", "container1", "link", "set", "lo", "down"], check=True)
+    code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(SEED))
+    assert code == 2
+    assert "mtu 1300 -> 1500" in out
+    converge(SEED)
+    assert links("container1")["eth0"]["mtu"] == 1500
+    assert addresses("container2", "eth0") == ["172.30.1.3/24"]
+    assert converge(SEED) == 0
+
+
+def test_not_root_is_one_sentence(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    public = Path("/tmp") / f"netapply-test-{os.getpid()}.yaml"
+    public.write_text(SEED.read_text())
+    public.chmod(0o644)
+    try:
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+             sys.executable, "-m", "reconciler.cli", "plan", str(public)],
+            capture_output=True, text=True, cwd="/", env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    finally:
+        public.unlink()
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: netapply needs CAP_NET_ADMIN and CAP_SYS_ADMIN to read and change network "
+        "namespaces: run it as root (for example with sudo)"
+    )
+
+
+def _on_terminal(args: list[str], answer: str) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdin/stdout, answering its prompt."""
+    import pty
+    import select
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", *args],
+        stdin=child, stdout=child, stderr=child, close_fds=True,
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "160"},
+    )
+    os.close(child)
+    output = b""
+    answered = False
+    while True:
+        ready, _, _ = select.select([main], [], [], 30)
+        if not ready:
+            proc.kill()
+            raise AssertionError(f"no output from netapply for 30 s: {output!r}")
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+        if not answered and b"Only 'yes' will be accepted" in output:
+            os.write(main, answer.encode() + b"\n")
+            answered = True
+    os.close(main)
+    return proc.wait(timeout=30), output.decode(errors="replace")
+
+
+def test_apply_asks_on_a_terminal_with_colour(sandbox: Path) -> None:
+    code, out = _on_terminal(["apply", str(SEED)], "no")
+    assert code == 1
+    assert "\x1b[" in out  # coloured plan
+    assert "Cancelled; nothing was changed." in out
+    assert netns_list() == []
+    code, out = _on_terminal(["apply", str(SEED)], "yes")
+    assert code == 0, out
+    assert "Apply complete" in out
+    assert netns_list() == ["container1", "container2"]
+
+
+def test_apply_without_terminal_needs_auto_approve(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False)
+    code, _, err = run_cli(capsys, "apply", str(SEED))
+    assert code == 1
+    assert err.strip() == (
+        "error: refusing to change the kernel without confirmation: stdin is not a "
+        "terminal; pass --auto-approve"
+    )
+    assert netns_list() == []
+    code, out, _ = run_cli(capsys, "apply", "--auto-approve", str(SEED))
+    assert code == 0
+    assert "  done: create netns container1" in out  # progress, one line per step

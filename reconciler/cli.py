@@ -142,11 +142,13 @@ class Cli:
                 self.out.print(f"  done: {escape(describe(action, change))}")
 
             result = engine.apply(kernel, spec, snap.plan, destroy, log)
-        what = "Destroy" if destroy else "Apply"
-        self.out.print(
-            f"[green]{what} complete:[/green] {len(result.done)} step(s); "
-            "the kernel matches the spec."
+        outcome = (
+            f"nothing owned by project '{escape(spec.project)}' is left"
+            if destroy
+            else "the kernel matches the spec"
         )
+        what = "Destroy" if destroy else "Apply"
+        self.out.print(f"[green]{what} complete:[/green] {len(result.done)} step(s); {outcome}.")
         return EXIT_OK
 
     def _confirm(self, destroy: bool) -> bool:

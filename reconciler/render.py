@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from rich.markup import escape
 
-from reconciler.planner import Action, Change, Plan
+from reconciler.planner import RANK, Action, Change, Plan
 from reconciler.resources import HOST_NS, Resource, ns_label
 
 SYMBOL = {
@@ -69,7 +69,7 @@ def state_text(resources: Iterable[Resource], project: str) -> str:
     lines = [f"Owned by project '{escape(project)}':"]
     for ns in sorted(groups, key=_group_order):
         lines.append(f"  [bold]# {escape(ns_label(ns))}[/bold]")
-        for res in sorted(groups[ns], key=lambda r: r.key):
+        for res in sorted(groups[ns], key=lambda r: (RANK[r.kind], r.key)):
             lines.append(f"    {escape(res.title())}{_details(res)}")
     return "\n".join(lines)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli, engine, spec as spec_mod
+from reconciler import cli, engine
+from reconciler import spec as spec_mod
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import KernelError
 from tests.kernelutil import (
@@ -267,7 +268,9 @@ def test_modes_none_host_and_attached_namespace(
     assert sorted(links("outside")) == ["lo"]
 
 
-def test_routes_and_ipv6(sandbox: Path, capsys: pytest.CaptureFixture[str], have_ping: None) -> None:
+def test_routes_and_ipv6(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], have_ping: None
+) -> None:
     spec = write(sandbox / "shop.yaml", """\
         version: 1
         project: shop
@@ -391,3 +394,36 @@ def test_apply_without_terminal_needs_auto_approve(
     code, out, _ = run_cli(capsys, "apply", "--auto-approve", str(SEED))
     assert code == 0
     assert "  done: create netns container1" in out  # progress, one line per step
+
+
+@pytest.mark.parametrize(
+    "example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_example_applies_converges_and_destroys(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], example: Path
+) -> None:
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", str(example))
+    assert code == 0, out + err
+    code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(example))
+    assert code == 0, out
+    code, out, err = run_cli(capsys, "destroy", "--auto-approve", str(example))
+    assert code == 0, out + err
+    assert netns_list() == []
+    assert sorted(links()) == ["lo"]
+
+
+def test_shop_example_names_and_isolation(sandbox: Path, have_ping: None) -> None:
+    converge(REPO / "examples" / "shop.yaml")
+    assert addresses("proxy", "eth0") == ["172.30.1.10/24"]
+    assert addresses("web", "eth0") == ["172.30.1.128/24"]  # first of ip_range
+    assert links("db")["eth0"]["address"] == "02:42:ac:1e:02:99"
+    assert links("db")["eth0"]["mtu"] == 1400
+    for target in ("www", "app", "db"):
+        ping = in_ns("web", "ping", "-c", "1", "-W", "2", target)
+        assert ping.returncode == 0, (target, ping.stdout + ping.stderr)
+    # db shares no network with proxy: it has no name for it.
+    assert "proxy" not in Path("/etc/netns/db/hosts").read_text()
+    # internal network: no default route in db.
+    assert "default" not in subprocess.run(
+        ["ip", "-n", "db", "route"], capture_output=True, text=True, check=True
+    ).stdout

@@ -1,0 +1,181 @@
+"""The project's JSON Schema, and its errors translated into sentences a user understands."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path as FsPath
+from typing import Any
+
+import jsonschema
+import jsonschema.validators
+from jsonschema.exceptions import ValidationError
+
+from reconciler.errors import Problem, Where
+from reconciler.yamlsource import Document, Path, describe, locate, show
+
+SCHEMA_PATH = FsPath(__file__).resolve().parent.parent / "specs" / "netapply.schema.json"
+TEXT_HINT = "; quote it so YAML reads it as text"
+
+
+def _ecma_pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
+    # JSON Schema patterns are ECMA-262: "$" matches only at the very end, while
+    # Python's "$" also matches before a final newline ("web\n" would pass).
+    if not validator.is_type(instance, "string"):
+        return
+    python_pattern = pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern
+    if not re.search(python_pattern, instance):
+        yield ValidationError(f"does not match {pattern}")
+
+
+@functools.cache
+def _validator() -> Any:
+    with open(SCHEMA_PATH, encoding="utf-8") as stream:
+        schema = json.load(stream)
+    # Files of a directory are validated one by one; version and project may
+    # live in any of them, so their presence is checked after merging.
+    schema = copy.deepcopy(schema)
+    schema.pop("required", None)
+    extend: Any = jsonschema.validators.extend
+    cls = extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
+    return cls(schema)
+
+
+def problems(doc: Document) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in _validator().iter_errors(doc.data):
+        problems.extend(_translate(error, doc.where))
+    unique = {(p.where, p.message): p for p in problems}
+    return list(unique.values())
+
+
+def _translate(error: ValidationError, where: dict[Path, Where]) -> list[Problem]:
+    path: tuple[str | int, ...] = tuple(error.absolute_path)
+    keyword = error.validator
+    expected: Any = error.validator_value
+    if keyword in ("anyOf", "oneOf"):
+        branch = _matching_branch(error)
+        if branch is not None:
+            return [p for sub in branch for p in _translate(sub, where)]
+    if keyword == "additionalProperties" and expected is False:
+        return _unknown_keys(error, path, where)
+    if keyword == "required":
+        instance: Any = error.instance
+        missing = [key for key in expected if key not in instance]
+        return [_problem(where, path, _label(path, key) + " is required") for key in missing]
+    if "propertyNames" in error.absolute_schema_path:
+        # The error is about a name; point at it (the validated instance is the key).
+        name = str(error.instance)
+        cause = f"name {show(name)} must match {expected}"
+        return [_problem(where, path, cause, at=(*path, name))]
+    return [_problem(where, path, _cause(error, _label(path)))]
+
+
+def _matching_branch(error: ValidationError) -> list[ValidationError] | None:
+    """The errors of the only anyOf branch whose type fits the value, if exactly one does."""
+    branches: dict[int, list[ValidationError]] = {}
+    for sub in error.context or ():
+        branches.setdefault(int(sub.relative_schema_path[0]), []).append(sub)
+    fitting = [
+        errors
+        for errors in branches.values()
+        if not any(e.validator == "type" and not e.relative_path for e in errors)
+    ]
+    alternatives: Any = error.validator_value
+    if len(fitting) == 1 and len(branches) == len(alternatives):
+        return fitting[0]
+    return None
+
+
+def _unknown_keys(
+    error: ValidationError, path: tuple[str | int, ...], where: dict[Path, Where]
+) -> list[Problem]:
+    known = sorted(_schema(error).get("properties", {}))
+    field = _label(path)
+    problems = []
+    instance: Any = error.instance
+    for key in instance:
+        if key in known:
+            continue
+        cause = f"unknown key {show(key)}" + (f" in {field}" if field else "")
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            cause += f" (did you mean {show(close[0])}?)"
+        problems.append(_problem(where, path, cause, at=(*path, key)))
+    return problems
+
+
+def _schema(error: ValidationError) -> dict[str, Any]:
+    return error.schema if isinstance(error.schema, dict) else {}
+
+
+def _cause(error: ValidationError, field: str) -> str:
+    keyword, value, schema = error.validator, error.instance, _schema(error)
+    expected: Any = error.validator_value
+    subject = f"{field} " if field else ""
+    if keyword == "type":
+        wanted = schema.get("title") or _type_words(expected)
+        return _must_be(subject, wanted, value, "string" in expected)
+    if keyword in ("anyOf", "oneOf"):
+        wants_text = any(branch.get("type") == "string" for branch in expected)
+        return _must_be(subject, schema.get("title", "valid"), value, wants_text)
+    if keyword == "const":
+        return _must_be(subject, show(expected), value, False)
+    if keyword == "enum":
+        choices = ", ".join(str(choice) for choice in expected)
+        return f"{subject}must be one of {choices} (got {show(value)})"
+    if keyword in ("minimum", "maximum"):
+        low, high = schema.get("minimum", "-"), schema.get("maximum", "-")
+        return f"{subject}must be between {low} and {high} (got {show(value)})"
+    if keyword == "maxLength":
+        return f"{subject}{show(value)} is longer than {expected} characters"
+    if keyword == "minLength":
+        return f"{subject}must not be empty"
+    if keyword == "pattern":
+        if "title" in schema:
+            return _must_be(subject, schema["title"], value, False)
+        return f"{subject}{show(value)} must match {expected}"
+    return f"{subject}is not valid ({keyword})"
+
+
+def _must_be(subject: str, expected: str, value: object, wants_text: bool) -> str:
+    hint = TEXT_HINT if wants_text and not isinstance(value, str | dict | list | None) else ""
+    return f"{subject}must be {expected} (got {show(value)}){hint}"
+
+
+def _type_words(types: str | list[str]) -> str:
+    words = {
+        "string": "a string",
+        "integer": "a whole number",
+        "number": "a number",
+        "boolean": "true or false",
+        "object": "a mapping",
+        "array": "a list",
+        "null": "nothing",
+    }
+    names = [types] if isinstance(types, str) else [t for t in types if t != "null"]
+    return " or ".join(words.get(name, name) for name in names)
+
+
+def _label(path: tuple[str | int, ...], key: str | None = None) -> str:
+    """The field name of path (plus key) inside its object; the key alone at the top."""
+    _, field = describe((*path, key) if key is not None else path)
+    return field or (key or "")
+
+
+def _problem(
+    where: dict[Path, Where],
+    path: tuple[str | int, ...],
+    cause: str,
+    at: tuple[str | int, ...] | None = None,
+) -> Problem:
+    """A problem about the object at path, positioned at `at` (default: path itself)."""
+    ctx, _ = describe(path)
+    position = locate(where, tuple(str(part) for part in (path if at is None else at)))
+    return Problem(position, f"{ctx}: {cause}")

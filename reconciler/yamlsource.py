@@ -1,0 +1,398 @@
+"""Reading spec files: safe YAML that remembers where every key and list item was written.
+
+PyYAML forgets positions once it builds Python objects, so the node tree is
+composed first, the data is constructed from it with the SafeLoader, and both
+are walked side by side to map each path to its line and column. The walk
+also returns a cleaned copy of the data: keys that are not strings are
+reported and dropped, so later stages only ever see JSON-like values.
+The files of a spec directory are merged here too, keeping each entry's position.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from reconciler.errors import Problem, SpecError, Where
+
+Path = tuple[str, ...]
+AnyPath = Sequence[str | int]
+
+# Singular names of the top-level sections, used to name an object in messages.
+SECTIONS = {"hosts": "host", "networks": "network", "containers": "container"}
+
+# A document that expands to more values than this is an alias bomb, not a spec.
+MAX_VALUES = 200_000
+
+
+@dataclass
+class Document:
+    """One parsed file: cleaned data (None when empty or unreadable) and positions."""
+
+    file: str
+    data: object = None
+    where: dict[Path, Where] = field(default_factory=dict)
+    ok: bool = True  # False when the file could not be parsed at all
+
+
+def describe(path: AnyPath) -> tuple[str, str]:
+    """Split a path into the object it belongs to and the field inside it.
+
+    ("containers", "web", "ports", 0, "protocol") -> ("container 'web'", "ports[0].protocol")
+    """
+    if not path:
+        return "spec", ""
+    head = str(path[0])
+    if head in SECTIONS and len(path) >= 2:
+        return f"{SECTIONS[head]} '{path[1]}'", field_label(path[2:])
+    return head, field_label(path[1:])
+
+
+def field_label(rest: AnyPath) -> str:
+    """A dotted field name with list indices in brackets: ports[0].protocol."""
+    label = ""
+    for part in rest:
+        if isinstance(part, int):
+            label += f"[{part}]"
+        else:
+            label += f".{part}" if label else part
+    return label
+
+
+def show(value: object) -> str:
+    """A short rendering of a user's value for messages; never a full repr dump."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = value if len(value) <= 40 else value[:37] + "..."
+        return repr(text)
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, datetime.date):
+        return f"the date {value.isoformat()}"
+    return f"a YAML {type(value).__name__}"
+
+
+def position(file: str, mark: yaml.Mark | None) -> Where:
+    if mark is None:
+        return Where(file, 1, 1)
+    return Where(file, mark.line + 1, mark.column + 1)
+
+
+def parse(text: str, file: str) -> tuple[Document, list[Problem]]:
+    """Parse one YAML document. Problems are returned, never raised."""
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as err:  # a character YAML does not allow
+        return Document(file, ok=False), [_reader_problem(err, text, file)]
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return Document(file), []
+        duplicates = _duplicate_keys(node, file)
+        data = loader.construct_document(node)
+        walker = _Walker(file, loader)
+        cleaned = walker.walk(node, data, ())
+        if walker.recursive:
+            return Document(file, ok=False), walker.problems
+    except yaml.MarkedYAMLError as err:
+        return Document(file, ok=False), [_syntax_problem(err, file)]
+    except yaml.YAMLError as err:
+        return Document(file, ok=False), [_reader_problem(err, text, file)]
+    except _TooBig:
+        problem = Problem(Where(file, 1, 1), "YAML: the document expands to too many values")
+        return Document(file, ok=False), [problem]
+    except RecursionError:
+        problem = Problem(Where(file, 1, 1), "YAML: the document is nested too deeply")
+        return Document(file, ok=False), [problem]
+    finally:
+        loader.dispose()
+    walker.where[()] = position(file, node.start_mark)
+    return Document(file, cleaned, walker.where), duplicates + walker.problems
+
+
+def _syntax_problem(err: yaml.MarkedYAMLError, file: str) -> Problem:
+    mark = err.problem_mark or err.context_mark
+    problem, context = err.problem or "", err.context or ""
+    if problem.startswith("but "):
+        cause = f"{context}, {problem}"
+    else:
+        cause = f"{problem} ({context})" if context else problem or "the text is not valid YAML"
+    if "'\\t'" in problem:
+        cause += "; indent with spaces, not tabs"
+    kind = "YAML" if isinstance(err, yaml.constructor.ConstructorError) else "YAML syntax error"
+    return Problem(position(file, mark), f"{kind}: {cause}")
+
+
+def _reader_problem(err: yaml.YAMLError, text: str, file: str) -> Problem:
+    # ReaderError (a control character) carries a character index, not a mark.
+    index = getattr(err, "position", 0) or 0
+    line = text.count("\n", 0, index) + 1
+    col = index - (text.rfind("\n", 0, index) + 1) + 1
+    char = getattr(err, "character", None)
+    cause = f"character U+{char:04X} is not allowed" if isinstance(char, int) else "unreadable text"
+    return Problem(Where(file, line, col), f"YAML syntax error: {cause}")
+
+
+def _duplicate_keys(root: yaml.Node, file: str) -> list[Problem]:
+    """Keys written twice in one mapping (PyYAML silently keeps the last one)."""
+    problems: list[Problem] = []
+    seen_nodes: set[int] = set()
+    todo: list[tuple[yaml.Node, Path]] = [(root, ())]
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend((child, (*path, str(i))) for i, child in enumerate(node.value))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[str, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = key_node.value
+            if key in first:
+                ctx, label = describe((*path, key))
+                what = f"{label} is defined" if label else "defined"
+                earlier = position(file, first[key])
+                message = f"{ctx}: {what} twice (first at {earlier})"
+                problems.append(Problem(position(file, key_node.start_mark), message))
+            else:
+                first[key] = key_node.start_mark
+            todo.append((value_node, (*path, key)))
+    return problems
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Walker:
+    """Walks the node tree and the constructed data in parallel."""
+
+    def __init__(self, file: str, loader: yaml.SafeLoader):
+        self.file = file
+        self.loader = loader
+        self.where: dict[Path, Where] = {}
+        self.problems: list[Problem] = []
+        self.count = 0
+        self.active: set[int] = set()  # collection nodes on the current path
+        self.recursive = False
+
+    def walk(self, node: yaml.Node, data: object, path: Path) -> object:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise _TooBig
+        if id(node) in self.active:
+            self._report(node, path, "refers to itself through a YAML alias")
+            self.recursive = True
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode) and isinstance(data, dict):
+                return self._mapping(node, data, path)
+            if isinstance(node, yaml.SequenceNode) and isinstance(data, list):
+                return self._sequence(node, data, path)
+            return data
+        finally:
+            self.active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, data: dict[object, object], path: Path) -> object:
+        # After construction node.value holds merged (<<) pairs too; the last one wins,
+        # as in the constructed dict.
+        last: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = self.loader.construct_object(key_node, deep=True)
+            if isinstance(key, str):
+                last[key] = (key_node, value_node)
+            else:
+                raw = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                self._report(
+                    key_node,
+                    path,
+                    f"key {raw!r} is read by YAML as {show(key)}, not as text; quote it",
+                )
+        cleaned: dict[str, object] = {}
+        for key, (key_node, value_node) in last.items():
+            if key not in data:
+                continue
+            child = (*path, key)
+            self.where[child] = position(self.file, key_node.start_mark)
+            cleaned[key] = self.walk(value_node, data[key], child)
+        return cleaned
+
+    def _sequence(self, node: yaml.SequenceNode, data: list[object], path: Path) -> object:
+        cleaned: list[object] = []
+        for index, (item_node, item) in enumerate(zip(node.value, data, strict=False)):
+            child = (*path, str(index))
+            self.where[child] = position(self.file, item_node.start_mark)
+            cleaned.append(self.walk(item_node, item, child))
+        return cleaned
+
+    def _report(self, node: yaml.Node, path: Path, cause: str) -> None:
+        ctx, label = describe(path)
+        inside = f"in {label}, " if label else ""
+        message = f"{ctx}: {inside}{cause}"
+        self.problems.append(Problem(position(self.file, node.start_mark), message))
+
+
+# --- files and directories ---------------------------------------------------------
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+REQUIRED_KEYS = ("version", "project")
+
+
+def read(given: str) -> tuple[list[Document], list[Problem]]:
+    """Parse a spec file, or every *.yaml/*.yml file of a directory (sorted by name).
+
+    Raises SpecError only when there is nothing to read at all.
+    """
+    if os.path.isdir(given):
+        return _read_directory(given)
+    if not os.path.exists(given):
+        raise SpecError([Problem(None, f"spec: {given} does not exist")])
+    doc, problems = read_file(given)
+    return [doc], problems
+
+
+def _read_directory(directory: str) -> tuple[list[Document], list[Problem]]:
+    try:
+        names = sorted(
+            entry.name
+            for entry in os.scandir(directory)
+            if entry.name.endswith(SPEC_SUFFIXES) and not entry.name.startswith(".")
+        )
+    except OSError as err:
+        raise SpecError([Problem(None, f"spec: cannot read {directory}: {err.strerror}")]) from None
+    if not names:
+        raise SpecError([Problem(None, f"spec: {directory} contains no *.yaml or *.yml files")])
+    docs: list[Document] = []
+    problems: list[Problem] = []
+    for name in names:
+        doc, found = read_file(os.path.join(directory, name))
+        docs.append(doc)
+        problems.extend(found)
+    return docs, problems
+
+
+def read_file(file: str) -> tuple[Document, list[Problem]]:
+    try:
+        with open(file, "rb") as stream:
+            raw = stream.read()
+    except OSError as err:
+        return Document(file, ok=False), [
+            Problem(None, f"spec: cannot read {file}: {err.strerror}")
+        ]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        problem = Problem(Where(file, line, col), "YAML: the file is not UTF-8 text")
+        return Document(file, ok=False), [problem]
+    return parse(text, file)
+
+
+def shape_problems(doc: Document, in_directory: bool) -> list[Problem]:
+    """The top level of a file must be a mapping (an empty file in a directory is fine)."""
+    if not doc.ok or isinstance(doc.data, dict):
+        return []
+    start = Where(doc.file, 1, 1)
+    if doc.data is None:
+        if in_directory:
+            return []
+        return [
+            Problem(start, "spec: the file is empty; a spec needs at least version and project")
+        ]
+    cause = (
+        f"the top level must be a mapping with keys like version and project (got {show(doc.data)})"
+    )
+    return [Problem(doc.where.get((), start), f"spec: {cause}")]
+
+
+def merge(
+    docs: list[Document], directory: str | None
+) -> tuple[dict[str, Any], dict[Path, Where], list[Problem]]:
+    """Merge files as SPEC.md says: sections by name, version and project must agree."""
+    merged: dict[str, Any] = {}
+    where: dict[Path, Where] = {}
+    problems: list[Problem] = []
+    for doc in docs:
+        if not isinstance(doc.data, dict):
+            continue
+        owners = _merge_document(doc, merged, where, problems)
+        for path, place in doc.where.items():
+            if path[:2] in owners or (len(path) < 2 and path not in where):
+                where[path] = place
+    if all(doc.ok and isinstance(doc.data, dict | None) for doc in docs):
+        problems.extend(_missing_keys(merged, docs, directory))
+    return merged, where, problems
+
+
+def _merge_document(
+    doc: Document, merged: dict[str, Any], where: dict[Path, Where], problems: list[Problem]
+) -> set[Path]:
+    """Merge one file into merged; returns the (section, name) entries it contributed."""
+    assert isinstance(doc.data, dict)
+    owners: set[Path] = set()
+    for key, value in doc.data.items():
+        if key in SECTIONS:
+            section = merged.setdefault(key, {})
+            entries = value.items() if isinstance(value, dict) else ()
+            for name, item in entries:
+                path = (key, name)
+                if name in section:
+                    ctx, _ = describe(path)
+                    message = f"{ctx}: defined twice (first at {where[path]})"
+                    problems.append(Problem(doc.where[path], message))
+                    continue
+                section[name] = item
+                owners.add(path)
+        elif key in merged and merged[key] != value:
+            message = f"{key}: {show(value)} disagrees with {show(merged[key])} at {where[(key,)]}"
+            problems.append(Problem(doc.where[(key,)], message))
+        elif key not in merged:
+            merged[key] = value
+            where[(key,)] = doc.where[(key,)]
+    for owner in owners:
+        where[owner] = doc.where[owner]
+    return owners
+
+
+def _missing_keys(
+    merged: dict[str, Any], docs: list[Document], directory: str | None
+) -> list[Problem]:
+    if directory is None and docs[0].data is None:
+        return []  # already reported as an empty file
+    problems = []
+    for key in REQUIRED_KEYS:
+        if key in merged:
+            continue
+        if directory is None:
+            problems.append(Problem(Where(docs[0].file, 1, 1), f"spec: {key} is required"))
+        else:
+            message = f"spec: {key} is required, but none of the files in {directory} sets it"
+            problems.append(Problem(None, message))
+    return problems
+
+
+def locate(where: dict[Path, Where], path: Path) -> Where | None:
+    """The position of path, or of its nearest ancestor that has one."""
+    for n in range(len(path), -1, -1):
+        found = where.get(path[:n])
+        if found is not None:
+            return found
+    return None

@@ -122,7 +122,7 @@ class Cli:
         self.out.print(render.plan_text(snap.plan, spec.project))
         if snap.plan.empty:
             return EXIT_OK
-        if not self.args.auto_approve and not self._confirm(destroy):
+        if not self.args.auto_approve and not self._confirm(spec.project, destroy):
             self.err.print("Cancelled; nothing was changed.")
             return EXIT_ERROR
         steps = sum(1 for _ in snap.plan.steps())
@@ -151,13 +151,13 @@ class Cli:
         self.out.print(f"[green]{what} complete:[/green] {len(result.done)} step(s); {outcome}.")
         return EXIT_OK
 
-    def _confirm(self, destroy: bool) -> bool:
+    def _confirm(self, project: str, destroy: bool) -> bool:
         if not sys.stdin.isatty():
             raise NetapplyError(
                 "refusing to change the kernel without confirmation: stdin is not a terminal; "
                 "pass --auto-approve"
             )
-        verb = "destroy everything project owns" if destroy else "apply these changes"
+        verb = f"destroy everything project '{project}' owns" if destroy else "apply these changes"
         answer = self.out.input(f"Do you want to {verb}? Only 'yes' will be accepted: ")
         return answer.strip() == "yes"
 

@@ -427,3 +427,47 @@ def test_shop_example_names_and_isolation(sandbox: Path, have_ping: None) -> Non
     assert "default" not in subprocess.run(
         ["ip", "-n", "db", "route"], capture_output=True, text=True, check=True
     ).stdout
+
+
+class MtuIgnoringKernel(NetlinkKernel):
+    """A kernel that accepts MTU changes and silently drops them."""
+
+    def link_set(self, ns, ifname, **changes):  # type: ignore[no-untyped-def]
+        changes.pop("mtu", None)
+        super().link_set(ns, ifname, **changes)
+
+
+def test_apply_fails_loudly_when_the_kernel_does_not_converge(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    converge(SEED)
+    spec = write(sandbox / "seed.yaml", SEED.read_text().replace(
+        "subnet: 172.30.1.0/24", "subnet: 172.30.1.0/24\n    mtu: 1400"
+    ))
+    monkeypatch.setattr(cli, "NetlinkKernel", MtuIgnoringKernel)
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0] == "error: the kernel did not converge after apply; still different:"
+    assert "  update bridge br-e01ae19469f0 (network alpine-net): mtu 1500 -> 1400" in lines
+
+
+def test_spec_directory_is_merged(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    specdir = sandbox / "spec"
+    specdir.mkdir()
+    write(specdir / "10-networks.yaml", """\
+        version: 1
+        project: shop
+        networks:
+          front: {subnet: 172.30.1.0/24}
+    """)
+    write(specdir / "20-web.yml", """\
+        project: shop
+        containers:
+          web: {networks: [front]}
+    """)
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", str(specdir))
+    assert code == 0, out + err
+    assert addresses("web", "eth0") == ["172.30.1.2/24"]
+    code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(specdir))
+    assert code == 0, out

@@ -1,0 +1,137 @@
+"""Desired state from spec + observed, on plain values (no kernel)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler import desired, planner
+from reconciler.errors import SpecError
+from reconciler.resources import HOST_NS, Address, Bridge, HostsFile, Kind, Route, Veth
+from reconciler.spec import load_text
+from reconciler.state.observe import Foreign, ObservedState
+
+SPEC = """\
+version: 1
+project: shop
+networks:
+  front:
+    subnet: 172.30.1.0/24
+    interface: br-front
+containers:
+  web:
+    networks:
+      front: {aliases: [www]}
+  db:
+    networks: [front]
+"""
+EMPTY = ObservedState({})
+
+
+def addresses(state: dict[tuple[str, ...], object]) -> dict[str, str]:
+    return {
+        res.link[1]: res.cidr
+        for res in state.values()
+        if isinstance(res, Address) and res.link[0] == Kind.VETH
+    }
+
+
+def test_fresh_allocation_is_lowest_free_in_name_order() -> None:
+    state = desired.build(load_text(SPEC, "shop.yaml"), EMPTY)
+    assert addresses(state) == {"db": "172.30.1.2/24", "web": "172.30.1.3/24"}
+    web = state[(Kind.VETH, "web", "front")]
+    assert isinstance(web, Veth)
+    assert web.mac == "02:42:ac:1e:01:03"
+    assert web.master == "br-front"
+    assert web.host_ifname == desired.host_ifname("shop", "web", "front")
+    assert len(web.host_ifname) <= 15
+
+
+def test_kept_addresses_are_sticky_and_never_reused() -> None:
+    spec = load_text(SPEC + "  aaa:\n    networks: [front]\n", "shop.yaml")
+    observed = ObservedState({
+        a.key: a for a in (
+            Address((Kind.VETH, "web", "front"), "172.30.1.7/24", ns="web", ifname="eth0"),
+            Address((Kind.VETH, "db", "front"), "172.30.1.2/24", ns="db", ifname="eth0"),
+        )
+    })
+    assert addresses(desired.build(spec, observed)) == {
+        "aaa": "172.30.1.3/24", "db": "172.30.1.2/24", "web": "172.30.1.7/24",
+    }
+
+
+def test_a_kept_address_that_became_explicit_elsewhere_is_given_up() -> None:
+    spec = load_text(
+        SPEC.replace("networks: [front]", "networks:\n      front: {ipv4_address: 172.30.1.7}"),
+        "shop.yaml",
+    )
+    observed = ObservedState({
+        ("address", "veth", "web", "front", "172.30.1.7/24"): Address(
+            (Kind.VETH, "web", "front"), "172.30.1.7/24", ns="web", ifname="eth0"
+        )
+    })
+    assert addresses(desired.build(spec, observed)) == {
+        "db": "172.30.1.7/24", "web": "172.30.1.2/24",
+    }
+
+
+def test_hosts_file_lists_peers_with_aliases() -> None:
+    state = desired.build(load_text(SPEC, "shop.yaml"), EMPTY)
+    hosts = state[(Kind.HOSTS, "db")]
+    assert isinstance(hosts, HostsFile)
+    assert hosts.content.splitlines() == [
+        "# managed by netapply project shop; changes here are overwritten",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "172.30.1.2\tdb",
+        "172.30.1.3\tweb www",
+    ]
+
+
+def test_default_route_and_gateway_address() -> None:
+    state = desired.build(load_text(SPEC, "shop.yaml"), EMPTY)
+    route = state[(Kind.ROUTE, "web", "0.0.0.0/0")]
+    assert isinstance(route, Route) and route.via == "172.30.1.1"
+    bridge = state[(Kind.BRIDGE, "front")]
+    assert isinstance(bridge, Bridge) and bridge.ifname == "br-front"
+    gateway_key = (Kind.ADDRESS, Kind.BRIDGE, "front", "172.30.1.1/24")
+    assert state[gateway_key] == Address(bridge.key, "172.30.1.1/24", ns=HOST_NS, ifname="br-front")
+
+
+def test_desired_fed_back_as_observed_plans_nothing() -> None:
+    spec = load_text(SPEC, "shop.yaml")
+    state = desired.build(spec, EMPTY)
+    assert planner.plan(desired.build(spec, ObservedState(state)), state).empty
+
+
+def test_foreign_names_are_spec_errors_with_positions() -> None:
+    spec = load_text(SPEC, "shop.yaml")
+    observed = ObservedState(
+        {}, Foreign(links=frozenset({("", "br-front"), ("web", "eth0")}),
+                    netns=frozenset({"db"}), hosts=frozenset({"web"}))
+    )
+    with pytest.raises(SpecError) as caught:
+        desired.build(spec, observed)
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:6:5: network 'front': interface br-front exists and is not owned by "
+        "project 'shop'",
+        "shop.yaml:8:3: container 'web': /etc/netns/web/hosts exists and is not managed by "
+        "netapply project 'shop'",
+        "shop.yaml:10:7: container 'web': interface eth0 in its namespace exists and is not "
+        "owned by project 'shop'",
+        "shop.yaml:11:3: container 'db': netns db exists and is not owned by project 'shop'",
+    ]
+
+
+def test_drivers_not_yet_implemented_are_refused_before_any_change() -> None:
+    spec = load_text(
+        SPEC.replace("    interface: br-front\n",
+                     "    interface: br-front\n  lan:\n    driver: macvlan\n    parent: eth1\n"
+                     "    subnet: 192.168.50.0/24\n"),
+        "shop.yaml",
+    )
+    with pytest.raises(SpecError) as caught:
+        desired.build(spec, EMPTY)
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:8:5: network 'lan': driver macvlan is not supported by this version of "
+        "netapply (supported: bridge)"
+    ]

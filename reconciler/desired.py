@@ -116,7 +116,8 @@ def _missing_paths(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
         if container.netns_path and container.netns_path in observed.missing_paths:
             yield Problem(
                 spec.locate("containers", container.name, "netns_path"),
-                f"container '{container.name}': netns_path {container.netns_path} does not exist",
+                f"container '{container.name}': netns_path {container.netns_path} does not exist "
+                "or is not a network namespace",
             )
 
 
@@ -151,8 +152,9 @@ def _container(
             mtu=ep.network.mtu,
             host_ifname=host_ifname(spec.project, container.name, ep.network.name),
             host_mtu=ep.network.mtu,
-            master=ep.network.interface,
+            master=ep.network.name,
             owned_ns=container.netns is not None,
+            master_ifname=ep.network.interface,
         )
         yield veth
         yield _address(veth, ep.ipv4, ep.network.subnet.prefixlen)

@@ -6,12 +6,15 @@ the same shape (reconciler.resources), so planning is comparing.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from reconciler.resources import (
+    HOST_NS,
+    Bridge,
     Key,
     Kind,
     Resource,
@@ -19,12 +22,15 @@ from reconciler.resources import (
     Veth,
     diff_fields,
     fields_json,
+    parking_ifname,
 )
 
 # Creation order by kind. Every dependency points from an earlier kind to a later
 # one (namespace -> link, bridge -> port, link -> address -> route), so sorting by
 # this rank is a topological order; deletes run in the reverse.
-KIND_ORDER = (Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS)
+KIND_ORDER = (
+    Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS, Kind.LEFTOVER
+)
 RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
 
 # Fields the kernel cannot change in place, with the reason shown in the plan.
@@ -75,11 +81,13 @@ class Change:
 
 @dataclass(frozen=True)
 class Plan:
-    """Changes in execution order: every delete (and the delete half of every
-    replace) in reverse dependency order, then creates, updates and the create
-    half of replaces in dependency order."""
+    """Changes, deletes first. `steps()` gives the execution order: every delete
+    (and the delete half of every replace) in reverse dependency order; then
+    owned links whose name another link wants move to a parking name; then
+    creates, updates and the create half of replaces in dependency order."""
 
     changes: tuple[Change, ...]
+    parked: tuple[Change, ...] = ()  # UPDATE to a parking name, before the real update
 
     @property
     def empty(self) -> bool:
@@ -93,12 +101,17 @@ class Plan:
 
     def steps(self) -> Iterator[tuple[Action, Change]]:
         """(CREATE|UPDATE|DELETE, change) in the order an executor performs them."""
-        for change in self.changes:
-            if change.action in (Action.DELETE, Action.REPLACE):
-                yield Action.DELETE, change
+        removals = [c for c in self.changes if c.action in (Action.DELETE, Action.REPLACE)]
+        for change in sorted(removals, key=lambda c: _order(c.key), reverse=True):
+            yield Action.DELETE, change
+        parked = {p.key: p for p in self.parked}
+        for park in self.parked:
+            yield Action.UPDATE, park
         for change in self.changes:
             if change.action == Action.REPLACE:
                 yield Action.CREATE, change
+            elif change.action == Action.UPDATE and change.key in parked:
+                yield Action.UPDATE, dataclasses.replace(change, before=parked[change.key].after)
             elif change.action != Action.DELETE:
                 yield change.action, change
 
@@ -138,6 +151,8 @@ def _update_reason(before: Resource, after: Resource) -> str:
 def _replace_reason(before: Resource, after: Resource) -> str | None:
     if isinstance(before, Veth) and before.ns == "?":
         return "container end of the veth pair is missing"
+    if isinstance(before, Veth) and not before.host_ifname:
+        return "host end of the veth pair is missing"
     rules = REPLACE_FIELDS.get(before.kind, {})
     for name, old, new in diff_fields(before, after):
         if name in rules:
@@ -178,7 +193,38 @@ def plan(desired: State, observed: State) -> Plan:
     deletes = [c for c in changes if c.action == Action.DELETE]
     others = [c for c in changes if c.action != Action.DELETE]
     deletes.reverse()
-    return Plan(tuple(deletes + others))
+    return Plan(tuple(deletes + others), _parking(others, desired))
+
+
+def _link_names(res: Resource) -> list[tuple[str, str, str]]:
+    """(namespace, interface name, field) of each link end the resource names."""
+    if isinstance(res, Bridge):
+        return [(HOST_NS, res.ifname, "ifname")]
+    if isinstance(res, Veth):
+        return [(res.ns, res.ifname, "ifname"), (HOST_NS, res.host_ifname, "host_ifname")]
+    return []
+
+
+def _parking(changes: list[Change], desired: State) -> tuple[Change, ...]:
+    """Renames whose current name another desired link takes (attachments that
+    swap eth0 and eth1, a network put first in a list) go through a parking
+    name first, so that no step needs a name that is still taken."""
+    wanted = {(ns, name): key for key, res in desired.items() for ns, name, _ in _link_names(res)}
+    parked = []
+    for change in changes:
+        if change.action != Action.UPDATE or change.before is None or change.after is None:
+            continue
+        moves = {
+            field: parking_ifname(change.key, field)
+            for ns, name, field in _link_names(change.before)
+            if getattr(change.after, field) != name and wanted.get((ns, name), change.key)
+            != change.key
+        }
+        if moves:
+            parked_res = dataclasses.replace(change.before, **moves)  # type: ignore[arg-type]
+            parked.append(Change(Action.UPDATE, change.key, change.before, parked_res,
+                                 "its name is wanted by another link: park it first"))
+    return tuple(parked)
 
 
 def _cascaded_by(

@@ -7,6 +7,7 @@ need (the link's current name), not properties the planner diffs.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -27,6 +28,27 @@ class Kind(StrEnum):
     ADDRESS = "address"
     ROUTE = "route"
     HOSTS = "hosts"
+    LEFTOVER = "leftover"
+
+
+def _hex(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def staging_prefix(project: str) -> str:
+    """Links are created under a staging name with this prefix, then marked and
+    renamed in one step. An unmarked link with it is a leftover of an interrupted
+    create by this project, and only this project: the prefix is a hash of it."""
+    return "nt" + _hex(project, 4)
+
+
+def staging_ifname(project: str, key: Key, end: str = "") -> str:
+    return staging_prefix(project) + _hex("/".join((*key, end)), 9)
+
+
+def parking_ifname(key: Key, field_name: str) -> str:
+    """A temporary name for an owned link whose name another link wants (a swap)."""
+    return "np" + _hex("/".join((*key, field_name)), 13)
 
 
 @dataclass(frozen=True)
@@ -113,10 +135,13 @@ class Veth:
     mtu: int
     host_ifname: str
     host_mtu: int
-    master: str | None  # bridge device the host end is enslaved to
+    # The port's bridge: an owned bridge by network name ("?name" for any other
+    # device), so that renaming a bridge does not look like a change of ports.
+    master: str | None
     up: bool = True
     host_up: bool = True
     owned_ns: bool = field(default=True, compare=False)  # ns is a Netns of the project
+    master_ifname: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> Key:
@@ -173,7 +198,8 @@ class Route:
     def deps(self) -> tuple[Dep, ...]:
         deps = [Dep(self.link, cascade=True)]
         if self.source is not None:
-            deps.append(Dep(self.source, cascade=True))
+            # Removing an IPv4 address removes the routes through it; IPv6 keeps them.
+            deps.append(Dep(self.source, cascade=":" not in self.via))
         return tuple(deps)
 
     def title(self) -> str:
@@ -205,7 +231,29 @@ class HostsFile:
         return f"hosts file /etc/netns/{self.netns}/hosts"
 
 
-Resource = Netns | Bridge | Veth | Address | Route | HostsFile
+@dataclass(frozen=True)
+class Leftover:
+    """An unmarked link under the project's staging prefix: a create that was
+    interrupted before its link was marked. Never desired; always deleted."""
+
+    kind: ClassVar[Kind] = Kind.LEFTOVER
+    ns: str
+    ifname: str
+    owned_ns: bool = field(default=False, compare=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.ns, self.ifname)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return (Dep((Kind.NETNS, self.ns), cascade=True),) if self.owned_ns else ()
+
+    def title(self) -> str:
+        return f"leftover link {self.ifname} of an interrupted apply"
+
+
+Resource = Netns | Bridge | Veth | Address | Route | HostsFile | Leftover
 State = Mapping[Key, Resource]
 
 

@@ -19,6 +19,7 @@ MODES = {
 }
 NETNS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+IPV6_MIN_MTU = 1280
 MIN_PREFIX_V4 = 30  # smallest subnet: network, gateway, one container, broadcast
 
 
@@ -152,6 +153,14 @@ class Builder:
             path = (*base, "masquerade")
             self.report(path, f"{what}: masquerade cannot be true on an internal network")
         vni, parent, mode = self._driver_options(base, what, driver, raw)
+        default_mtu = model.OVERLAY_MTU if driver == Driver.OVERLAY else model.DEFAULT_MTU
+        mtu = int(raw.get("mtu", default_mtu))
+        if ipv6_subnet is not None and mtu < IPV6_MIN_MTU:
+            self.report(
+                (*base, "mtu"),
+                f"{what}: mtu {mtu} is below {IPV6_MIN_MTU}, the minimum for IPv6 "
+                "(raise it or remove ipv6)",
+            )
         return model.Network(
             name=name,
             subnet=subnet or ipaddress.IPv4Network("0.0.0.0/32"),  # unused: the spec is rejected
@@ -161,9 +170,7 @@ class Builder:
             ip_range=self._ip_range(base, what, subnet, raw) if subnet else None,
             ipv6_subnet=ipv6_subnet,
             ipv6_gateway=ipv6_gateway,
-            mtu=int(
-                raw.get("mtu", model.OVERLAY_MTU if driver == Driver.OVERLAY else model.DEFAULT_MTU)
-            ),
+            mtu=mtu,
             internal=internal,
             icc=bool(raw.get("icc", True)),
             masquerade=masquerade,

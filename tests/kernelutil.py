@@ -2,14 +2,64 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler import cli
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def require_sandbox() -> None:
+    """Kernel tests run only as root, inside the namespace scripts/sandbox made
+    (it records the namespace it started from)."""
+    if os.geteuid() != 0:
+        pytest.skip("kernel tests need root")
+    outer = os.environ.get("NETAPPLY_OUTER_NETNS")
+    if not outer or os.readlink("/proc/self/ns/net") == outer:
+        pytest.fail("kernel tests must run under scripts/sandbox (make test does)")
+
+
+@contextmanager
+def private_namespace() -> Iterator[None]:
+    """Enter a fresh network + mount namespace (tmpfs on /run/netns and
+    /etc/netns) for the body, then return to the previous ones. Everything made
+    inside is gone once nothing refers to it any more."""
+    cwd = os.getcwd()
+    own_net = os.open("/proc/self/ns/net", os.O_RDONLY)
+    own_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    try:
+        _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWNS), "unshare")
+        _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+        for path in (b"/run/netns", b"/etc/netns"):
+            _check(_libc.mount(b"tmpfs", path, b"tmpfs", 0, b"mode=0755"), "mount tmpfs")
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        yield
+    finally:
+        _check(_libc.setns(own_net, CLONE_NEWNET), "return to the network namespace")
+        _check(_libc.setns(own_mnt, CLONE_NEWNS), "return to the mount namespace")
+        os.close(own_net)
+        os.close(own_mnt)
+        os.chdir(cwd)
 
 
 def ip_json(ns: str | None, *args: str) -> Any:

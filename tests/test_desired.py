@@ -41,7 +41,7 @@ def test_fresh_allocation_is_lowest_free_in_name_order() -> None:
     web = state[(Kind.VETH, "web", "front")]
     assert isinstance(web, Veth)
     assert web.mac == "02:42:ac:1e:01:03"
-    assert web.master == "br-front"
+    assert (web.master, web.master_ifname) == ("front", "br-front")
     assert web.host_ifname == desired.host_ifname("shop", "web", "front")
     assert len(web.host_ifname) <= 15
 

@@ -23,7 +23,10 @@ from reconciler.resources import (
 
 BR = Bridge("front", "br-front", 1500, "02:00:00:00:00:01")
 NS = Netns("web")
-VETH = Veth("web", "front", "web", "eth0", "02:42:ac:1e:01:0a", 1500, "vethabc", 1500, "br-front")
+VETH = Veth(
+    "web", "front", "web", "eth0", "02:42:ac:1e:01:0a", 1500, "vethabc", 1500, "front",
+    master_ifname="br-front",
+)
 ADDR = Address(VETH.key, "172.30.1.10/24", ns="web", ifname="eth0")
 GW = Address(BR.key, "172.30.1.1/24", ns="", ifname="br-front")
 ROUTE = Route("web", "0.0.0.0/0", "172.30.1.1", VETH.key, ifname="eth0", source=ADDR.key)

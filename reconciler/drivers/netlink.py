@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import ipaddress
 import os
 import threading
@@ -37,6 +38,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
+NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
 IFF_UP = 0x1
 IFA_F_NODAD = 0x02
 RT_TABLE_MAIN = 254
@@ -128,13 +130,18 @@ class NetlinkKernel:
     # ---- reads ---------------------------------------------------------------
 
     def netns_names(self) -> list[str]:
+        """Named namespaces; entries of /run/netns that are no namespace (left by
+        an interrupted create) are not listed."""
         try:
-            return sorted(os.listdir(NETNS_DIR))
+            names = sorted(os.listdir(NETNS_DIR))
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise KernelError(f"list {NETNS_DIR}", e.errno or errno.EIO) from None
+        return [n for n in names if ns_type(os.path.join(NETNS_DIR, n)) == CLONE_NEWNET]
 
     def ns_exists(self, ns: str) -> bool:
-        return not ns or os.path.exists(_ns_path(ns))
+        return not ns or ns_type(_ns_path(ns)) == CLONE_NEWNET
 
     def links(self, ns: str) -> list[LinkInfo]:
         msgs = self._call(f"list links in {_ns_label(ns)}", lambda: self._ipr(ns).get_links())
@@ -162,10 +169,11 @@ class NetlinkKernel:
         return out
 
     def read_file(self, path: str) -> str | None:
+        """The text of a file (bytes that are not UTF-8 replaced), None if absent."""
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 return f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             raise KernelError(f"read {path}", e.errno or errno.EIO) from None
@@ -173,38 +181,49 @@ class NetlinkKernel:
     def list_dir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as e:
+            raise KernelError(f"list {path}", e.errno or errno.EIO) from None
 
     # ---- namespaces ----------------------------------------------------------
 
-    def netns_add(self, name: str) -> None:
+    def netns_add(self, name: str, lo_alias: str) -> None:
         self.writes += 1
         what = f"create netns {name}"
         _prepare_netns_dir(what)
         path = _ns_path(name)
+        if ns_type(path) is not None:
+            raise KernelError(what, errno.EEXIST)
         try:
-            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+            # An existing file that is no namespace is what an interrupted
+            # `ip netns add` (or netapply) leaves behind: mount over it.
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o444))
         except OSError as e:
             raise KernelError(what, e.errno or errno.EIO) from None
-        failure: list[int] = []
+        failure: list[KernelError] = []
 
         def run() -> None:
-            # unshare() changes only this thread's namespace; the bind mount keeps
-            # the new namespace alive after the thread ends.
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                failure.append(ctypes.get_errno())
-                return
-            src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
-            if _libc.mount(src, path.encode(), b"none", MS_BIND, None) != 0:
-                failure.append(ctypes.get_errno())
+            # unshare() changes only this thread's namespace. The loopback is
+            # marked before the bind mount makes the namespace visible (and keeps
+            # it alive after the thread ends), so it is never seen unmarked.
+            try:
+                _check(_libc.unshare(CLONE_NEWNET), what)
+                with IPRoute() as ipr:
+                    self._call(what, lambda: ipr.link("set", index=1, ifalias=lo_alias,
+                                                      state="up"))
+                src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+                _check(_libc.mount(src, path.encode(), b"none", MS_BIND, None), what)
+            except KernelError as e:
+                failure.append(e)
 
         thread = threading.Thread(target=run, name=f"netns-{name}")
         thread.start()
         thread.join()
         if failure:
-            os.unlink(path)
-            raise KernelError(what, failure[0])
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise failure[0]
 
     def netns_del(self, name: str) -> None:
         self.writes += 1
@@ -220,10 +239,10 @@ class NetlinkKernel:
 
     # ---- links ---------------------------------------------------------------
 
-    def bridge_add(self, ifname: str, mtu: int, mac: str) -> None:
+    def bridge_add(self, ifname: str, mac: str) -> None:
         self._write(
             f"create bridge {ifname}",
-            lambda: self._ipr("").link("add", ifname=ifname, kind="bridge", mtu=mtu, address=mac),
+            lambda: self._ipr("").link("add", ifname=ifname, kind="bridge", address=mac),
         )
 
     def veth_add(
@@ -281,7 +300,17 @@ class NetlinkKernel:
             attrs["ifalias"] = alias
         if up is not None:
             attrs["state"] = "up" if up else "down"
-        if attrs:
+        if not attrs:
+            return
+        try:
+            self._write(what, lambda: self._ipr(ns).link("set", index=index, **attrs))
+        except KernelError as e:
+            if e.errno != errno.EBUSY or "ifname" not in attrs:
+                raise
+            # Kernels before 6.2 rename only links that are down.
+            was_up = self._call(what, lambda: self._ipr(ns).get_links(index))[0]["flags"] & IFF_UP
+            self._write(what, lambda: self._ipr(ns).link("set", index=index, state="down"))
+            attrs.setdefault("state", "up" if was_up else "down")
             self._write(what, lambda: self._ipr(ns).link("set", index=index, **attrs))
 
     def link_del(self, ns: str, ifname: str) -> None:
@@ -365,10 +394,27 @@ class NetlinkKernel:
                 os.rmdir(parent)  # only when empty: other files there are not ours
 
 
+def ns_type(path: str) -> int | None:
+    """The CLONE_NEW* type of the namespace file at path, or None if it is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _prepare_netns_dir(what: str) -> None:
     """Make /run/netns a shared mount point, as `ip netns add` does, so that
     namespaces created here are visible from other mount namespaces."""
-    os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+    try:
+        os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise KernelError(what, e.errno or errno.EIO) from None
     path = NETNS_DIR.encode()
     if _libc.mount(b"none", path, None, MS_SHARED | MS_REC, None) == 0:
         return

@@ -15,11 +15,13 @@ from reconciler.resources import (
     Address,
     Bridge,
     HostsFile,
+    Leftover,
     Netns,
     Resource,
     Route,
     Veth,
     owner_alias,
+    staging_ifname,
 )
 
 LOOPBACK = "lo"
@@ -30,23 +32,31 @@ def hosts_path(netns: str) -> str:
 
 
 def create(kernel: Kernel, project: str, res: Resource) -> None:
+    """Create res. A link is created under a staging name and then marked and
+    renamed in one call, so an interruption never leaves an unmarked link under
+    a wanted name: only a leftover that the next apply recognises and removes."""
     if isinstance(res, Netns):
-        kernel.netns_add(res.name)
-        kernel.link_set(
-            res.name, LOOPBACK, alias=owner_alias(project, "netns", res.name), up=res.lo_up
-        )
+        kernel.netns_add(res.name, owner_alias(project, "netns", res.name))
+        if not res.lo_up:
+            kernel.link_set(res.name, LOOPBACK, up=False)
     elif isinstance(res, Bridge):
-        kernel.bridge_add(res.ifname, res.mtu, res.mac)
+        staged = staging_ifname(project, res.key)
+        kernel.bridge_add(staged, res.mac)
+        # The MTU is set after creation so that the kernel keeps it as set by the
+        # user instead of following the ports' MTU.
         kernel.link_set(
-            "", res.ifname, alias=owner_alias(project, "bridge", res.network), up=res.up
+            "", staged, new_name=res.ifname, alias=owner_alias(project, "bridge", res.network),
+            mtu=res.mtu, up=res.up,
         )
     elif isinstance(res, Veth):
-        kernel.veth_add(res.host_ifname, res.host_mtu, res.ns, res.ifname, res.mac, res.mtu)
+        host, inner = staging_ifname(project, res.key, "host"), staging_ifname(project, res.key)
+        kernel.veth_add(host, res.host_mtu, res.ns, inner, res.mac, res.mtu)
         alias = owner_alias(project, "veth", res.container, res.network)
         kernel.link_set(
-            "", res.host_ifname, alias=alias + "/host", master=res.master, up=res.host_up
+            "", host, new_name=res.host_ifname, alias=alias + "/host",
+            master=res.master_ifname, up=res.host_up,
         )
-        kernel.link_set(res.ns, res.ifname, alias=alias, up=res.up)
+        kernel.link_set(res.ns, inner, new_name=res.ifname, alias=alias, up=res.up)
     elif isinstance(res, Address):
         kernel.addr_add(res.ns, res.ifname, res.cidr)
     elif isinstance(res, Route):
@@ -69,10 +79,10 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
         _set_link(kernel, "", before.host_ifname, after.host_ifname, before.host_mtu,
                   after.host_mtu, None, None, before.host_up, after.host_up)
         if before.master != after.master:
-            if after.master is None:
+            if after.master_ifname is None:
                 kernel.link_set("", after.host_ifname, nomaster=True)
             else:
-                kernel.link_set("", after.host_ifname, master=after.master)
+                kernel.link_set("", after.host_ifname, master=after.master_ifname)
     elif isinstance(before, Route) and isinstance(after, Route):
         kernel.route_add(after.ns, after.dst, after.via, after.ifname, replace=True)
     elif isinstance(before, HostsFile) and isinstance(after, HostsFile):
@@ -124,5 +134,7 @@ def _delete(kernel: Kernel, res: Resource) -> None:
         kernel.route_del(res.ns, res.dst)
     elif isinstance(res, HostsFile):
         kernel.remove_file(hosts_path(res.netns))
+    elif isinstance(res, Leftover):
+        kernel.link_del(res.ns, res.ifname)
     else:  # pragma: no cover
         raise InternalError(f"no delete for {res!r}")

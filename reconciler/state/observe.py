@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from reconciler.drivers.kernel import ETC_NETNS_DIR, AddrInfo, Kernel, LinkInfo
 from reconciler.drivers.ops import LOOPBACK, hosts_path
+from reconciler.errors import KernelError
 from reconciler.resources import (
     HOST_NS,
     HOSTS_HEADER,
@@ -23,11 +24,13 @@ from reconciler.resources import (
     HostsFile,
     Key,
     Kind,
+    Leftover,
     Netns,
     Resource,
     Route,
     Veth,
     owner_alias,
+    staging_prefix,
 )
 
 RTPROT_KERNEL = 2
@@ -55,7 +58,8 @@ class ObservedState:
 class _End:
     ns: str
     link: LinkInfo
-    master: str | None = None
+    master: str | None = None  # network of an owned bridge, "?name" for another device
+    master_ifname: str | None = None
 
 
 @dataclass
@@ -75,6 +79,14 @@ class _Scan:
             return link.alias[len(prefix):].split("/")
         return None
 
+    def leftover(self, ns: str, link: LinkInfo, owned_ns: bool) -> bool:
+        """Record an unmarked link under the project's staging prefix."""
+        if link.alias or not link.ifname.startswith(staging_prefix(self.project)):
+            return False
+        res = Leftover(ns, link.ifname, owned_ns=owned_ns)
+        self.resources[res.key] = res
+        return True
+
 
 def observe(kernel: Kernel, project: str, paths: Iterable[str] = ()) -> ObservedState:
     """Read the project's objects. `paths` are netns_path namespaces from the spec,
@@ -83,17 +95,21 @@ def observe(kernel: Kernel, project: str, paths: Iterable[str] = ()) -> Observed
     scan = _Scan(project, kernel)
     _scan_host(scan)
     for name in kernel.netns_names():
-        links = kernel.links(name)
+        try:
+            links = kernel.links(name)
+        except KernelError:
+            scan.foreign_netns.add(name)  # gone meanwhile, or not ours to enter
+            continue
         lo = next((link for link in links if link.ifname == LOOPBACK), None)
         if lo is not None and lo.alias == owner_alias(project, "netns", name):
             scan.resources[(Kind.NETNS, name)] = Netns(name, lo_up=lo.up)
-            _scan_container_ns(scan, name, links)
+            _scan_container_ns(scan, name, links, owned_ns=True)
         else:
             scan.foreign_netns.add(name)
     missing = set()
     for path in sorted(set(paths)):
         if kernel.ns_exists(path):
-            _scan_container_ns(scan, path, kernel.links(path))
+            _scan_container_ns(scan, path, kernel.links(path), owned_ns=False)
         else:
             missing.add(path)
     _pair_veths(scan)
@@ -114,28 +130,34 @@ def _scan_host(scan: _Scan) -> None:
     links = scan.kernel.links(HOST_NS)
     names = {link.index: link.ifname for link in links}
     owned: dict[int, Key] = {}
+    bridges: dict[int, str] = {}
     for link in links:
         parts = scan.alias_parts(link)
         if parts and parts[0] == "bridge" and len(parts) == 2 and link.kind == "bridge":
             bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up)
             scan.resources[bridge.key] = bridge
             owned[link.index] = bridge.key
+            bridges[link.index] = parts[1]
         elif parts and parts[0] == "veth" and len(parts) == 4 and parts[3] == "host":
-            master = names.get(link.master) if link.master else None
-            scan.host_ends[(parts[1], parts[2])] = _End(HOST_NS, link, master)
-        else:
+            scan.host_ends[(parts[1], parts[2])] = _End(HOST_NS, link)
+        elif not scan.leftover(HOST_NS, link, owned_ns=False):
             scan.foreign_links.add((HOST_NS, link.ifname))
+    for end in scan.host_ends.values():
+        master = end.link.master
+        if master:
+            end.master = bridges.get(master, "?" + names.get(master, str(master)))
+            end.master_ifname = names.get(master)
     _scan_addresses(scan, HOST_NS, owned, names, scan.kernel.addresses(HOST_NS))
 
 
-def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo]) -> None:
+def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bool) -> None:
     owned: dict[int, Key] = {}
     for link in links:
         parts = scan.alias_parts(link)
         if parts and parts[0] == "veth" and len(parts) == 3:
             scan.inner_ends[(parts[1], parts[2])] = _End(ns, link)
             owned[link.index] = (Kind.VETH, parts[1], parts[2])
-        elif link.ifname != LOOPBACK:
+        elif link.ifname != LOOPBACK and not scan.leftover(ns, link, owned_ns):
             scan.foreign_links.add((ns, link.ifname))
     names = {link.index: link.ifname for link in links}
     addresses = _scan_addresses(scan, ns, owned, names, scan.kernel.addresses(ns))
@@ -191,6 +213,7 @@ def _pair_veths(scan: _Scan) -> None:
             host_ifname=host.link.ifname if host else "",
             host_mtu=host.link.mtu if host else 0,
             master=host.master if host else None,
+            master_ifname=host.master_ifname if host else None,
             up=inner.link.up if inner else False,
             host_up=host.link.up if host else False,
             owned_ns=inner is not None and inner.ns in netns_owned,

@@ -1,0 +1,433 @@
+"""An in-memory kernel with the real kernel's rules, behind the Kernel interface.
+
+The same executor and observer code runs on it as on the real kernel, so
+property-based tests can explore thousands of states quickly. A differential
+test (tests/test_memory_kernel.py) replays generated call sequences on both and
+asserts they agree, call by call and state by state; the rules below are the
+ones that test pins down:
+
+- interface names are unique per namespace and at most 15 characters (ERANGE);
+- a link, address or route needs its namespace and link (ENODEV, ENOENT);
+- a veth pair dies together; deleting a namespace deletes what is in it;
+- a port's master must be a bridge (EOPNOTSUPP); deleting a bridge frees ports;
+- a route needs its link up and its gateway inside a subnet of an address on
+  that link (IPv4 ENETUNREACH, IPv6 EHOSTUNREACH);
+- removing an IPv4 address removes the IPv4 routes whose gateway it covered;
+- setting a link down removes its IPv4 routes and all its IPv6 addresses and
+  routes; loopback up adds 127.0.0.1/8 and ::1/128;
+- MTU must be 68..65535 (EINVAL; the loopback's MTU is not modelled);
+  a multicast MAC is EADDRNOTAVAIL; the loopback cannot be deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import itertools
+import os
+import random
+from dataclasses import dataclass, field
+
+from reconciler.drivers.kernel import ETC_NETNS_DIR, NETNS_DIR, AddrInfo, LinkInfo, RouteInfo
+from reconciler.errors import KernelError
+from reconciler.model import IFNAMSIZ
+from reconciler.resources import RTPROT_NETAPPLY
+
+MIN_MTU, MAX_MTU = 68, 65535
+DEFAULT_MTU = 1500
+RTPROT_KERNEL = 2
+
+
+@dataclass
+class _Link:
+    index: int
+    ifname: str
+    kind: str | None
+    mtu: int
+    mac: str
+    up: bool = False
+    alias: str | None = None
+    master: int | None = None
+    peer: tuple[_Namespace, int] | None = None
+    random_mac: bool = False  # chosen by the kernel, not by the caller
+    mtu_set: bool = False  # a bridge's MTU set explicitly stops following its ports
+
+
+@dataclass
+class _Route:
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+    via: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    oif: int
+    proto: int
+
+
+@dataclass(eq=False)
+class _Namespace:
+    name: str
+    links: dict[int, _Link] = field(default_factory=dict)
+    addresses: list[tuple[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface]] = field(
+        default_factory=list
+    )
+    routes: list[_Route] = field(default_factory=list)
+
+    def by_name(self, ifname: str) -> _Link | None:
+        return next((link for link in self.links.values() if link.ifname == ifname), None)
+
+
+class MemoryKernel:
+    """Kernel interface on plain Python objects (see drivers/kernel.py)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.writes = 0
+        self._random = random.Random(seed)
+        self._index = itertools.count(1)
+        self._host = self._new_namespace("")
+        lo = self._host.by_name("lo")
+        assert lo is not None
+        lo.up = True  # as on any running machine
+        self._loopback_changed(self._host, lo)
+        self._named: dict[str, _Namespace] = {}
+        self._extra: dict[str, _Namespace] = {}  # other namespace files, by path
+        self.files: dict[str, str] = {}
+
+    # ---- namespaces ---------------------------------------------------------------
+
+    def _new_namespace(self, name: str) -> _Namespace:
+        ns = _Namespace(name)
+        lo = _Link(next(self._index), "lo", None, 65536, "00:00:00:00:00:00")
+        ns.links[lo.index] = lo
+        return ns
+
+    def _ns(self, ns: str, what: str) -> _Namespace:
+        if not ns:
+            return self._host
+        if ns.startswith("/"):
+            found = self._extra.get(ns)
+            if found is None and os.path.dirname(ns) == NETNS_DIR:
+                found = self._named.get(os.path.basename(ns))
+        else:
+            found = self._named.get(ns)
+        if found is None:
+            raise KernelError(what, errno.ENOENT)
+        return found
+
+    def add_namespace_file(self, path: str) -> None:
+        """A namespace that exists outside /run/netns (like /proc/PID/ns/net)."""
+        self._extra[path] = self._new_namespace(path)
+
+    def random_mac_links(self) -> set[tuple[str, str]]:
+        """(ns, ifname) of links whose MAC the kernel chose at random."""
+        spaces = [self._host, *self._named.values()]
+        return {(s.name, link.ifname) for s in spaces for link in s.links.values()
+                if link.random_mac}
+
+    def netns_names(self) -> list[str]:
+        return sorted(self._named)
+
+    def ns_exists(self, ns: str) -> bool:
+        try:
+            self._ns(ns, "")
+        except KernelError:
+            return False
+        return True
+
+    def netns_add(self, name: str, lo_alias: str) -> None:
+        self.writes += 1
+        if name in self._named:
+            raise KernelError(f"create netns {name}", errno.EEXIST)
+        space = self._new_namespace(name)
+        lo = space.by_name("lo")
+        assert lo is not None
+        lo.alias, lo.up = lo_alias, True
+        self._loopback_changed(space, lo)
+        self._named[name] = space
+
+    def netns_del(self, name: str) -> None:
+        self.writes += 1
+        ns = self._named.pop(name, None)
+        if ns is None:
+            return
+        for link in list(ns.links.values()):
+            if link.index in ns.links:
+                self._remove_link(ns, link)
+
+    # ---- reads ----------------------------------------------------------------------
+
+    def links(self, ns: str) -> list[LinkInfo]:
+        space = self._ns(ns, f"list links in {ns}")
+        return [
+            LinkInfo(link.index, link.ifname, link.kind, link.mtu, link.mac, link.up,
+                     link.alias, link.master)
+            for link in space.links.values()
+        ]
+
+    def addresses(self, ns: str) -> list[AddrInfo]:
+        space = self._ns(ns, f"list addresses in {ns}")
+        return [AddrInfo(index, str(iface)) for index, iface in space.addresses]
+
+    def routes(self, ns: str) -> list[RouteInfo]:
+        space = self._ns(ns, f"list routes in {ns}")
+        return [
+            RouteInfo(str(r.dst), str(r.via) if r.via else None, r.oif, r.proto)
+            for r in space.routes
+        ]
+
+    def read_file(self, path: str) -> str | None:
+        return self.files.get(path)
+
+    def list_dir(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        return sorted({p[len(prefix):].split("/")[0] for p in self.files if p.startswith(prefix)})
+
+    # ---- links ------------------------------------------------------------------------
+
+    def _link(self, space: _Namespace, ifname: str, what: str) -> _Link:
+        link = space.by_name(ifname)
+        if link is None:
+            raise KernelError(what, errno.ENODEV)
+        return link
+
+    def _check_new_name(self, space: _Namespace, ifname: str, what: str) -> None:
+        _check_name_length(ifname, what)
+        if space.by_name(ifname) is not None:
+            raise KernelError(what, errno.EEXIST)
+
+    def _random_mac(self) -> str:
+        octets = [self._random.randrange(256) for _ in range(6)]
+        octets[0] = (octets[0] & 0xFE) | 0x02
+        return ":".join(f"{o:02x}" for o in octets)
+
+    def bridge_add(self, ifname: str, mac: str) -> None:
+        self.writes += 1
+        what = f"create bridge {ifname}"
+        # The kernel's order: attribute policy (name length), the driver's own
+        # validation (MAC), then the name lookup.
+        _check_name_length(ifname, what)
+        _check_mac(mac, what)
+        self._check_new_name(self._host, ifname, what)
+        link = _Link(next(self._index), ifname, "bridge", DEFAULT_MTU, mac)
+        self._host.links[link.index] = link
+
+    def veth_add(
+        self, host_ifname: str, host_mtu: int, peer_ns: str, peer_ifname: str, peer_mac: str,
+        peer_mtu: int,
+    ) -> None:
+        self.writes += 1
+        what = f"create veth {host_ifname} <-> {peer_ifname}"
+        inner = self._ns(peer_ns, what)
+        _check_name_length(host_ifname, what)
+        _check_name_length(peer_ifname, what)
+        # veth validates MTU and MAC before the kernel looks names up.
+        _check_mtu(host_mtu, what)
+        _check_mtu(peer_mtu, what)
+        _check_mac(peer_mac, what)
+        self._check_new_name(self._host, host_ifname, what)
+        self._check_new_name(inner, peer_ifname, what)
+        outer = _Link(
+            next(self._index), host_ifname, "veth", host_mtu, self._random_mac(), random_mac=True
+        )
+        peer = _Link(next(self._index), peer_ifname, "veth", peer_mtu, peer_mac)
+        outer.peer, peer.peer = (inner, peer.index), (self._host, outer.index)
+        self._host.links[outer.index] = outer
+        inner.links[peer.index] = peer
+
+    def link_set(
+        self,
+        ns: str,
+        ifname: str,
+        *,
+        new_name: str | None = None,
+        mtu: int | None = None,
+        mac: str | None = None,
+        up: bool | None = None,
+        master: str | None = None,
+        nomaster: bool = False,
+        alias: str | None = None,
+    ) -> None:
+        what = f"set {ifname} in {ns or 'host namespace'}"
+        space = self._ns(ns, what)
+        link = self._link(space, ifname, what)
+        master_link = self._link(space, master, what) if master is not None else None
+        if not any((new_name, mtu, mac, up is not None, master, nomaster, alias is not None)):
+            return
+        self.writes += 1
+        # Validate everything first: the kernel applies one message or nothing.
+        if new_name is not None and new_name != link.ifname:
+            self._check_new_name(space, new_name, what)
+        if mtu is not None:
+            _check_mtu(mtu, what)
+        if mac is not None:
+            _check_mac(mac, what)
+        if master_link is not None and master_link.kind != "bridge":
+            raise KernelError(what, errno.EOPNOTSUPP)
+        old_master = link.master
+        if new_name is not None:
+            link.ifname = new_name
+        if mtu is not None:
+            link.mtu = mtu
+            link.mtu_set = True
+        if mac is not None:
+            link.mac = mac
+            link.random_mac = False
+        if alias is not None:
+            link.alias = alias or None
+        if master_link is not None:
+            link.master = master_link.index
+        elif nomaster:
+            link.master = None
+        for bridge_index in {old_master, link.master, link.index}:
+            self._follow_ports(space, bridge_index)
+        if up is not None and up != link.up:
+            link.up = up
+            if link.ifname == "lo" and link.kind is None:
+                self._loopback_changed(space, link)
+            if not up:
+                self._went_down(space, link)
+
+    def _follow_ports(self, space: _Namespace, index: int | None) -> None:
+        """A bridge whose MTU nobody set follows the smallest MTU of its ports
+        (1500 without ports) as ports come, go or change."""
+        bridge = space.links.get(index) if index is not None else None
+        if bridge is None or bridge.kind != "bridge" or bridge.mtu_set:
+            return
+        ports = [link.mtu for link in space.links.values() if link.master == bridge.index]
+        bridge.mtu = min(ports) if ports else DEFAULT_MTU
+
+    def _loopback_changed(self, space: _Namespace, lo: _Link) -> None:
+        if lo.up:
+            for cidr in ("127.0.0.1/8", "::1/128"):
+                iface = ipaddress.ip_interface(cidr)
+                if (lo.index, iface) not in space.addresses:
+                    space.addresses.append((lo.index, iface))
+
+    def _went_down(self, space: _Namespace, link: _Link) -> None:
+        space.addresses = [
+            (i, a) for i, a in space.addresses if not (i == link.index and a.version == 6)
+        ]
+        space.routes = [r for r in space.routes if r.oif != link.index]
+
+    def link_del(self, ns: str, ifname: str) -> None:
+        self.writes += 1
+        what = f"delete {ifname} in {ns or 'host namespace'}"
+        space = self._ns(ns, what)
+        link = self._link(space, ifname, what)
+        if link.kind is None:
+            raise KernelError(what, errno.EOPNOTSUPP)  # the loopback device stays
+        self._remove_link(space, link)
+
+    def _remove_link(self, space: _Namespace, link: _Link) -> None:
+        del space.links[link.index]
+        space.addresses = [(i, a) for i, a in space.addresses if i != link.index]
+        space.routes = [r for r in space.routes if r.oif != link.index]
+        for other in space.links.values():
+            if other.master == link.index:
+                other.master = None
+        self._follow_ports(space, link.master)
+        if link.peer is not None:
+            peer_space, peer_index = link.peer
+            peer = peer_space.links.get(peer_index)
+            if peer is not None:
+                peer.peer = None
+                self._remove_link(peer_space, peer)
+
+    # ---- addresses and routes -------------------------------------------------------------
+
+    def addr_add(self, ns: str, ifname: str, cidr: str) -> None:
+        self.writes += 1
+        what = f"add address {cidr} to {ifname}"
+        space = self._ns(ns, what)
+        link = self._link(space, ifname, what)
+        iface = ipaddress.ip_interface(cidr)
+        if any(i == link.index and a.ip == iface.ip for i, a in space.addresses):
+            raise KernelError(what, errno.EEXIST)
+        space.addresses.append((link.index, iface))
+
+    def addr_del(self, ns: str, ifname: str, cidr: str) -> None:
+        self.writes += 1
+        what = f"delete address {cidr} from {ifname}"
+        space = self._ns(ns, what)
+        link = self._link(space, ifname, what)
+        iface = ipaddress.ip_interface(cidr)
+        if (link.index, iface) not in space.addresses:
+            raise KernelError(what, errno.EADDRNOTAVAIL)
+        space.addresses.remove((link.index, iface))
+        if iface.version == 4:
+            space.routes = [
+                r for r in space.routes
+                if not (r.oif == link.index and r.via is not None and r.via.version == 4
+                        and not self._reachable(space, link, r.via))
+            ]
+
+    def _reachable(
+        self, space: _Namespace, link: _Link,
+        via: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    ) -> bool:
+        return any(
+            i == link.index and a.version == via.version and via in a.network
+            for i, a in space.addresses
+        )
+
+    def route_add(self, ns: str, dst: str, via: str, ifname: str, replace: bool = False) -> None:
+        self.writes += 1
+        what = f"{'replace' if replace else 'add'} route {dst} via {via}"
+        space = self._ns(ns, what)
+        link = self._link(space, ifname, what)
+        net = ipaddress.ip_network(dst)
+        gateway = ipaddress.ip_address(via)
+        unreachable = errno.ENETUNREACH if net.version == 4 else errno.EHOSTUNREACH
+        if not link.up or not self._reachable(space, link, gateway):
+            raise KernelError(what, unreachable)
+        existing = [r for r in space.routes if r.dst == net]
+        if existing and not replace:
+            raise KernelError(what, errno.EEXIST)
+        for old in existing:
+            space.routes.remove(old)
+        space.routes.append(_Route(net, gateway, link.index, RTPROT_NETAPPLY))
+
+    def route_del(self, ns: str, dst: str) -> None:
+        self.writes += 1
+        what = f"delete route {dst}"
+        space = self._ns(ns, what)
+        net = ipaddress.ip_network(dst)
+        for route in space.routes:
+            if route.dst == net and route.proto == RTPROT_NETAPPLY:
+                space.routes.remove(route)
+                return
+        raise KernelError(what, errno.ESRCH)
+
+    def add_foreign_route(self, ns: str, dst: str, ifname: str, proto: int = 4) -> None:
+        """A route some other tool made (no gateway: on-link), for tests."""
+        space = self._ns(ns, "add route")
+        link = self._link(space, ifname, "add route")
+        space.routes.append(_Route(ipaddress.ip_network(dst), None, link.index, proto))
+
+    # ---- files ------------------------------------------------------------------------------
+
+    def write_file(self, path: str, content: str) -> None:
+        self.writes += 1
+        self.files[path] = content
+
+    def remove_file(self, path: str) -> None:
+        self.writes += 1
+        self.files.pop(path, None)
+
+    def close(self) -> None:
+        pass
+
+
+def _check_name_length(ifname: str, what: str) -> None:
+    if len(ifname) > IFNAMSIZ:
+        raise KernelError(what, errno.ERANGE)
+
+
+def _check_mtu(mtu: int, what: str) -> None:
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise KernelError(what, errno.EINVAL)
+
+
+def _check_mac(mac: str, what: str) -> None:
+    if int(mac.split(":")[0], 16) & 1:
+        raise KernelError(what, errno.EADDRNOTAVAIL)
+
+
+__all__ = ["ETC_NETNS_DIR", "MemoryKernel"]

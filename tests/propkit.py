@@ -1,0 +1,165 @@
+"""Shared helpers for the property-based tests: apply, observe, look at foreign objects."""
+
+from __future__ import annotations
+
+import copy
+import errno
+from typing import Any
+
+from reconciler import engine, planner
+from reconciler.drivers.kernel import ETC_NETNS_DIR, Kernel
+from reconciler.errors import KernelError
+from reconciler.model import Spec
+from reconciler.planner import Action, Plan
+from reconciler.resources import HOSTS_HEADER, Address, Key, Kind, Resource, Veth, owner_alias
+from reconciler.state.observe import observe
+from tests.strategies import PROJECT
+
+WRITES = frozenset({
+    "netns_add", "netns_del", "bridge_add", "veth_add", "link_set", "link_del", "addr_add",
+    "addr_del", "route_add", "route_del", "write_file", "remove_file",
+})
+
+
+def converge(kernel: Kernel, spec: Spec) -> Plan:
+    """Plan and apply; engine.apply re-observes and raises unless converged."""
+    snap = engine.snapshot(kernel, spec)
+    engine.apply(kernel, spec, snap.plan)
+    return snap.plan
+
+
+def destroy(kernel: Kernel, spec: Spec) -> None:
+    snap = engine.snapshot(kernel, spec, destroy=True)
+    engine.apply(kernel, spec, snap.plan, destroy=True)
+
+
+def owned(kernel: Kernel, spec: Spec | None = None) -> dict[Key, Resource]:
+    paths = engine.netns_paths(spec) if spec is not None else []
+    return observe(kernel, PROJECT, paths).resources
+
+
+def writes_of(kernel: Kernel, spec: Spec) -> int:
+    """How many kernel writes converging `spec` takes from the kernel's current state."""
+    probe = copy.deepcopy(kernel)
+    before = probe.writes
+    converge(probe, spec)
+    return probe.writes - before
+
+
+def foreign_view(kernel: Kernel) -> dict[str, Any]:
+    """Everything not owned by the project, for before/after comparisons:
+    links without the project's alias (outside the project's namespaces), their
+    addresses and routes, and unmanaged files."""
+    mark = owner_alias(PROJECT) + "/"
+    view: dict[str, Any] = {}
+    for ns in ["", *kernel.netns_names()]:
+        links = kernel.links(ns)
+        lo = next((link for link in links if link.ifname == "lo"), None)
+        if ns and lo is not None and lo.alias == owner_alias(PROJECT, "netns", ns):
+            continue  # the project's namespace: what is inside belongs to it
+        theirs = {link.index: link for link in links
+                  if not (link.alias or "").startswith(mark)}
+        names = {link.index: link.ifname for link in links}
+        view[f"links {ns}"] = sorted(
+            (link.ifname, link.kind, link.mtu, link.mac, link.up, link.alias,
+             names.get(link.master or 0)) for link in theirs.values()
+        )
+        view[f"addresses {ns}"] = sorted(
+            (names[a.index], a.cidr) for a in kernel.addresses(ns) if a.index in theirs
+        )
+        view[f"routes {ns}"] = sorted(
+            (r.dst, r.via, names.get(r.oif or 0), r.proto) for r in kernel.routes(ns)
+            if r.oif in theirs and r.proto != 2
+        )
+    files = {}
+    for name in kernel.list_dir(ETC_NETNS_DIR):
+        content = kernel.read_file(f"{ETC_NETNS_DIR}/{name}/hosts")
+        if content is not None and not content.startswith(f"{HOSTS_HEADER}{PROJECT};"):
+            files[name] = content
+    view["files"] = files
+    return view
+
+
+def endpoints(resources: dict[Key, Resource]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(container, network) -> its MAC and addresses."""
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    for res in resources.values():
+        if isinstance(res, Veth):
+            out[(res.container, res.network)] = (res.mac, *sorted(
+                a.cidr for a in resources.values()
+                if isinstance(a, Address) and a.link == res.key
+            ))
+    return out
+
+
+def check_order(plan: Plan, observed: dict[Key, Resource]) -> None:
+    """Every step's prerequisites exist when it runs, nothing is deleted before
+    its dependants, and the end result holds exactly the desired keys."""
+    present = set(observed)
+
+    def remove(key: Key) -> None:
+        present.discard(key)
+        for other in list(present):
+            res = observed.get(other)
+            if res is not None and any(d.key == key and d.cascade for d in res.deps):
+                remove(other)  # the kernel takes it along
+
+    for action, change in plan.steps():
+        if action == Action.DELETE:
+            assert change.key in present or change.action == Action.REPLACE, change
+            remove(change.key)
+            continue
+        assert change.after is not None
+        for dep in change.after.deps:
+            assert dep.key in present, f"{action} {change.key} before its dependency {dep.key}"
+        if action == Action.UPDATE:
+            assert change.key in present, change
+        present.add(change.key)
+    desired = {c.key for c in plan.changes if c.after is not None}
+    stale = {c.key for c in plan.changes if c.after is None}
+    assert desired <= present
+    assert not (stale & present), stale & present
+
+
+def pinned(doc: dict[str, Any], resources: dict[Key, Resource]) -> dict[str, Any]:
+    """The spec with every endpoint's current address written in explicitly."""
+    doc = copy.deepcopy(doc)
+    for res in resources.values():
+        if not (isinstance(res, Address) and res.link[0] == Kind.VETH):
+            continue
+        _, container, network = res.link
+        entry = doc["containers"][container]
+        if isinstance(entry["networks"], list):
+            entry["networks"] = {name: {} for name in entry["networks"]}
+        attachment = entry["networks"][network] or {}
+        ip = res.cidr.split("/")[0]
+        attachment["ipv6_address" if ":" in ip else "ipv4_address"] = ip
+        entry["networks"][network] = attachment
+    return doc
+
+
+class FailAt:
+    """A kernel whose k-th write fails (EIO), as a crash in the middle would stop it."""
+
+    def __init__(self, inner: Kernel, k: int):
+        self._inner = inner
+        self._fail_at = inner.writes + k
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in WRITES:
+            return attr
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            if self._inner.writes + 1 >= self._fail_at:
+                raise KernelError(f"injected failure in {name}", errno.EIO)
+            return attr(*args, **kwargs)
+
+        return write
+
+
+def plan_for(kernel: Kernel, spec: Spec) -> Plan:
+    return engine.snapshot(kernel, spec).plan
+
+
+__all__ = ["planner"]

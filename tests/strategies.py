@@ -1,0 +1,237 @@
+"""Hypothesis strategies: valid specs, foreign objects, drift.
+
+Specs are generated as plain dicts (what a user writes), so a failing example
+can be printed as YAML and pasted into a bug report (see `spec_yaml`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from hypothesis import strategies as st
+
+from reconciler import spec as spec_mod
+from reconciler.drivers.kernel import Kernel
+from reconciler.errors import KernelError
+from reconciler.model import Spec
+from reconciler.resources import Address, Bridge, HostsFile, Netns, Resource, Route, Veth
+
+PROJECT = "prop"
+NETWORKS = ["front", "back", "data"]
+CONTAINERS = ["alpha", "beta", "gamma", "delta", "eps"]
+
+
+def spec_yaml(doc: dict[str, Any]) -> str:
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def load(doc: dict[str, Any]) -> Spec:
+    """A generated spec must be valid: a SpecError here is a bug in the strategy."""
+    return spec_mod.load_text(spec_yaml(doc), "generated.yaml")
+
+
+@st.composite
+def network_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
+    third = draw(st.sampled_from([0, 1]))  # changing it renumbers the network
+    net: dict[str, Any] = {"subnet": f"10.{10 + index}.{third}.0/24"}
+    if draw(st.booleans()):
+        net["mtu"] = draw(st.sampled_from([1400, 1500, 9000]))
+    if draw(st.integers(0, 3)) == 0:
+        net["ip_range"] = f"10.{10 + index}.{third}.128/25"
+    if draw(st.integers(0, 2)) == 0:
+        net["ipv6"] = {"subnet": f"fd00:{index + 1}::/64"}
+    if draw(st.integers(0, 3)) == 0:
+        net["interface"] = draw(st.sampled_from([f"br-{index}", f"brx-{index}"]))
+    if draw(st.integers(0, 5)) == 0:
+        net["internal"] = True
+    return net
+
+
+@st.composite
+def spec_dicts(draw: st.DrawFn, min_containers: int = 0) -> dict[str, Any]:
+    """Valid specs across what the engine supports: bridge networks and their
+    options, containers in list and map form, explicit and automatic addresses,
+    IPv6, routes, network_mode none/host, aliases, explicit netns names."""
+    names = draw(st.lists(st.sampled_from(NETWORKS), min_size=1, max_size=3, unique=True))
+    networks = {name: draw(network_dicts(NETWORKS.index(name))) for name in names}
+    used_v4: dict[str, set[str]] = {n: set() for n in names}
+    used_v6: dict[str, set[str]] = {n: set() for n in names}
+    used_macs: set[str] = set()
+    containers: dict[str, Any] = {}
+    chosen = draw(st.lists(st.sampled_from(CONTAINERS), min_size=min_containers,
+                           max_size=len(CONTAINERS), unique=True))
+    for cname in chosen:
+        mode = draw(st.sampled_from(["bridge"] * 6 + ["none", "host"]))
+        if mode != "bridge":
+            containers[cname] = {"network_mode": mode}
+            continue
+        attached = draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names),
+                                 unique=True))
+        container: dict[str, Any] = {}
+        if draw(st.integers(0, 4)) == 0:
+            container["netns"] = f"ns-{cname}"
+        as_list = draw(st.integers(0, 2)) == 0
+        if as_list:
+            container["networks"] = attached
+        else:
+            entries: dict[str, Any] = {}
+            for position, net in enumerate(attached):
+                entries[net] = draw(_attachment(
+                    networks[net], net, position, used_v4[net], used_v6[net], used_macs, cname
+                ))
+            container["networks"] = entries
+        outward = [n for n in attached if not networks[n].get("internal")]
+        if outward and draw(st.integers(0, 3)) == 0:
+            container["default_route"] = draw(st.sampled_from(outward))
+        if draw(st.integers(0, 3)) == 0:
+            subnet = ipaddress.ip_network(networks[attached[0]]["subnet"])
+            container["routes"] = [{"to": "10.99.0.0/16", "via": str(subnet[254])}]
+        containers[cname] = container
+    return {"version": 1, "project": PROJECT, "networks": networks, "containers": containers}
+
+
+@st.composite
+def _attachment(
+    draw: st.DrawFn, network: dict[str, Any], name: str, position: int, used_v4: set[str],
+    used_v6: set[str], used_macs: set[str], container: str,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    subnet = ipaddress.ip_network(network["subnet"])
+    if draw(st.integers(0, 3)) == 0:
+        address = str(subnet[draw(st.integers(10, 20))])
+        if address not in used_v4:
+            used_v4.add(address)
+            out["ipv4_address"] = address
+    if "ipv6" in network and draw(st.integers(0, 3)) == 0:
+        v6 = str(ipaddress.ip_network(network["ipv6"]["subnet"])[draw(st.integers(16, 32))])
+        if v6 not in used_v6:
+            used_v6.add(v6)
+            out["ipv6_address"] = v6
+    if draw(st.integers(0, 5)) == 0:
+        mac = f"02:42:00:00:{CONTAINERS.index(container):02x}:{NETWORKS.index(name):02x}"
+        if mac not in used_macs:
+            used_macs.add(mac)
+            out["mac_address"] = mac
+    if draw(st.integers(0, 5)) == 0:
+        out["interface"] = f"net{position}"
+    if draw(st.integers(0, 4)) == 0:
+        out["aliases"] = [f"{container}-{name}"]
+    return out
+
+
+# ---- foreign objects --------------------------------------------------------------
+
+FOREIGN_NETNS = "fx-ns"
+
+
+@dataclass(frozen=True)
+class ForeignPlan:
+    """Objects another tool made, with names netapply never generates."""
+
+    bridge: bool
+    veth_into_netns: bool
+    netns_hosts_file: bool
+    address: bool
+    route_in_netns: bool
+
+    def make(self, kernel: Kernel) -> None:
+        if self.bridge:
+            kernel.bridge_add("fx-br", "02:fa:00:00:00:01")
+            kernel.link_set("", "fx-br", up=True, alias="someone else's")
+            if self.address:
+                kernel.addr_add("", "fx-br", "192.0.2.1/24")
+        if self.veth_into_netns or self.netns_hosts_file or self.route_in_netns:
+            kernel.netns_add(FOREIGN_NETNS, "someone else's")
+        if self.veth_into_netns or self.route_in_netns:
+            kernel.veth_add("fx-h", 1500, FOREIGN_NETNS, "fx-c", "02:fa:00:00:00:02", 1500)
+            kernel.link_set(FOREIGN_NETNS, "fx-c", up=True)
+            if self.bridge:
+                kernel.link_set("", "fx-h", master="fx-br", up=True)
+            if self.route_in_netns:
+                kernel.addr_add(FOREIGN_NETNS, "fx-c", "192.0.2.2/24")
+                kernel.route_add(FOREIGN_NETNS, "198.51.100.0/24", "192.0.2.1", "fx-c")
+        if self.netns_hosts_file:
+            kernel.write_file(f"/etc/netns/{FOREIGN_NETNS}/hosts", "127.0.0.1 localhost\n")
+
+
+foreign_plans = st.builds(ForeignPlan, st.booleans(), st.booleans(), st.booleans(),
+                          st.booleans(), st.booleans())
+
+
+# ---- drift --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One change someone else makes to an owned object."""
+
+    what: str
+    target: Resource
+
+    def apply(self, kernel: Kernel) -> None:
+        with contextlib.suppress(KernelError):  # already gone through an earlier drift
+            _drift(kernel, self.what, self.target)
+
+    def __repr__(self) -> str:
+        return f"Drift({self.what} {self.target.title()})"
+
+
+DRIFTS: dict[type, list[str]] = {
+    Netns: ["delete", "loopback down"],
+    Bridge: ["delete", "mtu", "down", "rename"],
+    Veth: ["delete host end", "delete container end", "mtu", "mac", "down", "rename",
+           "detach", "add address"],
+    Address: ["delete"],
+    Route: ["delete"],
+    HostsFile: ["delete", "edit"],
+}
+
+
+def _drift(kernel: Kernel, what: str, res: Resource) -> None:
+    if isinstance(res, Netns):
+        if what == "delete":
+            kernel.netns_del(res.name)
+        else:
+            kernel.link_set(res.name, "lo", up=False)
+    elif isinstance(res, Bridge):
+        {
+            "delete": lambda: kernel.link_del("", res.ifname),
+            "mtu": lambda: kernel.link_set("", res.ifname, mtu=1300),
+            "down": lambda: kernel.link_set("", res.ifname, up=False),
+            "rename": lambda: kernel.link_set("", res.ifname, new_name="br-drift"),
+        }[what]()
+    elif isinstance(res, Veth):
+        {
+            "delete host end": lambda: kernel.link_del("", res.host_ifname),
+            "delete container end": lambda: kernel.link_del(res.ns, res.ifname),
+            "mtu": lambda: kernel.link_set(res.ns, res.ifname, mtu=1300),
+            "mac": lambda: kernel.link_set(res.ns, res.ifname, mac="02:99:00:00:00:01"),
+            "down": lambda: kernel.link_set(res.ns, res.ifname, up=False),
+            "rename": lambda: kernel.link_set(res.ns, res.ifname, new_name="drift0"),
+            "detach": lambda: kernel.link_set("", res.host_ifname, nomaster=True),
+            "add address": lambda: kernel.addr_add(res.ns, res.ifname, "10.250.0.9/24"),
+        }[what]()
+    elif isinstance(res, Address):
+        kernel.addr_del(res.ns, res.ifname, res.cidr)
+    elif isinstance(res, Route):
+        kernel.route_del(res.ns, res.dst)
+    elif isinstance(res, HostsFile):
+        path = f"/etc/netns/{res.netns}/hosts"
+        if what == "delete":
+            kernel.remove_file(path)
+        else:
+            kernel.write_file(path, res.content + "10.0.0.66 intruder\n")
+
+
+def drifts(resources: list[Resource]) -> st.SearchStrategy[list[Drift]]:
+    """Up to four drifts, each on an owned object that existed before any drift."""
+    if not resources:
+        return st.just([])
+    one = st.sampled_from(resources).flatmap(
+        lambda res: st.sampled_from(DRIFTS[type(res)]).map(lambda what: Drift(what, res))
+    )
+    return st.lists(one, max_size=4)

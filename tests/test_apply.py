@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from reconciler import cli, engine
 from reconciler import spec as spec_mod
 from reconciler.drivers.netlink import NetlinkKernel
-from reconciler.errors import KernelError
+from reconciler.errors import ApplyError, KernelError
 from tests.kernelutil import (
     addresses,
     in_ns,
@@ -211,15 +212,33 @@ def test_invalid_spec_changes_nothing(sandbox: Path, capsys: pytest.CaptureFixtu
 
 
 class FailingKernel(NetlinkKernel):
-    """The real kernel, except that the Nth write fails as the kernel would."""
+    """The real kernel, except that the Nth write fails (ENOSPC, which nothing retries)."""
 
     fail_at = 5
 
-    def _write(self, what: str, fn):  # type: ignore[no-untyped-def]
+    def _fail(self, what: str) -> None:
         if self.writes + 1 == self.fail_at:
             self.writes += 1
-            raise KernelError(what, errno.EBUSY)
+            raise KernelError(what, errno.ENOSPC)
+
+    def _write(self, what: str, fn):  # type: ignore[no-untyped-def]
+        self._fail(what)
         return super()._write(what, fn)
+
+    def netns_add(self, name: str, lo_alias: str) -> None:
+        self._fail(f"create netns {name}")
+        super().netns_add(name, lo_alias)
+
+    def write_file(self, path: str, content: str) -> None:
+        self._fail(f"write {path}")
+        super().write_file(path, content)
+
+
+SEED_WRITES = 17  # a cold apply of the seed example takes 17 kernel writes
+
+
+def test_seed_write_count_is_what_the_crash_test_sweeps(sandbox: Path) -> None:
+    assert converge(SEED) == SEED_WRITES
 
 
 def test_kernel_error_mid_apply_reports_and_next_apply_converges(
@@ -230,13 +249,28 @@ def test_kernel_error_mid_apply_reports_and_next_apply_converges(
     assert code == 1
     lines = err.splitlines()
     assert lines[0].startswith("error: failed: create ")
-    assert lines[0].endswith("Device or resource busy (EBUSY)")
+    assert lines[0].endswith("No space left on device (ENOSPC)")
     assert lines[1].startswith("Already done (")
     assert "Fix the cause and run apply again" in err
     monkeypatch.undo()
     code, _, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
     assert code == 0, err
     assert converge(SEED) == 0
+
+
+@pytest.mark.parametrize("fail_at", range(1, SEED_WRITES + 1))
+def test_failure_at_any_write_leaves_a_state_the_next_apply_converges_from(
+    sandbox: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    monkeypatch.setattr(FailingKernel, "fail_at", fail_at)
+    spec = spec_mod.load(SEED)
+    failing = FailingKernel()
+    with pytest.raises(ApplyError):
+        engine.apply(failing, spec, engine.snapshot(failing, spec).plan)
+    failing.close()
+    converge(SEED)
+    assert converge(SEED) == 0
+    assert netns_list() == ["container1", "container2"]
 
 
 def test_modes_none_host_and_attached_namespace(
@@ -471,3 +505,70 @@ def test_spec_directory_is_merged(sandbox: Path, capsys: pytest.CaptureFixture[s
     assert addresses("web", "eth0") == ["172.30.1.2/24"]
     code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(specdir))
     assert code == 0, out
+
+
+SWAP_V1 = """\
+version: 1
+project: shop
+networks:
+  front: {subnet: 172.30.1.0/24, mtu: 9000}
+  back: {subnet: 172.30.2.0/24, ipv6: {subnet: "fd00:2::/64"}}
+containers:
+  web: {networks: [front, back]}
+  db: {networks: [back]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("edit", "check"),
+    [
+        # interface names swap between the two attachments
+        (SWAP_V1.replace("[front, back]}\n  db", "[back, front]}\n  db"),
+         lambda: addresses("web", "eth0") == ["172.30.2.3/24"]),
+        # a network put first in a list that had one
+        (SWAP_V1.replace("db: {networks: [back]}", "db: {networks: [front, back]}"),
+         lambda: addresses("db", "eth1") == ["172.30.2.2/24"]),
+        # IPv6 removed from a network: its default route goes too
+        (SWAP_V1.replace(', ipv6: {subnet: "fd00:2::/64"}', ""),
+         lambda: addresses("db", "eth0", "inet6") == []),
+        # the last port leaves a bridge whose MTU is not 1500
+        (SWAP_V1.replace("web: {networks: [front, back]}", "web: {networks: [back]}"),
+         lambda: links()["br-" + __import__("hashlib").sha256(b"shop/front").hexdigest()[:12]]
+         ["mtu"] == 9000),
+    ],
+    ids=["swap-interfaces", "prepend-network", "remove-ipv6", "empty-bridge-keeps-mtu"],
+)
+def test_edits_that_reuse_names_or_drop_families_converge(
+    sandbox: Path, edit: str, check: Callable[[], bool]
+) -> None:
+    spec = write(sandbox / "shop.yaml", SWAP_V1)
+    converge(spec)
+    write(spec, edit)
+    converge(spec)
+    assert check()
+    assert converge(spec) == 0
+
+
+def test_leftovers_of_other_tools_do_not_stop_netapply(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Path("/etc/netns/stray").write_text("not a directory")
+    Path("/etc/netns/binary").mkdir()
+    Path("/etc/netns/binary/hosts").write_bytes(b"\xff\xfe not utf-8\n")
+    Path("/run/netns/stale").write_text("")  # an interrupted `ip netns add`
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
+    assert code == 0, out + err
+    assert Path("/etc/netns/binary/hosts").read_bytes() == b"\xff\xfe not utf-8\n"
+
+
+def test_netns_path_must_be_a_network_namespace(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = write(sandbox / "shop.yaml", BASE + "  web:\n    netns_path: /etc/hostname\n"
+                 "    networks: [front]\n")
+    code, _, err = run_cli(capsys, "plan", str(spec))
+    assert code == 1
+    assert err.splitlines()[0] == (
+        f"error: {spec}:9:5: container 'web': netns_path /etc/hostname does not exist or is "
+        "not a network namespace"
+    )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,16 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def _single_threaded(call: Callable[[], int], what: str) -> None:
+    """unshare/setns of a mount namespace need a single-threaded process: a thread
+    that netapply joined a moment ago may still be exiting in the kernel."""
+    deadline = time.monotonic() + 2
+    while call() != 0:
+        if ctypes.get_errno() != errno.EINVAL or time.monotonic() > deadline:
+            _check(-1, what)
+        time.sleep(0.001)
+
+
 def require_sandbox() -> None:
     """Kernel tests run only as root, inside the namespace scripts/sandbox made
     (it records the namespace it started from)."""
@@ -48,7 +60,7 @@ def private_namespace() -> Iterator[None]:
     own_net = os.open("/proc/self/ns/net", os.O_RDONLY)
     own_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY)
     try:
-        _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWNS), "unshare")
+        _single_threaded(lambda: _libc.unshare(CLONE_NEWNET | CLONE_NEWNS), "unshare")
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
         for path in (b"/run/netns", b"/etc/netns"):
             _check(_libc.mount(b"tmpfs", path, b"tmpfs", 0, b"mode=0755"), "mount tmpfs")
@@ -56,7 +68,7 @@ def private_namespace() -> Iterator[None]:
         yield
     finally:
         _check(_libc.setns(own_net, CLONE_NEWNET), "return to the network namespace")
-        _check(_libc.setns(own_mnt, CLONE_NEWNS), "return to the mount namespace")
+        _single_threaded(lambda: _libc.setns(own_mnt, CLONE_NEWNS), "return to the mount namespace")
         os.close(own_net)
         os.close(own_mnt)
         os.chdir(cwd)

@@ -9,7 +9,9 @@ ones that test pins down:
 - interface names are unique per namespace and at most 15 characters (ERANGE);
 - a link, address or route needs its namespace and link (ENODEV, ENOENT);
 - a veth pair dies together; deleting a namespace deletes what is in it;
-- a port's master must be a bridge (EOPNOTSUPP); deleting a bridge frees ports;
+- a port's master must be a bridge (EOPNOTSUPP), a port cannot be a bridge
+  (ELOOP) or the loopback (EINVAL); deleting a bridge frees its ports; a
+  bridge whose MTU was never set follows its ports' smallest MTU;
 - a route needs its link up and its gateway inside a subnet of an address on
   that link (IPv4 ENETUNREACH, IPv6 EHOSTUNREACH);
 - removing an IPv4 address removes the IPv4 routes whose gateway it covered;
@@ -258,8 +260,13 @@ class MemoryKernel:
             _check_mtu(mtu, what)
         if mac is not None:
             _check_mac(mac, what)
-        if master_link is not None and master_link.kind != "bridge":
-            raise KernelError(what, errno.EOPNOTSUPP)
+        if master_link is not None and master_link.index != link.master:
+            if master_link.kind != "bridge":
+                raise KernelError(what, errno.EOPNOTSUPP)
+            if link.kind is None:
+                raise KernelError(what, errno.EINVAL)  # the loopback is no port
+            if link.kind == "bridge":
+                raise KernelError(what, errno.ELOOP)  # nor is a bridge
         old_master = link.master
         if new_name is not None:
             link.ifname = new_name

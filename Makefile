@@ -6,7 +6,7 @@ SANDBOX := scripts/sandbox
 APT_PACKAGES := iproute2 iputils-ping util-linux
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo test lint unit clean
+.PHONY: all deps venv demo test test-long lint unit clean
 
 all: test
 
@@ -41,6 +41,10 @@ unit: venv
 
 test: deps venv lint
 	$(SANDBOX) $(BIN)/pytest -q
+
+# The property-based tests explored much deeper (tens of minutes).
+test-long: deps venv
+	HYPOTHESIS_PROFILE=long $(SANDBOX) $(BIN)/pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -37,7 +37,7 @@ def have_ping() -> None:
 # Hypothesis profiles: "ci" (the default) keeps the whole suite within a few
 # minutes on 2 cores; HYPOTHESIS_PROFILE=long explores much deeper.
 settings.register_profile(
-    "ci", max_examples=60, deadline=None, print_blob=True,
+    "ci", max_examples=400, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(

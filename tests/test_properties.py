@@ -1,0 +1,168 @@
+"""Convergence properties, on the in-memory kernel (which the differential test
+ties to the real one). Each property is a test that fails when it breaks; a
+failing example is printed with its specs as YAML, ready for a bug report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from reconciler import desired as desired_mod
+from reconciler import engine
+from reconciler.drivers.memory import MemoryKernel
+from reconciler.errors import ApplyError, SpecError
+from reconciler.resources import Bridge, HostsFile, Netns, Veth
+from reconciler.state.observe import ObservedState
+from tests import propkit
+from tests.propkit import FailAt, converge, destroy, foreign_view, owned, plan_for
+from tests.strategies import (
+    CONTAINERS,
+    ForeignPlan,
+    drifts,
+    foreign_plans,
+    load,
+    spec_dicts,
+    spec_yaml,
+)
+
+
+def _note_spec(label: str, doc: dict[str, Any]) -> None:
+    note(f"{label}:\n{spec_yaml(doc)}")
+
+
+def reachable_state(data: st.DataObject) -> tuple[MemoryKernel, ForeignPlan, dict[str, Any]]:
+    """A kernel in a state an operator can meet: foreign objects, a spec S1
+    applied, then drift. Returns the kernel, the foreign plan and S1."""
+    foreign = data.draw(foreign_plans, label="foreign")
+    s1 = data.draw(spec_dicts(), label="S1")
+    _note_spec("S1", s1)
+    kernel = MemoryKernel()
+    foreign.make(kernel)
+    converge(kernel, load(s1))
+    for drift in data.draw(drifts(list(owned(kernel).values())), label="drift"):
+        drift.apply(kernel)
+    return kernel, foreign, s1
+
+
+@given(st.data())
+def test_one_pass_convergence_history_independence_order_and_safety(data: st.DataObject) -> None:
+    kernel, foreign, _ = reachable_state(data)
+    s2 = data.draw(spec_dicts(), label="S2")
+    _note_spec("S2", s2)
+    spec2 = load(s2)
+    untouched = foreign_view(kernel)
+    snap = engine.snapshot(kernel, spec2)
+    propkit.check_order(snap.plan, snap.observed.resources)  # 4. order validity
+    engine.apply(kernel, spec2, snap.plan)  # raises unless converged
+    assert plan_for(kernel, spec2).empty  # 1. one-pass convergence
+    assert foreign_view(kernel) == untouched  # 5. safety
+    # 2. history independence: a fresh machine with the same foreign objects,
+    # given S2 with the addresses the endpoints kept, ends in the same state.
+    fresh = MemoryKernel()
+    foreign.make(fresh)
+    converge(fresh, load(propkit.pinned(s2, owned(kernel, spec2))))
+    assert owned(fresh, spec2) == owned(kernel, spec2)
+
+
+@given(st.data())
+def test_applying_a_converged_spec_writes_nothing(data: st.DataObject) -> None:
+    kernel, _, _ = reachable_state(data)
+    s2 = data.draw(spec_dicts(), label="S2")
+    _note_spec("S2", s2)
+    spec2 = load(s2)
+    converge(kernel, spec2)
+    before = kernel.writes
+    assert converge(kernel, spec2).empty
+    assert kernel.writes == before  # 3. idempotence
+
+
+@given(st.data())
+def test_adding_or_removing_a_container_keeps_other_endpoints(data: st.DataObject) -> None:
+    doc = data.draw(spec_dicts(min_containers=1), label="S")
+    _note_spec("S", doc)
+    kernel = MemoryKernel()
+    converge(kernel, load(doc))
+    before = propkit.endpoints(owned(kernel))
+    changed: dict[str, Any] = {**doc, "containers": dict(doc["containers"])}
+    absent = [c for c in CONTAINERS if c not in doc["containers"]]
+    if absent and data.draw(st.booleans(), label="add"):
+        network = data.draw(st.sampled_from(sorted(doc["networks"])), label="network")
+        changed["containers"][data.draw(st.sampled_from(absent))] = {"networks": [network]}
+    else:
+        del changed["containers"][data.draw(st.sampled_from(sorted(doc["containers"])))]
+    _note_spec("S'", changed)
+    converge(kernel, load(changed))
+    after = propkit.endpoints(owned(kernel))
+    for endpoint in before.keys() & after.keys():  # 6. sticky allocation
+        assert after[endpoint] == before[endpoint], endpoint
+
+
+@given(st.data())
+def test_a_failure_at_any_write_leaves_a_state_the_next_apply_converges_from(
+    data: st.DataObject,
+) -> None:
+    kernel, _, _ = reachable_state(data)
+    s2 = data.draw(spec_dicts(), label="S2")
+    _note_spec("S2", s2)
+    spec2 = load(s2)
+    writes = propkit.writes_of(kernel, spec2)
+    if writes:
+        k = data.draw(st.integers(1, writes), label="failing write")
+        failing = FailAt(kernel, k)
+        with pytest.raises(ApplyError):
+            engine.apply(failing, spec2, engine.snapshot(failing, spec2).plan)  # type: ignore[arg-type]
+    untouched = foreign_view(kernel)
+    converge(kernel, spec2)  # 7. crash recovery
+    assert plan_for(kernel, spec2).empty
+    assert foreign_view(kernel) == untouched
+
+
+@given(st.data())
+def test_destroy_from_any_state_leaves_nothing_owned(data: st.DataObject) -> None:
+    kernel, _, s1 = reachable_state(data)
+    spec1 = load(s1)
+    if data.draw(st.booleans(), label="interrupted apply first"):
+        s2 = data.draw(spec_dicts(), label="S2")
+        writes = propkit.writes_of(kernel, load(s2))
+        if writes:
+            failing = FailAt(kernel, data.draw(st.integers(1, writes)))
+            with pytest.raises(ApplyError):
+                spec2 = load(s2)
+                engine.apply(failing, spec2, engine.snapshot(failing, spec2).plan)  # type: ignore[arg-type]
+    untouched = foreign_view(kernel)
+    destroy(kernel, spec1)
+    assert owned(kernel) == {}  # 8. destroy leaves no owned object
+    assert foreign_view(kernel) == untouched
+
+
+@given(st.data())
+def test_a_foreign_object_with_a_desired_name_is_an_error_and_changes_nothing(
+    data: st.DataObject,
+) -> None:
+    doc = data.draw(spec_dicts(min_containers=1), label="S")
+    _note_spec("S", doc)
+    spec = load(doc)
+    wanted = [
+        r for r in desired_mod.build(spec, ObservedState({})).values()
+        if isinstance(r, Netns | Bridge | Veth | HostsFile)
+    ]
+    target = data.draw(st.sampled_from(wanted), label="taken name")
+    kernel = MemoryKernel()
+    if isinstance(target, Netns):
+        kernel.netns_add(target.name, "someone else's")
+    elif isinstance(target, Bridge):
+        kernel.bridge_add(target.ifname, "02:fa:00:00:00:09")
+    elif isinstance(target, Veth):
+        kernel.bridge_add(target.host_ifname, "02:fa:00:00:00:09")
+    else:
+        kernel.write_file(f"/etc/netns/{target.netns}/hosts", "127.0.0.1 localhost\n")
+    writes = kernel.writes
+    untouched = foreign_view(kernel)
+    with pytest.raises(SpecError) as caught:
+        converge(kernel, spec)
+    assert "exists and is not" in str(caught.value)
+    assert kernel.writes == writes  # 5. safety: nothing adopted, nothing changed
+    assert foreign_view(kernel) == untouched

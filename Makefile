@@ -6,7 +6,7 @@ SANDBOX := scripts/sandbox
 APT_PACKAGES := iproute2 iputils-ping util-linux
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo test test-long lint unit clean
+.PHONY: all deps venv demo test test-long lint unit bench clean
 
 all: test
 
@@ -48,3 +48,7 @@ test-long: deps venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Side-by-side benchmark (each measurement in its own sandbox); see bench/run.py.
+bench: deps venv
+	$(BIN)/python bench/run.py

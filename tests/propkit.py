@@ -77,8 +77,10 @@ def foreign_view(kernel: Kernel) -> dict[str, Any]:
             (link.ifname, link.kind, link.mtu, link.mac, link.up, link.alias,
              names.get(link.master or 0)) for link in theirs.values()
         )
+        # IPv6 link-local addresses come and go with carrier, by the kernel's hand.
         view[f"addresses {ns}"] = sorted(
-            (names[a.index], a.cidr) for a in kernel.addresses(ns) if a.index in theirs
+            (names[a.index], a.cidr) for a in kernel.addresses(ns)
+            if a.index in theirs and not a.cidr.startswith("fe80:")
         )
         view[f"routes {ns}"] = sorted(
             (r.dst, r.via, names.get(r.oif or 0), r.proto) for r in kernel.routes(ns)

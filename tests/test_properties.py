@@ -21,9 +21,10 @@ from tests.propkit import FailAt, converge, destroy, foreign_view, owned, plan_f
 from tests.strategies import (
     CONTAINERS,
     ForeignPlan,
-    drifts,
+    drift_choices,
     foreign_plans,
     load,
+    pick_drifts,
     spec_dicts,
     spec_yaml,
 )
@@ -42,7 +43,9 @@ def reachable_state(data: st.DataObject) -> tuple[MemoryKernel, ForeignPlan, dic
     kernel = MemoryKernel()
     foreign.make(kernel)
     converge(kernel, load(s1))
-    for drift in data.draw(drifts(list(owned(kernel).values())), label="drift"):
+    chosen = pick_drifts(data.draw(drift_choices, label="drift"), list(owned(kernel).values()))
+    note(f"drift: {chosen}")
+    for drift in chosen:
         drift.apply(kernel)
     return kernel, foreign, s1
 

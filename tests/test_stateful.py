@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from hypothesis import note, settings
-from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -22,7 +21,15 @@ from hypothesis.stateful import (
 from reconciler.drivers.netlink import NetlinkKernel
 from tests.kernelutil import private_namespace, require_sandbox
 from tests.propkit import converge, destroy, foreign_view, owned, plan_for
-from tests.strategies import ForeignPlan, drifts, foreign_plans, load, spec_dicts, spec_yaml
+from tests.strategies import (
+    ForeignPlan,
+    drift_choices,
+    foreign_plans,
+    load,
+    pick_drifts,
+    spec_dicts,
+    spec_yaml,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -47,10 +54,11 @@ class RealKernelMachine(RuleBasedStateMachine):
         note(f"spec now:\n{spec_yaml(doc)}")
         self.doc = doc
 
-    @rule(data=st.data())
-    def tamper(self, data: st.DataObject) -> None:
-        spec = load(self.doc)
-        for drift in data.draw(drifts(list(owned(self.kernel, spec).values()))):
+    @rule(choices=drift_choices)
+    def tamper(self, choices: list[tuple[int, int]]) -> None:
+        resources = list(owned(self.kernel, load(self.doc)).values())
+        for drift in pick_drifts(choices, resources):
+            note(f"tamper: {drift}")
             drift.apply(self.kernel)
 
     @precondition(lambda self: self.foreign is None)

@@ -1,4 +1,4 @@
-"""The real kernel, over netlink with pyroute2. The only module that imports it.
+"""The real kernel, over rtnetlink (drivers/rtnl.py).
 
 One netlink socket per namespace, opened after entering that namespace and kept
 for the whole run (pyroute2's own netns support forks a helper per socket).
@@ -12,15 +12,11 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import ipaddress
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
@@ -30,6 +26,7 @@ from reconciler.drivers.kernel import (
     LinkInfo,
     RouteInfo,
 )
+from reconciler.drivers.rtnl import NetlinkError, Rtnl
 from reconciler.errors import KernelError
 from reconciler.resources import RTPROT_NETAPPLY
 
@@ -39,8 +36,6 @@ MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
-IFF_UP = 0x1
-IFA_F_NODAD = 0x02
 RT_TABLE_MAIN = 254
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -69,20 +64,20 @@ class NetlinkKernel:
 
     def __init__(self) -> None:
         self.writes = 0
-        self._sockets: dict[str, IPRoute] = {}
+        self._sockets: dict[str, Rtnl] = {}
 
     # ---- sockets -------------------------------------------------------------
 
-    def _ipr(self, ns: str) -> IPRoute:
+    def _ipr(self, ns: str) -> Rtnl:
         sock = self._sockets.get(ns)
         if sock is None:
             sock = self._open(ns)
             self._sockets[ns] = sock
         return sock
 
-    def _open(self, ns: str) -> IPRoute:
+    def _open(self, ns: str) -> Rtnl:
         if not ns:
-            return IPRoute()
+            return Rtnl()
         try:
             target = os.open(_ns_path(ns), os.O_RDONLY)
         except OSError as e:
@@ -91,7 +86,7 @@ class NetlinkKernel:
         try:
             _setns(target, f"enter {_ns_label(ns)}")
             try:
-                return IPRoute()
+                return Rtnl()
             finally:
                 _setns(own, "return to own namespace")
         finally:
@@ -111,7 +106,7 @@ class NetlinkKernel:
         try:
             return fn()
         except NetlinkError as e:
-            raise KernelError(what, e.code) from None
+            raise KernelError(what, e.errno or errno.EIO) from None
         except OSError as e:
             raise KernelError(what, e.errno or errno.EIO) from None
 
@@ -120,12 +115,9 @@ class NetlinkKernel:
         self._call(what, fn)
 
     def _index(self, ns: str, ifname: str) -> int:
-        found = self._call(
-            f"look up {ifname} in {_ns_label(ns)}", lambda: self._ipr(ns).link_lookup(ifname=ifname)
+        return self._call(
+            f"look up {ifname} in {_ns_label(ns)}", lambda: self._ipr(ns).index(ifname)
         )
-        if not found:
-            raise KernelError(f"look up {ifname} in {_ns_label(ns)}", errno.ENODEV)
-        return int(found[0])
 
     # ---- reads ---------------------------------------------------------------
 
@@ -144,29 +136,23 @@ class NetlinkKernel:
         return not ns or ns_type(_ns_path(ns)) == CLONE_NEWNET
 
     def links(self, ns: str) -> list[LinkInfo]:
-        msgs = self._call(f"list links in {_ns_label(ns)}", lambda: self._ipr(ns).get_links())
-        return [_link_info(m) for m in msgs]
-
-    def addresses(self, ns: str) -> list[AddrInfo]:
-        msgs = self._call(f"list addresses in {_ns_label(ns)}", lambda: self._ipr(ns).get_addr())
+        found = self._call(f"list links in {_ns_label(ns)}", lambda: self._ipr(ns).links())
         return [
-            AddrInfo(m["index"], f"{m.get('address')}/{m['prefixlen']}")
-            for m in msgs
-            if m.get("address") is not None
+            LinkInfo(x.index, x.ifname, x.kind, x.mtu, x.mac, x.up, x.alias, x.master)
+            for x in found
         ]
 
-    def routes(self, ns: str) -> list[RouteInfo]:
-        def dump() -> list[Any]:
-            return list(self._ipr(ns).route("dump", table=RT_TABLE_MAIN))
+    def addresses(self, ns: str) -> list[AddrInfo]:
+        found = self._call(
+            f"list addresses in {_ns_label(ns)}", lambda: self._ipr(ns).addresses()
+        )
+        return [AddrInfo(a.index, a.cidr) for a in found]
 
-        out = []
-        for m in self._call(f"list routes in {_ns_label(ns)}", dump):
-            if m.get("table") != RT_TABLE_MAIN or m["family"] not in (2, 10):
-                continue
-            dst = m.get("dst") or ("0.0.0.0" if m["family"] == 2 else "::")
-            net = ipaddress.ip_network(f"{dst}/{m['dst_len']}", strict=False)
-            out.append(RouteInfo(str(net), m.get("gateway"), m.get("oif"), m["proto"]))
-        return out
+    def routes(self, ns: str) -> list[RouteInfo]:
+        found = self._call(f"list routes in {_ns_label(ns)}", lambda: self._ipr(ns).routes())
+        return [
+            RouteInfo(r.dst, r.via, r.oif, r.proto) for r in found if r.table == RT_TABLE_MAIN
+        ]
 
     def read_file(self, path: str) -> str | None:
         """The text of a file (bytes that are not UTF-8 replaced), None if absent."""
@@ -209,9 +195,9 @@ class NetlinkKernel:
             # it alive after the thread ends), so it is never seen unmarked.
             try:
                 _check(_libc.unshare(CLONE_NEWNET), what)
-                with IPRoute() as ipr:
-                    self._call(what, lambda: ipr.link("set", index=1, ifalias=lo_alias,
-                                                      state="up"))
+                with Rtnl() as sock:
+                    index = self._call(what, lambda: sock.index("lo"))
+                    self._call(what, lambda: sock.link_set(index, alias=lo_alias, up=True))
                 src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
                 _check(_libc.mount(src, path.encode(), b"none", MS_BIND, None), what)
             except KernelError as e:
@@ -242,7 +228,7 @@ class NetlinkKernel:
     def bridge_add(self, ifname: str, mac: str) -> None:
         self._write(
             f"create bridge {ifname}",
-            lambda: self._ipr("").link("add", ifname=ifname, kind="bridge", address=mac),
+            lambda: self._ipr("").bridge_add(ifname, mac),
         )
 
     def veth_add(
@@ -251,11 +237,10 @@ class NetlinkKernel:
     ) -> None:
         what = f"create veth {host_ifname} <-> {peer_ifname} in {_ns_label(peer_ns)}"
         with self._ns_fd(peer_ns, what) as fd:
-            peer = {"ifname": peer_ifname, "address": peer_mac, "mtu": peer_mtu, "net_ns_fd": fd}
             self._write(
                 what,
-                lambda: self._ipr("").link(
-                    "add", ifname=host_ifname, kind="veth", mtu=host_mtu, peer=peer
+                lambda: self._ipr("").veth_add(
+                    host_ifname, host_mtu, peer_ifname, peer_mac, peer_mtu, fd
                 ),
             )
 
@@ -291,79 +276,65 @@ class NetlinkKernel:
         if mtu is not None:
             attrs["mtu"] = mtu
         if mac is not None:
-            attrs["address"] = mac
+            attrs["mac"] = mac
         if master is not None:
             attrs["master"] = self._index(ns, master)
         elif nomaster:
             attrs["master"] = 0
         if alias is not None:
-            attrs["ifalias"] = alias
+            attrs["alias"] = alias
         if up is not None:
-            attrs["state"] = "up" if up else "down"
+            attrs["up"] = up
         if not attrs:
             return
+        sock = self._ipr(ns)
         try:
-            self._write(what, lambda: self._ipr(ns).link("set", index=index, **attrs))
+            self._write(what, lambda: sock.link_set(index, **attrs))
         except KernelError as e:
             if e.errno != errno.EBUSY or "ifname" not in attrs:
                 raise
             # Kernels before 6.2 rename only links that are down.
-            was_up = self._call(what, lambda: self._ipr(ns).get_links(index))[0]["flags"] & IFF_UP
-            self._write(what, lambda: self._ipr(ns).link("set", index=index, state="down"))
-            attrs.setdefault("state", "up" if was_up else "down")
-            self._write(what, lambda: self._ipr(ns).link("set", index=index, **attrs))
+            was_up = next(x.up for x in self._call(what, sock.links) if x.index == index)
+            self._write(what, lambda: sock.link_set(index, up=False))
+            attrs.setdefault("up", was_up)
+            self._write(what, lambda: sock.link_set(index, **attrs))
 
     def link_del(self, ns: str, ifname: str) -> None:
         what = f"delete {ifname} in {_ns_label(ns)}"
         index = self._index(ns, ifname)
-        self._write(what, lambda: self._ipr(ns).link("del", index=index))
+        self._write(what, lambda: self._ipr(ns).link_del(index))
 
     # ---- addresses and routes --------------------------------------------------
 
     def addr_add(self, ns: str, ifname: str, cidr: str) -> None:
-        iface = ipaddress.ip_interface(cidr)
         index = self._index(ns, ifname)
         # No duplicate address detection: the spec already rules out duplicates,
         # and DAD would leave a new IPv6 address unusable for a second or more.
-        flags = IFA_F_NODAD if iface.version == 6 else 0
+        nodad = ":" in cidr
         self._write(
             f"add address {cidr} to {ifname} in {_ns_label(ns)}",
-            lambda: self._ipr(ns).addr(
-                "add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
-                flags=flags,
-            ),
+            lambda: self._ipr(ns).addr(True, index, cidr, nodad=nodad),
         )
 
     def addr_del(self, ns: str, ifname: str, cidr: str) -> None:
-        iface = ipaddress.ip_interface(cidr)
         index = self._index(ns, ifname)
         self._write(
             f"delete address {cidr} from {ifname} in {_ns_label(ns)}",
-            lambda: self._ipr(ns).addr(
-                "del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
-            ),
+            lambda: self._ipr(ns).addr(False, index, cidr),
         )
 
     def route_add(self, ns: str, dst: str, via: str, ifname: str, replace: bool = False) -> None:
         index = self._index(ns, ifname)
-        net = ipaddress.ip_network(dst)
+        op = "replace" if replace else "add"
         self._write(
-            f"{'replace' if replace else 'add'} route {dst} via {via} in {_ns_label(ns)}",
-            lambda: self._ipr(ns).route(
-                "replace" if replace else "add",
-                dst=str(net), gateway=via, oif=index, proto=RTPROT_NETAPPLY,
-                family=10 if net.version == 6 else 2, table=RT_TABLE_MAIN,
-            ),
+            f"{op} route {dst} via {via} in {_ns_label(ns)}",
+            lambda: self._ipr(ns).route(op, dst, RTPROT_NETAPPLY, via=via, oif=index),
         )
 
     def route_del(self, ns: str, dst: str) -> None:
-        net = ipaddress.ip_network(dst)
         self._write(
             f"delete route {dst} in {_ns_label(ns)}",
-            lambda: self._ipr(ns).route(
-                "del", dst=str(net), proto=RTPROT_NETAPPLY,
-                family=10 if net.version == 6 else 2, table=RT_TABLE_MAIN,
-            ),
+            lambda: self._ipr(ns).route("delete", dst, RTPROT_NETAPPLY),
         )
 
     # ---- files -----------------------------------------------------------------
@@ -422,21 +393,6 @@ def _prepare_netns_dir(what: str) -> None:
         raise KernelError(what, ctypes.get_errno())
     _check(_libc.mount(path, path, b"none", MS_BIND | MS_REC, None), what)
     _check(_libc.mount(b"none", path, None, MS_SHARED | MS_REC, None), what)
-
-
-def _link_info(m: Any) -> LinkInfo:
-    info = m.get("IFLA_LINKINFO")
-    kind = info.get("IFLA_INFO_KIND") if info is not None else None
-    return LinkInfo(
-        index=m["index"],
-        ifname=m.get("IFLA_IFNAME"),
-        kind=kind,
-        mtu=m.get("IFLA_MTU"),
-        mac=m.get("IFLA_ADDRESS") or "",
-        up=bool(m["flags"] & IFF_UP),
-        alias=m.get("IFLA_IFALIAS"),
-        master=m.get("IFLA_MASTER"),
-    )
 
 
 __all__ = ["GONE", "NetlinkKernel"]

@@ -1,0 +1,330 @@
+"""A minimal rtnetlink client: the messages netapply sends, and only the
+attributes it reads.
+
+Why not pyroute2 here: measured on the 2-core CI machine, pyroute2 costs about
+1 ms of Python per request and about 200 us per object decoded from a dump,
+which made a 500-container apply three times slower than `ip -batch`. This
+module packs and parses with `struct`, synchronously, on a plain socket.
+tests/test_rtnl.py checks what it reads against pyroute2 on the same kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+NETLINK_ROUTE = 0
+NETLINK_EXT_ACK = 11
+SOL_NETLINK = 270
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 18, 20, 28
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+VETH_INFO_PEER = 1
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+IFF_UP = 0x1
+IFNAMSIZ = 15
+RT_TABLE_MAIN = 254
+RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
+RTN_UNICAST = 1
+
+HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type
+ATTR = struct.Struct("=HH")
+U32 = struct.Struct("=I")
+ERRNO = struct.Struct("=i")
+NLA_TYPE_MASK = 0x3FFF
+
+
+def attr(kind: int, data: bytes) -> bytes:
+    size = ATTR.size + len(data)
+    return ATTR.pack(size, kind) + data + b"\0" * (-size % 4)
+
+
+def attr_str(kind: int, text: str) -> bytes:
+    return attr(kind, text.encode() + b"\0")
+
+
+def attr_u32(kind: int, value: int) -> bytes:
+    return attr(kind, U32.pack(value))
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes(int(part, 16) for part in mac.split(":"))
+
+
+def attrs(data: bytes, offset: int) -> Iterator[tuple[int, memoryview]]:
+    view = memoryview(data)
+    end = len(data)
+    while offset + ATTR.size <= end:
+        size, kind = ATTR.unpack_from(data, offset)
+        if size < ATTR.size:
+            break
+        yield kind & NLA_TYPE_MASK, view[offset + ATTR.size:offset + size]
+        offset += (size + 3) & ~3
+
+
+def _text(value: memoryview) -> str:
+    return bytes(value).split(b"\0", 1)[0].decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    ifname: str
+    kind: str | None
+    mtu: int
+    mac: str
+    up: bool
+    alias: str | None
+    master: int | None
+
+
+@dataclass(frozen=True)
+class Addr:
+    index: int
+    cidr: str
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    dst: str
+    via: str | None
+    oif: int | None
+    proto: int
+    table: int
+
+
+class NetlinkError(OSError):
+    """The kernel refused a request; .errno is its errno."""
+
+
+class Rtnl:
+    """One NETLINK_ROUTE socket, bound to the namespace it was opened in."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind((0, 0))
+        self._seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Rtnl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transport ----------------------------------------------------------------
+
+    def _send(self, kind: int, flags: int, body: bytes) -> int:
+        self._seq += 1
+        self.sock.send(HEADER.pack(HEADER.size + len(body), kind, flags | NLM_F_REQUEST,
+                                   self._seq, 0) + body)
+        return self._seq
+
+    def _replies(self, seq: int) -> Iterator[tuple[int, bytes, int]]:
+        """(type, message, offset of its payload) until DONE or the ACK."""
+        while True:
+            data = self.sock.recv(1 << 20)
+            offset = 0
+            while offset + HEADER.size <= len(data):
+                size, kind, _flags, msg_seq, _pid = HEADER.unpack_from(data, offset)
+                if size < HEADER.size:
+                    return
+                if msg_seq == seq:
+                    if kind == NLMSG_DONE:
+                        return
+                    if kind == NLMSG_ERROR:
+                        (code,) = ERRNO.unpack_from(data, offset + HEADER.size)
+                        if code:
+                            raise NetlinkError(-code, _strerror(-code))
+                        return
+                    yield kind, data[offset:offset + size], HEADER.size
+                offset += (size + 3) & ~3
+
+    def request(self, kind: int, flags: int, body: bytes) -> None:
+        """Send one change and wait for its ACK (raising NetlinkError)."""
+        for _ in self._replies(self._send(kind, flags | NLM_F_ACK, body)):
+            pass
+
+    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[bytes, int]]:
+        for _kind, message, offset in self._replies(self._send(kind, NLM_F_DUMP, body)):
+            yield message, offset
+
+    # ---- reads ----------------------------------------------------------------------
+
+    def links(self) -> list[Link]:
+        found = []
+        for msg, offset in self._dump(RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)):
+            _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
+            ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
+            for key, value in attrs(msg, offset + IFINFO.size):
+                if key == IFLA_IFNAME:
+                    ifname = _text(value)
+                elif key == IFLA_MTU:
+                    mtu = U32.unpack_from(value)[0]
+                elif key == IFLA_ADDRESS:
+                    mac = ":".join(f"{b:02x}" for b in value)
+                elif key == IFLA_IFALIAS:
+                    alias = _text(value) or None
+                elif key == IFLA_MASTER:
+                    master = U32.unpack_from(value)[0] or None
+                elif key == IFLA_LINKINFO:
+                    for sub, subvalue in attrs(bytes(value), 0):
+                        if sub == IFLA_INFO_KIND:
+                            kind = _text(subvalue)
+            found.append(Link(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias,
+                              master))
+        return found
+
+    def index(self, ifname: str) -> int:
+        if len(ifname.encode()) > IFNAMSIZ:
+            raise NetlinkError(errno.ENODEV, _strerror(errno.ENODEV))  # no such name can exist
+        body = IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, ifname)
+        for _kind, msg, offset in self._replies(self._send(RTM_GETLINK, 0, body)):
+            return int(IFINFO.unpack_from(msg, offset)[2])
+        raise NetlinkError(errno.ENODEV, _strerror(errno.ENODEV))
+
+    def addresses(self) -> list[Addr]:
+        found = []
+        for msg, offset in self._dump(RTM_GETADDR, IFADDR.pack(0, 0, 0, 0, 0)):
+            family, prefixlen, _flags, _scope, index = IFADDR.unpack_from(msg, offset)
+            local = address = None
+            for key, value in attrs(msg, offset + IFADDR.size):
+                if key == IFA_LOCAL:
+                    local = bytes(value)
+                elif key == IFA_ADDRESS:
+                    address = bytes(value)
+            raw = local or address
+            if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
+                found.append(Addr(index, f"{ipaddress.ip_address(raw)}/{prefixlen}"))
+        return found
+
+    def routes(self) -> list[RouteEntry]:
+        found = []
+        for msg, offset in self._dump(RTM_GETROUTE, RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)):
+            family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = (
+                RTMSG.unpack_from(msg, offset)
+            )
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            dst = via = None
+            oif = None
+            for key, value in attrs(msg, offset + RTMSG.size):
+                if key == RTA_DST:
+                    dst = ipaddress.ip_address(bytes(value))
+                elif key == RTA_GATEWAY:
+                    via = str(ipaddress.ip_address(bytes(value)))
+                elif key == RTA_OIF:
+                    oif = U32.unpack_from(value)[0]
+                elif key == RTA_TABLE:
+                    table = U32.unpack_from(value)[0]
+            if dst is None:
+                dst = ipaddress.ip_address("0.0.0.0" if family == socket.AF_INET else "::")
+            net = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
+            found.append(RouteEntry(str(net), via, oif, proto, table))
+        return found
+
+    # ---- links ------------------------------------------------------------------------
+
+    def bridge_add(self, ifname: str, mac: str) -> None:
+        body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, ifname)
+                + attr(IFLA_ADDRESS, mac_bytes(mac))
+                + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "bridge")))
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def veth_add(self, ifname: str, mtu: int, peer: str, peer_mac: str, peer_mtu: int,
+                 peer_ns_fd: int) -> None:
+        peer_body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, peer)
+                     + attr(IFLA_ADDRESS, mac_bytes(peer_mac)) + attr_u32(IFLA_MTU, peer_mtu)
+                     + attr_u32(IFLA_NET_NS_FD, peer_ns_fd))
+        info = attr_str(IFLA_INFO_KIND, "veth") + attr(
+            IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_body)
+        )
+        body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, ifname)
+                + attr_u32(IFLA_MTU, mtu) + attr(IFLA_LINKINFO, info))
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def link_set(
+        self, index: int, *, ifname: str | None = None, mtu: int | None = None,
+        mac: str | None = None, up: bool | None = None, master: int | None = None,
+        alias: str | None = None,
+    ) -> None:
+        """Change a link in one message; master=0 releases it from its master."""
+        flags = IFF_UP if up else 0
+        change = IFF_UP if up is not None else 0
+        body = IFINFO.pack(0, 0, index, flags, change)
+        if ifname is not None:
+            body += attr_str(IFLA_IFNAME, ifname)
+        if mtu is not None:
+            body += attr_u32(IFLA_MTU, mtu)
+        if mac is not None:
+            body += attr(IFLA_ADDRESS, mac_bytes(mac))
+        if master is not None:
+            body += attr_u32(IFLA_MASTER, master)
+        if alias is not None:
+            body += attr_str(IFLA_IFALIAS, alias)
+        self.request(RTM_NEWLINK, 0, body)
+
+    def link_del(self, index: int) -> None:
+        self.request(RTM_DELLINK, 0, IFINFO.pack(0, 0, index, 0, 0))
+
+    # ---- addresses and routes -----------------------------------------------------------
+
+    def addr(self, add: bool, index: int, cidr: str, nodad: bool = False) -> None:
+        iface = ipaddress.ip_interface(cidr)
+        family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+        flags = 0x02 if nodad else 0  # IFA_F_NODAD
+        body = IFADDR.pack(family, iface.network.prefixlen, flags, 0, index)
+        body += attr(IFA_LOCAL, iface.ip.packed) + attr(IFA_ADDRESS, iface.ip.packed)
+        if add:
+            self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
+        else:
+            self.request(RTM_DELADDR, 0, body)
+
+    def route(self, op: str, dst: str, proto: int, via: str | None = None,
+              oif: int | None = None) -> None:
+        """op: add, replace or delete a route in the main table."""
+        net = ipaddress.ip_network(dst)
+        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        deleting = op == "delete"
+        body = RTMSG.pack(family, net.prefixlen, 0, 0, RT_TABLE_MAIN, proto,
+                          RT_SCOPE_NOWHERE if deleting else RT_SCOPE_UNIVERSE,
+                          0 if deleting else RTN_UNICAST, 0)
+        if net.prefixlen:
+            body += attr(RTA_DST, net.network_address.packed)
+        if via is not None:
+            body += attr(RTA_GATEWAY, ipaddress.ip_address(via).packed)
+        if oif is not None:
+            body += attr_u32(RTA_OIF, oif)
+        body += attr_u32(RTA_TABLE, RT_TABLE_MAIN)
+        if deleting:
+            self.request(RTM_DELROUTE, 0, body)
+        else:
+            flags = NLM_F_CREATE | (NLM_F_REPLACE if op == "replace" else NLM_F_EXCL)
+            self.request(RTM_NEWROUTE, flags, body)
+
+
+def _strerror(code: int) -> str:
+    return os.strerror(code)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from reconciler import desired, engine, planner
+from reconciler import desired, engine
 from reconciler import spec as spec_mod
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.model import Spec
@@ -125,8 +125,7 @@ def measure(mode: str, n: int) -> dict[str, Any]:
         observed = ObservedState(state)
 
         def run() -> None:
-            wanted = desired.build(spec, observed)
-            assert planner.plan(wanted, observed.resources).empty
+            assert engine.plan_from(spec, observed).plan.empty
 
         out["seconds"] = timed(run)
     else:

@@ -90,11 +90,12 @@ def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
     by_container: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
         by_container.setdefault(ep.container.name, []).append(ep)
+    lines = hosts_lines(endpoints)
     for container in spec.containers.values():
         if container.network_mode == NetworkMode.HOST:
             continue
         own = by_container.get(container.name, [])
-        resources.extend(_container(spec, container, own, endpoints))
+        resources.extend(_container(spec, container, own, lines))
     problems = list(_collisions(spec, resources, observed))
     if problems:
         raise SpecError(problems)
@@ -135,13 +136,13 @@ def _bridge(project: str, network: Network) -> Iterator[Resource]:
 
 
 def _container(
-    spec: Spec, container: Container, own: list[Endpoint], everyone: list[Endpoint]
+    spec: Spec, container: Container, own: list[Endpoint], lines: dict[str, list[str]]
 ) -> Iterator[Resource]:
     ns = container.ns
     assert ns is not None
     if container.netns:
         yield Netns(container.netns)
-        yield HostsFile(container.netns, hosts_content(spec.project, container, everyone))
+        yield HostsFile(container.netns, hosts_content(spec.project, container, lines))
     for ep in own:
         veth = Veth(
             container=container.name,
@@ -197,26 +198,30 @@ def _route(ns: str, dst: str, via: IPAddress, ep: Endpoint) -> Route:
     return Route(ns, dst, str(via), ep.key, ifname=ep.attachment.interface, source=source)
 
 
-def hosts_content(project: str, container: Container, everyone: list[Endpoint]) -> str:
+def hosts_lines(endpoints: list[Endpoint]) -> dict[str, list[str]]:
+    """Per network, the hosts-file lines of its members, by container name."""
+    lines: dict[str, list[str]] = {}
+    for ep in sorted(endpoints, key=lambda ep: ep.container.name):
+        names = " ".join((ep.container.name, *ep.attachment.aliases))
+        entry = lines.setdefault(ep.network.name, [])
+        entry.append(f"{ep.ipv4}\t{names}")
+        if ep.ipv6 is not None:
+            entry.append(f"{ep.ipv6}\t{names}")
+    return lines
+
+
+def hosts_content(project: str, container: Container, lines: dict[str, list[str]]) -> str:
     """Docker's embedded DNS, as a hosts file: the container itself and every
     container it shares a network with, by name and per-network aliases."""
-    lines = [
+    out = [
         f"{HOSTS_HEADER}{project}; changes here are overwritten",
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
     ]
-    mine = [ep.network.name for ep in everyone if ep.container.name == container.name]
-    for network in mine:
-        peers = sorted(
-            (ep for ep in everyone if ep.network.name == network),
-            key=lambda ep: ep.container.name,
-        )
-        for ep in peers:
-            names = " ".join((ep.container.name, *ep.attachment.aliases))
-            lines.append(f"{ep.ipv4}\t{names}")
-            if ep.ipv6 is not None:
-                lines.append(f"{ep.ipv6}\t{names}")
-    return "\n".join(lines) + "\n"
+    if container.network_mode == NetworkMode.BRIDGE:
+        for attachment in container.attachments:
+            out.extend(lines.get(attachment.network, []))
+    return "\n".join(out) + "\n"
 
 
 # ---- allocation ---------------------------------------------------------------
@@ -228,14 +233,13 @@ def allocate(spec: Spec, observed: ObservedState) -> list[Endpoint]:
     address of the pool. Deterministic for a given spec and observed state."""
     kept = _observed_addresses(observed)
     endpoints = []
+    by_network: dict[str, list[tuple[Container, Attachment]]] = {}
+    for c in sorted(spec.containers.values(), key=lambda c: c.name):
+        if c.network_mode == NetworkMode.BRIDGE:
+            for a in c.attachments:
+                by_network.setdefault(a.network, []).append((c, a))
     for network in spec.networks.values():
-        members = [
-            (c, a)
-            for c in sorted(spec.containers.values(), key=lambda c: c.name)
-            if c.network_mode == NetworkMode.BRIDGE
-            for a in c.attachments
-            if a.network == network.name
-        ]
+        members = by_network.get(network.name, [])
         v4 = _allocate_family(
             spec, network, members, kept, 4,
             pool=network.ip_range or network.subnet, subnet=network.subnet,

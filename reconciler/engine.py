@@ -3,7 +3,10 @@ apply, verify. No output here: callers decide how to show things."""
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from reconciler import desired as desired_mod
@@ -56,11 +59,32 @@ class Snapshot:
     plan: Plan
 
 
+@contextmanager
+def no_gc_pauses() -> Iterator[None]:
+    """Building states makes many small acyclic objects; the cyclic garbage
+    collector would scan them again and again (40% of planning time at 10,000
+    containers). Reference counting frees them all the same."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def plan_from(spec: Spec, observed: ObservedState, destroy: bool = False) -> Snapshot:
+    """Desired state and plan from an observation (no I/O)."""
+    with no_gc_pauses():
+        wanted = {} if destroy else desired_mod.build(spec, observed)
+        return Snapshot(observed, wanted, planner.plan(wanted, observed.resources))
+
+
 def snapshot(kernel: Kernel, spec: Spec, destroy: bool = False) -> Snapshot:
     """Observe and plan. With destroy, the desired state is empty."""
-    observed = observe(kernel, spec.project, netns_paths(spec))
-    wanted = {} if destroy else desired_mod.build(spec, observed)
-    return Snapshot(observed, wanted, planner.plan(wanted, observed.resources))
+    with no_gc_pauses():
+        observed = observe(kernel, spec.project, netns_paths(spec))
+    return plan_from(spec, observed, destroy)
 
 
 def apply(

@@ -168,23 +168,26 @@ def plan(desired: State, observed: State) -> Plan:
     replaced so that it is made again after its parent.
     """
     actions: dict[Key, tuple[Action, str]] = {}
+    elided: set[Key] = set()  # stale, and removed by the kernel with a parent
     for key in sorted(desired.keys() | observed.keys(), key=_order):
         want, have = desired.get(key), observed.get(key)
         if have is None:
             assert want is not None
             actions[key] = (Action.CREATE, "not in the kernel")
             continue
+        gone_with = _cascaded_by(have, actions, elided, observed)
         if want is None:
-            gone_with = _cascaded_by(have, actions, observed)
             if gone_with is None:
                 actions[key] = (Action.DELETE, "not in spec")
-            continue
-        gone_with = _cascaded_by(have, actions, observed)
-        if gone_with is not None:
+            else:
+                elided.add(key)
+        elif gone_with is not None:
             actions[key] = (Action.REPLACE, f"removed with {gone_with}")
+        elif have == want:
+            continue
         elif (why := _replace_reason(have, want)) is not None:
             actions[key] = (Action.REPLACE, why)
-        elif have != want:
+        else:
             actions[key] = (Action.UPDATE, _update_reason(have, want))
     changes = [
         Change(action, key, observed.get(key), desired.get(key), reason)
@@ -228,12 +231,11 @@ def _parking(changes: list[Change], desired: State) -> tuple[Change, ...]:
 
 
 def _cascaded_by(
-    have: Resource, actions: dict[Key, tuple[Action, str]], observed: State
+    have: Resource, actions: dict[Key, tuple[Action, str]], elided: set[Key], observed: State
 ) -> str | None:
     """The title of a parent whose removal takes `have` with it, if any.
 
-    Parents always sort before children, so their action is already decided.
-    A parent that is itself left out (cascaded) counts as removed too.
+    Parents always sort before children, so their fate is already decided.
     """
     for dep in have.deps:
         if not dep.cascade or dep.key not in observed:
@@ -243,13 +245,6 @@ def _cascaded_by(
             Action.DELETE,
             Action.REPLACE,
         )
-        if parent_gone or _is_elided(dep.key, actions, observed):
+        if parent_gone or dep.key in elided:
             return observed[dep.key].title()
     return None
-
-
-def _is_elided(key: Key, actions: dict[Key, tuple[Action, str]], observed: State) -> bool:
-    """Observed, not planned, yet removed with its own parent."""
-    if key in actions:
-        return False
-    return _cascaded_by(observed[key], actions, observed) is not None

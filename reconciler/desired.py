@@ -96,10 +96,22 @@ def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
             continue
         own = by_container.get(container.name, [])
         resources.extend(_container(spec, container, own, lines))
+    state: dict[Key, Resource] = {}
     problems = list(_collisions(spec, resources, observed))
+    for res in resources:
+        first = state.setdefault(res.key, res)
+        if first is not res and isinstance(res, Route) and isinstance(first, Route):
+            # Containers attached to one namespace (netns_path) share its routes.
+            owner, other = res.link[1], first.link[1]
+            dst = "default" if res.dst in (DEFAULT_V4, DEFAULT_V6) else res.dst
+            problems.append(Problem(
+                spec.locate("containers", owner),
+                f"container '{owner}': route {dst} in {res.ns} is also wanted by "
+                f"container '{other}', which shares that namespace",
+            ))
     if problems:
         raise SpecError(problems)
-    return {r.key: r for r in resources}
+    return state
 
 
 def _unsupported(spec: Spec) -> Iterator[Problem]:

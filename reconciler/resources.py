@@ -8,6 +8,7 @@ need (the link's current name), not properties the planner diffs.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -35,15 +36,23 @@ def _hex(text: str, length: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+STAGING_FORM = re.compile(r"nt[0-9a-f]{13}")
+
+
 def staging_prefix(project: str) -> str:
-    """Links are created under a staging name with this prefix, then marked and
-    renamed in one step. An unmarked link with it is a leftover of an interrupted
-    create by this project, and only this project: the prefix is a hash of it."""
-    return "nt" + _hex(project, 4)
+    """Links are created under a staging name ("nt", 6 hex digits of the project,
+    7 of the object: 15 characters), then marked and renamed in one step. An
+    unmarked link whose name has exactly that form with the project's digits is
+    a leftover of an interrupted create by this project."""
+    return "nt" + _hex(project, 6)
 
 
 def staging_ifname(project: str, key: Key, end: str = "") -> str:
-    return staging_prefix(project) + _hex("/".join((*key, end)), 9)
+    return staging_prefix(project) + _hex("/".join((*key, end)), 7)
+
+
+def is_staging_name(project: str, ifname: str) -> bool:
+    return bool(STAGING_FORM.fullmatch(ifname)) and ifname.startswith(staging_prefix(project))
 
 
 def parking_ifname(key: Key, field_name: str) -> str:
@@ -57,10 +66,13 @@ class Dep:
 
     cascade: the kernel removes this resource when the dependency goes away
     (an address with its link, a link with its namespace).
+    lasting: the dependency must outlive this resource; False when it is only
+    needed to create it (an IPv6 route's gateway address).
     """
 
     key: Key
     cascade: bool
+    lasting: bool = True
 
 
 def owner_alias(project: str, *parts: str) -> str:
@@ -198,8 +210,10 @@ class Route:
     def deps(self) -> tuple[Dep, ...]:
         deps = [Dep(self.link, cascade=True)]
         if self.source is not None:
-            # Removing an IPv4 address removes the routes through it; IPv6 keeps them.
-            deps.append(Dep(self.source, cascade=":" not in self.via))
+            # Removing an IPv4 address removes the routes through it; IPv6 keeps
+            # them, so there the address is needed only to create the route.
+            v4 = ":" not in self.via
+            deps.append(Dep(self.source, cascade=v4, lasting=v4))
         return tuple(deps)
 
     def title(self) -> str:

@@ -542,6 +542,12 @@ class Builder:
                     f"{label}.via {via} is not inside the subnet of any of the container's networks"
                 )
                 self.report((*path, "via"), f"{what}: {cause}")
+            if to in subnets or to.prefixlen == 0:
+                cause = (
+                    f"{label}.to {to} is a subnet the container is attached to, reached directly"
+                    if to.prefixlen else f"{label}.to {to} is the default route: use default_route"
+                )
+                self.report((*path, "to"), f"{what}: {cause}")
             routes.append(model.Route(to, via))
         return tuple(routes)
 

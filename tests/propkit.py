@@ -18,8 +18,8 @@ from reconciler.resources import (
     Kind,
     Resource,
     Veth,
+    is_staging_name,
     owner_alias,
-    staging_prefix,
 )
 from reconciler.state.observe import observe
 from tests.strategies import PROJECT
@@ -70,7 +70,7 @@ def foreign_view(kernel: Kernel) -> dict[str, Any]:
         theirs = {
             link.index: link for link in links
             if not (link.alias or "").startswith(mark)
-            and not (not link.alias and link.ifname.startswith(staging_prefix(PROJECT)))
+            and not (not link.alias and is_staging_name(PROJECT, link.ifname))
         }
         names = {link.index: link.ifname for link in links}
         view[f"links {ns}"] = sorted(
@@ -93,6 +93,39 @@ def foreign_view(kernel: Kernel) -> dict[str, Any]:
             files[name] = content
     view["files"] = files
     return view
+
+
+def normalized(kernel: Kernel, random_macs: set[tuple[str, str]]) -> dict[str, Any]:
+    """What both kernels must agree on: names, not ifindexes; no kernel-made
+    link-local addresses or connected routes; no randomly chosen MACs."""
+    out: dict[str, Any] = {"netns": kernel.netns_names()}
+    for ns in ["", *kernel.netns_names()]:
+        links = kernel.links(ns)
+        names = {link.index: link.ifname for link in links}
+        out[f"links {ns}"] = sorted(
+            (link.ifname, link.kind, link.mtu,
+             None if (ns, link.ifname) in random_macs else link.mac,
+             link.up, link.alias, names.get(link.master) if link.master else None)
+            for link in links
+        )
+        out[f"addresses {ns}"] = sorted(
+            (names[a.index], a.cidr) for a in kernel.addresses(ns)
+            if not a.cidr.startswith("fe80:")
+        )
+        out[f"routes {ns}"] = sorted(
+            (r.dst, r.via, names.get(r.oif or 0), r.proto) for r in kernel.routes(ns)
+            if r.proto != 2 and not r.dst.startswith(("fe80:", "ff00:"))
+        )
+    return out
+
+
+def dump(kernel: Kernel, other: Kernel | None = None) -> dict[str, Any]:
+    """normalized() without the MACs either kernel chose at random."""
+    random_macs: set[tuple[str, str]] = set()
+    for k in (kernel, other):
+        if k is not None and hasattr(k, "random_mac_links"):
+            random_macs |= k.random_mac_links()
+    return normalized(kernel, random_macs)
 
 
 def endpoints(resources: dict[Key, Resource]) -> dict[tuple[str, str], tuple[str, ...]]:
@@ -122,6 +155,11 @@ def check_order(plan: Plan, observed: dict[Key, Resource]) -> None:
     for action, change in plan.steps():
         if action == Action.DELETE:
             assert change.key in present or change.action == Action.REPLACE, change
+            for other in present - {change.key}:
+                res = observed.get(other)
+                assert res is None or not any(
+                    d.key == change.key and d.lasting and not d.cascade for d in res.deps
+                ), f"delete {change.key} before its dependant {other}"
             remove(change.key)
             continue
         assert change.after is not None

@@ -184,7 +184,7 @@ DRIFTS: dict[type, list[str]] = {
     Netns: ["delete", "loopback down"],
     Bridge: ["delete", "mtu", "down", "rename"],
     Veth: ["delete host end", "delete container end", "mtu", "mac", "down", "rename",
-           "detach", "add address"],
+           "detach", "add address", "host end down", "host end mtu", "host end rename"],
     Address: ["delete"],
     Route: ["delete"],
     HostsFile: ["delete", "edit"],
@@ -214,6 +214,9 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
             "rename": lambda: kernel.link_set(res.ns, res.ifname, new_name="drift0"),
             "detach": lambda: kernel.link_set("", res.host_ifname, nomaster=True),
             "add address": lambda: kernel.addr_add(res.ns, res.ifname, "10.250.0.9/24"),
+            "host end down": lambda: kernel.link_set("", res.host_ifname, up=False),
+            "host end mtu": lambda: kernel.link_set("", res.host_ifname, mtu=1280),
+            "host end rename": lambda: kernel.link_set("", res.host_ifname, new_name="vdrift"),
         }[what]()
     elif isinstance(res, Address):
         kernel.addr_del(res.ns, res.ifname, res.cidr)

@@ -135,3 +135,17 @@ def test_drivers_not_yet_implemented_are_refused_before_any_change() -> None:
         "shop.yaml:8:5: network 'lan': driver macvlan is not supported by this version of "
         "netapply (supported: bridge)"
     ]
+
+
+def test_containers_sharing_an_attached_namespace_cannot_both_route_the_same() -> None:
+    spec = load_text(SPEC.replace(
+        "  web:\n    networks:",
+        "  web:\n    netns_path: /proc/1/ns/net\n    networks:",
+    ).replace("  db:\n    networks: [front]", "  db:\n    netns_path: /proc/1/ns/net\n"
+              "    networks:\n      front: {interface: eth1}"), "shop.yaml")
+    with pytest.raises(SpecError) as caught:
+        desired.build(spec, EMPTY)
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:12:3: container 'db': route default in /proc/1/ns/net is also wanted by "
+        "container 'web', which shares that namespace"
+    ]

@@ -68,6 +68,7 @@ def test_one_pass_convergence_history_independence_order_and_safety(data: st.Dat
     foreign.make(fresh)
     converge(fresh, load(propkit.pinned(s2, owned(kernel, spec2))))
     assert owned(fresh, spec2) == owned(kernel, spec2)
+    assert propkit.dump(fresh, kernel) == propkit.dump(kernel, fresh)  # all of the kernel
 
 
 @given(st.data())
@@ -77,9 +78,10 @@ def test_applying_a_converged_spec_writes_nothing(data: st.DataObject) -> None:
     _note_spec("S2", s2)
     spec2 = load(s2)
     converge(kernel, spec2)
-    before = kernel.writes
+    before, state = kernel.writes, propkit.dump(kernel)
     assert converge(kernel, spec2).empty
     assert kernel.writes == before  # 3. idempotence
+    assert propkit.dump(kernel) == state
 
 
 @given(st.data())
@@ -111,13 +113,14 @@ def test_a_failure_at_any_write_leaves_a_state_the_next_apply_converges_from(
     s2 = data.draw(spec_dicts(), label="S2")
     _note_spec("S2", s2)
     spec2 = load(s2)
+    untouched = foreign_view(kernel)
     writes = propkit.writes_of(kernel, spec2)
     if writes:
         k = data.draw(st.integers(1, writes), label="failing write")
         failing = FailAt(kernel, k)
         with pytest.raises(ApplyError):
             engine.apply(failing, spec2, engine.snapshot(failing, spec2).plan)  # type: ignore[arg-type]
-    untouched = foreign_view(kernel)
+    assert foreign_view(kernel) == untouched
     converge(kernel, spec2)  # 7. crash recovery
     assert plan_for(kernel, spec2).empty
     assert foreign_view(kernel) == untouched
@@ -127,6 +130,7 @@ def test_a_failure_at_any_write_leaves_a_state_the_next_apply_converges_from(
 def test_destroy_from_any_state_leaves_nothing_owned(data: st.DataObject) -> None:
     kernel, _, s1 = reachable_state(data)
     spec1 = load(s1)
+    untouched = foreign_view(kernel)
     if data.draw(st.booleans(), label="interrupted apply first"):
         s2 = data.draw(spec_dicts(), label="S2")
         writes = propkit.writes_of(kernel, load(s2))
@@ -135,7 +139,6 @@ def test_destroy_from_any_state_leaves_nothing_owned(data: st.DataObject) -> Non
             with pytest.raises(ApplyError):
                 spec2 = load(s2)
                 engine.apply(failing, spec2, engine.snapshot(failing, spec2).plan)  # type: ignore[arg-type]
-    untouched = foreign_view(kernel)
     destroy(kernel, spec1)
     assert owned(kernel) == {}  # 8. destroy leaves no owned object
     assert foreign_view(kernel) == untouched

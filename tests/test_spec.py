@@ -994,3 +994,26 @@ def test_unreadable_files_are_spec_errors(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         spec.load(tmp_path / "latin1.yaml")
     assert str(caught.value) == f"{tmp_path / 'latin1.yaml'}:2:13: YAML: the file is not UTF-8 text"
+
+
+def test_a_route_to_an_attached_subnet_or_default_is_refused() -> None:
+    text = """\
+version: 1
+project: shop
+networks:
+  front: {subnet: 172.30.1.0/24}
+containers:
+  web:
+    networks: [front]
+    routes:
+      - {to: 172.30.1.0/24, via: 172.30.1.254}
+      - {to: 0.0.0.0/0, via: 172.30.1.254}
+"""
+    with pytest.raises(SpecError) as caught:
+        spec.load_text(text, "shop.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:9:10: container 'web': routes[0].to 172.30.1.0/24 is a subnet the "
+        "container is attached to, reached directly",
+        "shop.yaml:10:10: container 'web': routes[1].to 0.0.0.0/0 is the default route: "
+        "use default_route",
+    ]

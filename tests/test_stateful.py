@@ -5,6 +5,7 @@ untouched."""
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis.stateful import (
 )
 
 from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.resources import Netns, Resource, Veth
 from tests.kernelutil import private_namespace, require_sandbox
 from tests.propkit import converge, destroy, foreign_view, owned, plan_for
 from tests.strategies import (
@@ -60,6 +62,18 @@ class RealKernelMachine(RuleBasedStateMachine):
         for drift in pick_drifts(choices, resources):
             note(f"tamper: {drift}")
             drift.apply(self.kernel)
+            if isinstance(drift.target, Netns) and drift.what == "delete":
+                self._wait_for_teardown(drift.target.name, resources)
+
+    def _wait_for_teardown(self, netns: str, resources: list[Resource]) -> None:
+        """The kernel tears a deleted namespace down asynchronously: wait until
+        the host ends of its veths are gone, so that what the next rule sees
+        (and so what hypothesis draws) does not depend on timing."""
+        lingering = {r.host_ifname for r in resources if isinstance(r, Veth) and r.ns == netns}
+        deadline = time.monotonic() + 30
+        while lingering & {link.ifname for link in self.kernel.links("")}:
+            assert time.monotonic() < deadline, f"netns {netns} not torn down in 30 s"
+            time.sleep(0.01)
 
     @precondition(lambda self: self.foreign is None)
     @rule(plan=foreign_plans)

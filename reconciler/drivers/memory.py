@@ -270,7 +270,7 @@ class MemoryKernel:
         old_master = link.master
         if new_name is not None:
             link.ifname = new_name
-        if mtu is not None:
+        if mtu is not None and mtu != link.mtu:  # the same value does not pin it
             link.mtu = mtu
             link.mtu_set = True
         if mac is not None:

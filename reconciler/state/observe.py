@@ -29,8 +29,8 @@ from reconciler.resources import (
     Resource,
     Route,
     Veth,
+    is_staging_name,
     owner_alias,
-    staging_prefix,
 )
 
 RTPROT_KERNEL = 2
@@ -81,7 +81,7 @@ class _Scan:
 
     def leftover(self, ns: str, link: LinkInfo, owned_ns: bool) -> bool:
         """Record an unmarked link under the project's staging prefix."""
-        if link.alias or not link.ifname.startswith(staging_prefix(self.project)):
+        if link.alias or not is_staging_name(self.project, link.ifname):
             return False
         res = Leftover(ns, link.ifname, owned_ns=owned_ns)
         self.resources[res.key] = res

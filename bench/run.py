@@ -47,6 +47,7 @@ def median_of(mode: str, n: int, runs: int) -> dict[str, Any]:
     }
     if "writes" in samples[0]:
         out["writes"] = samples[0]["writes"]
+        out["file_writes"] = samples[0]["file_writes"]
     return out
 
 
@@ -92,7 +93,7 @@ def main() -> None:
 def show(rows: list[dict[str, Any]], growth: dict[str, float]) -> None:
     table = Table(title="netapply benchmark (medians)")
     for column in ("measurement", "N", "netapply s", "baseline", "baseline s", "ratio",
-                   "target", "writes", "peak RSS MB"):
+                   "target", "kernel writes", "file writes", "peak RSS MB"):
         table.add_column(column, justify="right" if column != "measurement" else "left")
     for row in rows:
         ours, base = row["netapply"], row["baseline"]
@@ -101,9 +102,10 @@ def show(rows: list[dict[str, Any]], growth: dict[str, float]) -> None:
             f"{base['seconds']:.3f}" if base else "-",
             f"{row['ratio']:.2f}" if row["ratio"] is not None else "-",
             f"<= {row['target']}" if row["target"] is not None else "<= 1 s",
-            str(ours.get("writes", "-")), f"{ours['peak_rss_mb']:.0f}",
+            str(ours.get("writes", "-")), str(ours.get("file_writes", "-")),
+            f"{ours['peak_rss_mb']:.0f}",
         )
-    console = Console()
+    console = Console(width=140)
     console.print(table)
     for what, ratio in growth.items():
         console.print(f"growth {what}: N=1000 / N=500 = {ratio:.2f} (target <= 2.2)")

@@ -32,4 +32,4 @@ def test_bench_runs_at_a_small_size(tmp_path: Path) -> None:
         ("b. no-op plan", 10), ("c. one container changed", 10), ("d. planner alone", 100),
     ]
     cold = doc["rows"][2]["netapply"]
-    assert cold["writes"] > 0 and cold["peak_rss_mb"] > 0
+    assert cold["writes"] > 0 and cold["file_writes"] == 10 and cold["peak_rss_mb"] > 0

@@ -64,6 +64,7 @@ class NetlinkKernel:
 
     def __init__(self) -> None:
         self.writes = 0
+        self.file_writes = 0  # of `writes`, those to managed files (hosts)
         self._sockets: dict[str, Rtnl] = {}
 
     # ---- sockets -------------------------------------------------------------
@@ -341,6 +342,7 @@ class NetlinkKernel:
 
     def write_file(self, path: str, content: str) -> None:
         self.writes += 1
+        self.file_writes += 1
         tmp = f"{path}.netapply-tmp"
         try:
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -353,6 +355,7 @@ class NetlinkKernel:
 
     def remove_file(self, path: str) -> None:
         self.writes += 1
+        self.file_writes += 1
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -30,12 +30,14 @@ from reconciler.resources import (
     Address,
     Bridge,
     HostsFile,
+    HostsTable,
     Key,
     Kind,
     Netns,
     Resource,
     Route,
     Veth,
+    tables_dir,
 )
 from reconciler.state.observe import ObservedState
 
@@ -154,7 +156,9 @@ def _container(
     assert ns is not None
     if container.netns:
         yield Netns(container.netns)
-        yield HostsFile(container.netns, hosts_content(spec.project, container, lines))
+        table = hosts_table(spec.project, container, lines)
+        yield table
+        yield HostsFile(container.netns, f"../{tables_dir(spec.project)}/{table.name}")
     for ep in own:
         veth = Veth(
             container=container.name,
@@ -222,18 +226,24 @@ def hosts_lines(endpoints: list[Endpoint]) -> dict[str, list[str]]:
     return lines
 
 
-def hosts_content(project: str, container: Container, lines: dict[str, list[str]]) -> str:
+def hosts_table(project: str, container: Container, lines: dict[str, list[str]]) -> HostsTable:
     """Docker's embedded DNS, as a hosts file: the container itself and every
-    container it shares a network with, by name and per-network aliases."""
+    container it shares a network with, by name and per-network aliases. It is
+    the same for every container on the same set of networks, so it is one
+    table per set (networks in name order), which the containers link to."""
+    networks = sorted(
+        {a.network for a in container.attachments}
+        if container.network_mode == NetworkMode.BRIDGE else set()
+    )
     out = [
         f"{HOSTS_HEADER}{project}; changes here are overwritten",
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
     ]
-    if container.network_mode == NetworkMode.BRIDGE:
-        for attachment in container.attachments:
-            out.extend(lines.get(attachment.network, []))
-    return "\n".join(out) + "\n"
+    for network in networks:
+        out.extend(lines.get(network, []))
+    name = "hosts-" + hashlib.sha256(",".join(networks).encode()).hexdigest()[:12]
+    return HostsTable(project, name, "\n".join(out) + "\n")
 
 
 # ---- allocation ---------------------------------------------------------------

@@ -29,7 +29,8 @@ from reconciler.resources import (
 # one (namespace -> link, bridge -> port, link -> address -> route), so sorting by
 # this rank is a topological order; deletes run in the reverse.
 KIND_ORDER = (
-    Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS, Kind.LEFTOVER
+    Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS_TABLE, Kind.HOSTS,
+    Kind.LEFTOVER,
 )
 RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
 

@@ -28,6 +28,7 @@ class Kind(StrEnum):
     VETH = "veth"
     ADDRESS = "address"
     ROUTE = "route"
+    HOSTS_TABLE = "hosts-table"
     HOSTS = "hosts"
     LEFTOVER = "leftover"
 
@@ -221,13 +222,50 @@ class Route:
         return f"route {dst} via {self.via} dev {self.ifname}"
 
 
+def tables_dir(project: str) -> str:
+    """Where a project keeps its hosts tables, beside the namespaces' own dirs."""
+    return f".netapply-{project}"
+
+
+@dataclass(frozen=True)
+class HostsTable:
+    """The hosts lines of one set of networks, shared by every container attached
+    to exactly that set: a change of one address rewrites one table, not the
+    hosts file of every peer."""
+
+    kind: ClassVar[Kind] = Kind.HOSTS_TABLE
+    project: str
+    name: str  # a digest of the set of networks
+    content: str
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.name)
+
+    @property
+    def ns(self) -> str:
+        return HOST_NS
+
+    @property
+    def path(self) -> str:
+        return f"/etc/netns/{tables_dir(self.project)}/{self.name}"
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return ()
+
+    def title(self) -> str:
+        return f"hosts table {self.path}"
+
+
 @dataclass(frozen=True)
 class HostsFile:
-    """/etc/netns/<netns>/hosts, which `ip netns exec` mounts over /etc/hosts."""
+    """/etc/netns/<netns>/hosts, which `ip netns exec` mounts over /etc/hosts: a
+    symbolic link to the container's hosts table ("" when it is no such link)."""
 
     kind: ClassVar[Kind] = Kind.HOSTS
     netns: str
-    content: str
+    link: str
 
     @property
     def key(self) -> Key:
@@ -239,7 +277,13 @@ class HostsFile:
 
     @property
     def deps(self) -> tuple[Dep, ...]:
-        return (Dep((Kind.NETNS, self.netns), cascade=False),)
+        deps = [Dep((Kind.NETNS, self.netns), cascade=False)]
+        if self.link:
+            # Needed to create the link; when a container changes networks its old
+            # table goes in the delete phase, a moment before the link moves on.
+            table = (Kind.HOSTS_TABLE, self.link.rsplit("/", 1)[-1])
+            deps.append(Dep(table, cascade=False, lasting=False))
+        return tuple(deps)
 
     def title(self) -> str:
         return f"hosts file /etc/netns/{self.netns}/hosts"
@@ -267,7 +311,7 @@ class Leftover:
         return f"leftover link {self.ifname} of an interrupted apply"
 
 
-Resource = Netns | Bridge | Veth | Address | Route | HostsFile | Leftover
+Resource = Netns | Bridge | Veth | Address | Route | HostsTable | HostsFile | Leftover
 State = Mapping[Key, Resource]
 
 

@@ -26,7 +26,7 @@ from tests.strategies import PROJECT
 
 WRITES = frozenset({
     "netns_add", "netns_del", "bridge_add", "veth_add", "link_set", "link_del", "addr_add",
-    "addr_del", "route_add", "route_del", "write_file", "remove_file",
+    "addr_del", "route_add", "route_del", "write_file", "write_link", "remove_file",
 })
 
 

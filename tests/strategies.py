@@ -18,7 +18,16 @@ from reconciler import spec as spec_mod
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import KernelError
 from reconciler.model import Spec
-from reconciler.resources import Address, Bridge, HostsFile, Netns, Resource, Route, Veth
+from reconciler.resources import (
+    Address,
+    Bridge,
+    HostsFile,
+    HostsTable,
+    Netns,
+    Resource,
+    Route,
+    Veth,
+)
 
 PROJECT = "prop"
 NETWORKS = ["front", "back", "data"]
@@ -187,7 +196,8 @@ DRIFTS: dict[type, list[str]] = {
            "detach", "add address", "host end down", "host end mtu", "host end rename"],
     Address: ["delete"],
     Route: ["delete"],
-    HostsFile: ["delete", "edit"],
+    HostsFile: ["delete"],
+    HostsTable: ["delete", "edit"],
 }
 
 
@@ -223,11 +233,12 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
     elif isinstance(res, Route):
         kernel.route_del(res.ns, res.dst)
     elif isinstance(res, HostsFile):
-        path = f"/etc/netns/{res.netns}/hosts"
+        kernel.remove_file(f"/etc/netns/{res.netns}/hosts")
+    elif isinstance(res, HostsTable):
         if what == "delete":
-            kernel.remove_file(path)
+            kernel.remove_file(res.path)
         else:
-            kernel.write_file(path, res.content + "10.0.0.66 intruder\n")
+            kernel.write_file(res.path, res.content + "10.0.0.66 intruder\n")
 
 
 # Drift is drawn as plain numbers and mapped onto the objects present when it is

@@ -31,5 +31,5 @@ def test_bench_runs_at_a_small_size(tmp_path: Path) -> None:
         ("a. cold apply", 5), ("b. no-op plan", 5), ("a. cold apply", 10),
         ("b. no-op plan", 10), ("c. one container changed", 10), ("d. planner alone", 100),
     ]
-    cold = doc["rows"][2]["netapply"]
-    assert cold["writes"] > 0 and cold["file_writes"] == 10 and cold["peak_rss_mb"] > 0
+    cold = doc["rows"][2]["netapply"]  # 10 hosts links and the one table they share
+    assert cold["writes"] > 0 and cold["file_writes"] == 11 and cold["peak_rss_mb"] > 0

@@ -6,7 +6,16 @@ import pytest
 
 from reconciler import desired, planner
 from reconciler.errors import SpecError
-from reconciler.resources import HOST_NS, Address, Bridge, HostsFile, Kind, Route, Veth
+from reconciler.resources import (
+    HOST_NS,
+    Address,
+    Bridge,
+    HostsFile,
+    HostsTable,
+    Kind,
+    Route,
+    Veth,
+)
 from reconciler.spec import load_text
 from reconciler.state.observe import Foreign, ObservedState
 
@@ -74,11 +83,15 @@ def test_a_kept_address_that_became_explicit_elsewhere_is_given_up() -> None:
     }
 
 
-def test_hosts_file_lists_peers_with_aliases() -> None:
+def test_hosts_file_links_to_a_table_of_peers_with_aliases() -> None:
     state = desired.build(load_text(SPEC, "shop.yaml"), EMPTY)
     hosts = state[(Kind.HOSTS, "db")]
     assert isinstance(hosts, HostsFile)
-    assert hosts.content.splitlines() == [
+    assert hosts == state[(Kind.HOSTS, "web")].__class__("db", state[(Kind.HOSTS, "web")].link)
+    table = state[(Kind.HOSTS_TABLE, hosts.link.rsplit("/", 1)[-1])]
+    assert isinstance(table, HostsTable)
+    assert hosts.link == f"../.netapply-shop/{table.name}"
+    assert table.content.splitlines() == [
         "# managed by netapply project shop; changes here are overwritten",
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",

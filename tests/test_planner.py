@@ -13,6 +13,7 @@ from reconciler.resources import (
     Address,
     Bridge,
     HostsFile,
+    HostsTable,
     Kind,
     Netns,
     Resource,
@@ -31,8 +32,9 @@ VETH = Veth(
 ADDR = Address(VETH.key, "172.30.1.10/24", ns="web", ifname="eth0")
 GW = Address(BR.key, "172.30.1.1/24", ns="", ifname="br-front")
 ROUTE = Route("web", "0.0.0.0/0", "172.30.1.1", VETH.key, ifname="eth0", source=ADDR.key)
-HOSTS = HostsFile("web", "# managed by netapply project p; x\n")
-ALL: list[Resource] = [BR, NS, VETH, ADDR, GW, ROUTE, HOSTS]
+TABLE = HostsTable("p", "hosts-abc", "# managed by netapply project p; x\n")
+HOSTS = HostsFile("web", "../.netapply-p/hosts-abc")
+ALL: list[Resource] = [BR, NS, VETH, ADDR, GW, ROUTE, TABLE, HOSTS]
 
 
 def actions(plan: Plan) -> list[tuple[str, tuple[str, ...], str]]:
@@ -42,7 +44,7 @@ def actions(plan: Plan) -> list[tuple[str, tuple[str, ...], str]]:
 def test_create_everything_in_dependency_order() -> None:
     plan = planner.plan(state_of(ALL), {})
     assert [c.key for c in plan.changes] == [
-        NS.key, BR.key, VETH.key, GW.key, ADDR.key, ROUTE.key, HOSTS.key,
+        NS.key, BR.key, VETH.key, GW.key, ADDR.key, ROUTE.key, TABLE.key, HOSTS.key,
     ]
     assert {c.action for c in plan.changes} == {Action.CREATE}
 
@@ -158,10 +160,10 @@ def test_route_gateway_change_is_an_in_place_update() -> None:
     assert actions(plan) == [("update", ROUTE.key, "via 172.30.1.1 -> 172.30.1.254")]
 
 
-def test_hosts_content_change_is_an_update() -> None:
-    changed = HostsFile("web", HOSTS.content + "172.30.1.11\tdb\n")
-    plan = planner.plan(state_of([changed]), state_of([HOSTS]))
-    assert actions(plan) == [("update", HOSTS.key, "content differs")]
+def test_hosts_table_content_change_is_an_update() -> None:
+    changed = HostsTable("p", "hosts-abc", TABLE.content + "172.30.1.11\tdb\n")
+    plan = planner.plan(state_of([changed]), state_of([TABLE]))
+    assert actions(plan) == [("update", TABLE.key, "content differs")]
 
 
 def test_loopback_down_is_repaired_in_place() -> None:

@@ -91,6 +91,7 @@ class MemoryKernel:
         self._named: dict[str, _Namespace] = {}
         self._extra: dict[str, _Namespace] = {}  # other namespace files, by path
         self.files: dict[str, str] = {}
+        self.symlinks: dict[str, str] = {}
 
     # ---- namespaces ---------------------------------------------------------------
 
@@ -175,11 +176,18 @@ class MemoryKernel:
         ]
 
     def read_file(self, path: str) -> str | None:
+        target = self.symlinks.get(path)
+        if target is not None:
+            path = os.path.normpath(os.path.join(os.path.dirname(path), target))
         return self.files.get(path)
+
+    def read_link(self, path: str) -> str | None:
+        return self.symlinks.get(path)
 
     def list_dir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
-        return sorted({p[len(prefix):].split("/")[0] for p in self.files if p.startswith(prefix)})
+        return sorted({p[len(prefix):].split("/")[0] for p in (*self.files, *self.symlinks)
+                       if p.startswith(prefix)})
 
     # ---- links ------------------------------------------------------------------------
 
@@ -412,11 +420,18 @@ class MemoryKernel:
 
     def write_file(self, path: str, content: str) -> None:
         self.writes += 1
+        self.symlinks.pop(path, None)
         self.files[path] = content
+
+    def write_link(self, path: str, target: str) -> None:
+        self.writes += 1
+        self.files.pop(path, None)
+        self.symlinks[path] = target
 
     def remove_file(self, path: str) -> None:
         self.writes += 1
         self.files.pop(path, None)
+        self.symlinks.pop(path, None)
 
     def close(self) -> None:
         pass

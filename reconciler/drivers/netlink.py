@@ -165,6 +165,12 @@ class NetlinkKernel:
         except OSError as e:
             raise KernelError(f"read {path}", e.errno or errno.EIO) from None
 
+    def read_link(self, path: str) -> str | None:
+        try:
+            return os.readlink(path)
+        except (FileNotFoundError, NotADirectoryError, OSError):
+            return None  # absent, or no link (EINVAL)
+
     def list_dir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(path))
@@ -352,6 +358,20 @@ class NetlinkKernel:
             os.replace(tmp, path)
         except OSError as e:
             raise KernelError(f"write {path}", e.errno or errno.EIO) from None
+
+    def write_link(self, path: str, target: str) -> None:
+        """Point path at target, replacing what is there in one rename."""
+        self.writes += 1
+        self.file_writes += 1
+        tmp = f"{path}.netapply-tmp"
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.symlink(target, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise KernelError(f"link {path}", e.errno or errno.EIO) from None
 
     def remove_file(self, path: str) -> None:
         self.writes += 1

@@ -15,6 +15,7 @@ from reconciler.resources import (
     Address,
     Bridge,
     HostsFile,
+    HostsTable,
     Leftover,
     Netns,
     Resource,
@@ -61,8 +62,10 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         kernel.addr_add(res.ns, res.ifname, res.cidr)
     elif isinstance(res, Route):
         kernel.route_add(res.ns, res.dst, res.via, res.ifname)
+    elif isinstance(res, HostsTable):
+        kernel.write_file(res.path, res.content)
     elif isinstance(res, HostsFile):
-        kernel.write_file(hosts_path(res.netns), res.content)
+        kernel.write_link(hosts_path(res.netns), res.link)
     else:  # pragma: no cover - the Resource union is closed
         raise InternalError(f"no create for {res!r}")
 
@@ -85,8 +88,10 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
                 kernel.link_set("", after.host_ifname, master=after.master_ifname)
     elif isinstance(before, Route) and isinstance(after, Route):
         kernel.route_add(after.ns, after.dst, after.via, after.ifname, replace=True)
+    elif isinstance(before, HostsTable) and isinstance(after, HostsTable):
+        kernel.write_file(after.path, after.content)
     elif isinstance(before, HostsFile) and isinstance(after, HostsFile):
-        kernel.write_file(hosts_path(after.netns), after.content)
+        kernel.write_link(hosts_path(after.netns), after.link)
     else:
         raise InternalError(f"no in-place update from {before!r} to {after!r}")
 
@@ -132,6 +137,8 @@ def _delete(kernel: Kernel, res: Resource) -> None:
         kernel.addr_del(res.ns, res.ifname, res.cidr)
     elif isinstance(res, Route):
         kernel.route_del(res.ns, res.dst)
+    elif isinstance(res, HostsTable):
+        kernel.remove_file(res.path)
     elif isinstance(res, HostsFile):
         kernel.remove_file(hosts_path(res.netns))
     elif isinstance(res, Leftover):

@@ -22,6 +22,7 @@ from reconciler.resources import (
     Address,
     Bridge,
     HostsFile,
+    HostsTable,
     Key,
     Kind,
     Leftover,
@@ -31,6 +32,7 @@ from reconciler.resources import (
     Veth,
     is_staging_name,
     owner_alias,
+    tables_dir,
 )
 
 RTPROT_KERNEL = 2
@@ -222,14 +224,34 @@ def _pair_veths(scan: _Scan) -> None:
 
 
 def _scan_hosts_files(scan: _Scan) -> set[str]:
+    """Hosts tables in the project's dir, and the hosts files of namespaces: a
+    link into that dir is the project's; anything else there is foreign."""
     foreign = set()
     header = f"{HOSTS_HEADER}{scan.project};"
+    own_dir = tables_dir(scan.project)
+    link_prefix = f"../{own_dir}/"
     for name in scan.kernel.list_dir(ETC_NETNS_DIR):
-        content = scan.kernel.read_file(hosts_path(name))
+        if name == own_dir:
+            for table in scan.kernel.list_dir(f"{ETC_NETNS_DIR}/{name}"):
+                content = scan.kernel.read_file(f"{ETC_NETNS_DIR}/{name}/{table}")
+                if content is not None and content.startswith(header):
+                    res = HostsTable(scan.project, table, content)
+                    scan.resources[res.key] = res
+            continue
+        path = hosts_path(name)
+        link = scan.kernel.read_link(path)
+        if link is not None:
+            if link.startswith(link_prefix):
+                hosts = HostsFile(name, link)
+                scan.resources[hosts.key] = hosts
+            else:
+                foreign.add(name)
+            continue
+        content = scan.kernel.read_file(path)
         if content is None:
             continue
-        if content.startswith(header):
-            hosts = HostsFile(name, content)
+        if content.startswith(header):  # written by an earlier version: replace it
+            hosts = HostsFile(name, "")
             scan.resources[hosts.key] = hosts
         else:
             foreign.add(name)

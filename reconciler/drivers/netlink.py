@@ -137,17 +137,12 @@ class NetlinkKernel:
         return not ns or ns_type(_ns_path(ns)) == CLONE_NEWNET
 
     def links(self, ns: str) -> list[LinkInfo]:
-        found = self._call(f"list links in {_ns_label(ns)}", lambda: self._ipr(ns).links())
-        return [
-            LinkInfo(x.index, x.ifname, x.kind, x.mtu, x.mac, x.up, x.alias, x.master)
-            for x in found
-        ]
+        return self._call(f"list links in {_ns_label(ns)}", lambda: self._ipr(ns).links())
 
     def addresses(self, ns: str) -> list[AddrInfo]:
-        found = self._call(
+        return self._call(
             f"list addresses in {_ns_label(ns)}", lambda: self._ipr(ns).addresses()
         )
-        return [AddrInfo(a.index, a.cidr) for a in found]
 
     def routes(self, ns: str) -> list[RouteInfo]:
         found = self._call(f"list routes in {_ns_label(ns)}", lambda: self._ipr(ns).routes())

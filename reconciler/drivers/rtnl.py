@@ -18,6 +18,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from reconciler.drivers.kernel import AddrInfo, LinkInfo
+
 NETLINK_ROUTE = 0
 NETLINK_EXT_ACK = 11
 SOL_NETLINK = 270
@@ -83,24 +85,6 @@ def attrs(data: bytes, offset: int) -> Iterator[tuple[int, memoryview]]:
 
 def _text(value: memoryview) -> str:
     return bytes(value).split(b"\0", 1)[0].decode(errors="replace")
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    ifname: str
-    kind: str | None
-    mtu: int
-    mac: str
-    up: bool
-    alias: str | None
-    master: int | None
-
-
-@dataclass(frozen=True)
-class Addr:
-    index: int
-    cidr: str
 
 
 @dataclass(frozen=True)
@@ -174,7 +158,7 @@ class Rtnl:
 
     # ---- reads ----------------------------------------------------------------------
 
-    def links(self) -> list[Link]:
+    def links(self) -> list[LinkInfo]:
         found = []
         for msg, offset in self._dump(RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)):
             _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
@@ -194,8 +178,8 @@ class Rtnl:
                     for sub, subvalue in attrs(bytes(value), 0):
                         if sub == IFLA_INFO_KIND:
                             kind = _text(subvalue)
-            found.append(Link(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias,
-                              master))
+            found.append(LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias,
+                                  master))
         return found
 
     def index(self, ifname: str) -> int:
@@ -206,7 +190,7 @@ class Rtnl:
             return int(IFINFO.unpack_from(msg, offset)[2])
         raise NetlinkError(errno.ENODEV, _strerror(errno.ENODEV))
 
-    def addresses(self) -> list[Addr]:
+    def addresses(self) -> list[AddrInfo]:
         found = []
         for msg, offset in self._dump(RTM_GETADDR, IFADDR.pack(0, 0, 0, 0, 0)):
             family, prefixlen, _flags, _scope, index = IFADDR.unpack_from(msg, offset)
@@ -218,7 +202,7 @@ class Rtnl:
                     address = bytes(value)
             raw = local or address
             if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
-                found.append(Addr(index, f"{ipaddress.ip_address(raw)}/{prefixlen}"))
+                found.append(AddrInfo(index, f"{ipaddress.ip_address(raw)}/{prefixlen}"))
         return found
 
     def routes(self) -> list[RouteEntry]:

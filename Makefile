@@ -33,7 +33,7 @@ demo: deps venv
 	$(SANDBOX) scripts/demo.sh
 
 lint: venv
-	$(BIN)/ruff check reconciler tests
+	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy reconciler
 
 unit: venv

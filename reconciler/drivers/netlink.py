@@ -342,20 +342,19 @@ class NetlinkKernel:
     # ---- files -----------------------------------------------------------------
 
     def write_file(self, path: str, content: str) -> None:
-        self.writes += 1
-        self.file_writes += 1
-        tmp = f"{path}.netapply-tmp"
-        try:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        def make(tmp: str) -> None:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(content)
             os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except OSError as e:
-            raise KernelError(f"write {path}", e.errno or errno.EIO) from None
+
+        self._install(path, f"write {path}", make)
 
     def write_link(self, path: str, target: str) -> None:
-        """Point path at target, replacing what is there in one rename."""
+        self._install(path, f"link {path}", lambda tmp: os.symlink(target, tmp))
+
+    def _install(self, path: str, what: str, make: Callable[[str], None]) -> None:
+        """Make the new file (or link) beside path, then replace path in one rename,
+        so that a reader never sees a half-written file."""
         self.writes += 1
         self.file_writes += 1
         tmp = f"{path}.netapply-tmp"
@@ -363,10 +362,10 @@ class NetlinkKernel:
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            os.symlink(target, tmp)
+            make(tmp)
             os.replace(tmp, path)
         except OSError as e:
-            raise KernelError(f"link {path}", e.errno or errno.EIO) from None
+            raise KernelError(what, e.errno or errno.EIO) from None
 
     def remove_file(self, path: str) -> None:
         self.writes += 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from reconciler.drivers import ops
 from reconciler.drivers.kernel import Kernel
-from reconciler.errors import ApplyError, KernelError
+from reconciler.errors import ApplyError, KernelError, NetapplyError
 from reconciler.planner import Action, Change, Plan
 
 Progress = Callable[[Action, Change], None]
@@ -44,6 +44,10 @@ def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None 
                 ops.update(kernel, change.before, change.after)
         except KernelError as e:
             raise ApplyError(text, e, result.done) from None
+        except KeyboardInterrupt:
+            # Report what is done; the step itself may or may not have happened.
+            interrupted = NetapplyError("interrupted by the user")
+            raise ApplyError(text, interrupted, result.done) from None
         result.done.append(text)
         if progress is not None:
             progress(action, change)

@@ -167,6 +167,11 @@ def test_destroy_removes_owned_and_keeps_foreign(
     converge(SEED)
     code, out, _ = run_cli(capsys, "show", str(SEED))
     assert code == 0 and "netns container1" in out
+    code, out, _ = run_cli(capsys, "show", "--output", "json", str(SEED))
+    shown = json.loads(out)
+    assert shown["project"] == "seed"
+    assert {"kind": "netns", "key": ["netns", "container1"], "name": "container1",
+            "lo_up": True} in shown["resources"]
     code, out, err = run_cli(capsys, "destroy", "--auto-approve", str(SEED))
     assert code == 0, err
     assert netns_list() == ["mine"]
@@ -576,3 +581,26 @@ def test_netns_path_must_be_a_network_namespace(
         f"error: {spec}:9:5: container 'web': netns_path /etc/hostname does not exist or is "
         "not a network namespace"
     )
+
+
+class InterruptedKernel(FailingKernel):
+    """Ctrl-C arriving during the Nth write."""
+
+    def _fail(self, what: str) -> None:
+        if self.writes + 1 == self.fail_at:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_mid_apply_reports_what_was_done(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "NetlinkKernel", InterruptedKernel)
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("error: failed: create ")
+    assert lines[0].endswith(": interrupted by the user")
+    assert lines[1] == "Already done (3 step(s)), left in place:"
+    monkeypatch.undo()
+    assert converge(SEED) > 0
+    assert converge(SEED) == 0

@@ -71,6 +71,7 @@ def spec_dicts(draw: st.DrawFn, min_containers: int = 0) -> dict[str, Any]:
     used_v6: dict[str, set[str]] = {n: set() for n in names}
     used_macs: set[str] = set()
     containers: dict[str, Any] = {}
+    attached_used = False
     chosen = draw(st.lists(st.sampled_from(CONTAINERS), min_size=min_containers,
                            max_size=len(CONTAINERS), unique=True))
     for cname in chosen:
@@ -81,7 +82,10 @@ def spec_dicts(draw: st.DrawFn, min_containers: int = 0) -> dict[str, Any]:
         attached = draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names),
                                  unique=True))
         container: dict[str, Any] = {}
-        if draw(st.integers(0, 4)) == 0:
+        if not attached_used and draw(st.integers(0, 5)) == 0:
+            container["netns_path"] = ATTACH_PATH  # one container: they would share it
+            attached_used = True
+        elif draw(st.integers(0, 4)) == 0:
             container["netns"] = f"ns-{cname}"
         as_list = draw(st.integers(0, 2)) == 0
         if as_list:
@@ -133,6 +137,16 @@ def _attachment(
 
 
 # ---- foreign objects --------------------------------------------------------------
+
+# An existing namespace netapply attaches to (netns_path), as a running Docker
+# container's would be: made by someone else, present on every test kernel.
+ATTACH_NETNS = "fx-attach"
+ATTACH_PATH = f"/run/netns/{ATTACH_NETNS}"
+
+
+def attach_namespace(kernel: Kernel) -> Kernel:
+    kernel.netns_add(ATTACH_NETNS, "someone else's")
+    return kernel
 
 FOREIGN_NETNS = "fx-ns"
 

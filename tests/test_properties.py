@@ -21,6 +21,7 @@ from tests.propkit import FailAt, converge, destroy, foreign_view, owned, plan_f
 from tests.strategies import (
     CONTAINERS,
     ForeignPlan,
+    attach_namespace,
     drift_choices,
     foreign_plans,
     load,
@@ -40,7 +41,7 @@ def reachable_state(data: st.DataObject) -> tuple[MemoryKernel, ForeignPlan, dic
     foreign = data.draw(foreign_plans, label="foreign")
     s1 = data.draw(spec_dicts(), label="S1")
     _note_spec("S1", s1)
-    kernel = MemoryKernel()
+    kernel = attach_namespace(MemoryKernel())
     foreign.make(kernel)
     converge(kernel, load(s1))
     chosen = pick_drifts(data.draw(drift_choices, label="drift"), list(owned(kernel).values()))
@@ -64,7 +65,7 @@ def test_one_pass_convergence_history_independence_order_and_safety(data: st.Dat
     assert foreign_view(kernel) == untouched  # 5. safety
     # 2. history independence: a fresh machine with the same foreign objects,
     # given S2 with the addresses the endpoints kept, ends in the same state.
-    fresh = MemoryKernel()
+    fresh = attach_namespace(MemoryKernel())
     foreign.make(fresh)
     converge(fresh, load(propkit.pinned(s2, owned(kernel, spec2))))
     assert owned(fresh, spec2) == owned(kernel, spec2)
@@ -88,7 +89,7 @@ def test_applying_a_converged_spec_writes_nothing(data: st.DataObject) -> None:
 def test_adding_or_removing_a_container_keeps_other_endpoints(data: st.DataObject) -> None:
     doc = data.draw(spec_dicts(min_containers=1), label="S")
     _note_spec("S", doc)
-    kernel = MemoryKernel()
+    kernel = attach_namespace(MemoryKernel())
     converge(kernel, load(doc))
     before = propkit.endpoints(owned(kernel))
     changed: dict[str, Any] = {**doc, "containers": dict(doc["containers"])}
@@ -156,7 +157,7 @@ def test_a_foreign_object_with_a_desired_name_is_an_error_and_changes_nothing(
         if isinstance(r, Netns | Bridge | Veth | HostsFile)
     ]
     target = data.draw(st.sampled_from(wanted), label="taken name")
-    kernel = MemoryKernel()
+    kernel = attach_namespace(MemoryKernel())
     if isinstance(target, Netns):
         kernel.netns_add(target.name, "someone else's")
     elif isinstance(target, Bridge):

@@ -25,6 +25,7 @@ from tests.kernelutil import private_namespace, require_sandbox
 from tests.propkit import converge, destroy, foreign_view, owned, plan_for
 from tests.strategies import (
     ForeignPlan,
+    attach_namespace,
     drift_choices,
     foreign_plans,
     load,
@@ -44,6 +45,7 @@ class RealKernelMachine(RuleBasedStateMachine):
         self._stack.enter_context(private_namespace())
         self.kernel = NetlinkKernel()
         self._stack.callback(self.kernel.close)
+        attach_namespace(self.kernel)
         self.doc: dict[str, Any] = {}
         self.foreign: dict[str, Any] | None = None
 

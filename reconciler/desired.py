@@ -92,12 +92,12 @@ def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
     by_container: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
         by_container.setdefault(ep.container.name, []).append(ep)
-    lines = hosts_lines(endpoints)
+    tables = HostsTables(spec.project, hosts_lines(endpoints))
     for container in spec.containers.values():
         if container.network_mode == NetworkMode.HOST:
             continue
         own = by_container.get(container.name, [])
-        resources.extend(_container(spec, container, own, lines))
+        resources.extend(_container(spec, container, own, tables))
     state: dict[Key, Resource] = {}
     problems = list(_collisions(spec, resources, observed))
     for res in resources:
@@ -150,13 +150,13 @@ def _bridge(project: str, network: Network) -> Iterator[Resource]:
 
 
 def _container(
-    spec: Spec, container: Container, own: list[Endpoint], lines: dict[str, list[str]]
+    spec: Spec, container: Container, own: list[Endpoint], tables: HostsTables
 ) -> Iterator[Resource]:
     ns = container.ns
     assert ns is not None
     if container.netns:
         yield Netns(container.netns)
-        table = hosts_table(spec.project, container, lines)
+        table = tables.of(container)
         yield table
         yield HostsFile(container.netns, f"../{tables_dir(spec.project)}/{table.name}")
     for ep in own:
@@ -226,24 +226,37 @@ def hosts_lines(endpoints: list[Endpoint]) -> dict[str, list[str]]:
     return lines
 
 
-def hosts_table(project: str, container: Container, lines: dict[str, list[str]]) -> HostsTable:
+class HostsTables:
     """Docker's embedded DNS, as a hosts file: the container itself and every
     container it shares a network with, by name and per-network aliases. It is
     the same for every container on the same set of networks, so it is one
-    table per set (networks in name order), which the containers link to."""
-    networks = sorted(
-        {a.network for a in container.attachments}
-        if container.network_mode == NetworkMode.BRIDGE else set()
-    )
-    out = [
-        f"{HOSTS_HEADER}{project}; changes here are overwritten",
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-    ]
-    for network in networks:
-        out.extend(lines.get(network, []))
-    name = "hosts-" + hashlib.sha256(",".join(networks).encode()).hexdigest()[:12]
-    return HostsTable(project, name, "\n".join(out) + "\n")
+    table per set (networks in name order), made once, which containers link to."""
+
+    def __init__(self, project: str, lines: dict[str, list[str]]):
+        self.project = project
+        self.lines = lines
+        self.made: dict[tuple[str, ...], HostsTable] = {}
+
+    def of(self, container: Container) -> HostsTable:
+        networks = tuple(sorted(
+            {a.network for a in container.attachments}
+            if container.network_mode == NetworkMode.BRIDGE else set()
+        ))
+        table = self.made.get(networks)
+        if table is None:
+            table = self.made[networks] = self._make(networks)
+        return table
+
+    def _make(self, networks: tuple[str, ...]) -> HostsTable:
+        out = [
+            f"{HOSTS_HEADER}{self.project}; changes here are overwritten",
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+        ]
+        for network in networks:
+            out.extend(self.lines.get(network, []))
+        name = "hosts-" + hashlib.sha256(",".join(networks).encode()).hexdigest()[:12]
+        return HostsTable(self.project, name, "\n".join(out) + "\n")
 
 
 # ---- allocation ---------------------------------------------------------------

@@ -162,8 +162,7 @@ class Cli:
         return answer.strip() == "yes"
 
     def show(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
-        snap = engine.snapshot(kernel, spec, destroy=True)
-        owned = snap.observed.resources.values()
+        owned = engine.observe_project(kernel, spec).resources.values()
         if self.args.output == "json":
             resources = [
                 {"kind": str(r.kind), "key": list(r.key), **fields_json(r)} for r in owned

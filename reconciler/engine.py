@@ -80,11 +80,15 @@ def plan_from(spec: Spec, observed: ObservedState, destroy: bool = False) -> Sna
         return Snapshot(observed, wanted, planner.plan(wanted, observed.resources))
 
 
+def observe_project(kernel: Kernel, spec: Spec) -> ObservedState:
+    """What the spec's project owns in the kernel, and the foreign names around it."""
+    with no_gc_pauses():
+        return observe(kernel, spec.project, netns_paths(spec))
+
+
 def snapshot(kernel: Kernel, spec: Spec, destroy: bool = False) -> Snapshot:
     """Observe and plan. With destroy, the desired state is empty."""
-    with no_gc_pauses():
-        observed = observe(kernel, spec.project, netns_paths(spec))
-    return plan_from(spec, observed, destroy)
+    return plan_from(spec, observe_project(kernel, spec), destroy)
 
 
 def apply(

@@ -69,7 +69,7 @@ class NetlinkKernel:
 
     # ---- sockets -------------------------------------------------------------
 
-    def _ipr(self, ns: str) -> Rtnl:
+    def _sock(self, ns: str) -> Rtnl:
         sock = self._sockets.get(ns)
         if sock is None:
             sock = self._open(ns)
@@ -117,7 +117,7 @@ class NetlinkKernel:
 
     def _index(self, ns: str, ifname: str) -> int:
         return self._call(
-            f"look up {ifname} in {_ns_label(ns)}", lambda: self._ipr(ns).index(ifname)
+            f"look up {ifname} in {_ns_label(ns)}", lambda: self._sock(ns).index(ifname)
         )
 
     # ---- reads ---------------------------------------------------------------
@@ -137,15 +137,15 @@ class NetlinkKernel:
         return not ns or ns_type(_ns_path(ns)) == CLONE_NEWNET
 
     def links(self, ns: str) -> list[LinkInfo]:
-        return self._call(f"list links in {_ns_label(ns)}", lambda: self._ipr(ns).links())
+        return self._call(f"list links in {_ns_label(ns)}", lambda: self._sock(ns).links())
 
     def addresses(self, ns: str) -> list[AddrInfo]:
         return self._call(
-            f"list addresses in {_ns_label(ns)}", lambda: self._ipr(ns).addresses()
+            f"list addresses in {_ns_label(ns)}", lambda: self._sock(ns).addresses()
         )
 
     def routes(self, ns: str) -> list[RouteInfo]:
-        found = self._call(f"list routes in {_ns_label(ns)}", lambda: self._ipr(ns).routes())
+        found = self._call(f"list routes in {_ns_label(ns)}", lambda: self._sock(ns).routes())
         return [
             RouteInfo(r.dst, r.via, r.oif, r.proto) for r in found if r.table == RT_TABLE_MAIN
         ]
@@ -230,7 +230,7 @@ class NetlinkKernel:
     def bridge_add(self, ifname: str, mac: str) -> None:
         self._write(
             f"create bridge {ifname}",
-            lambda: self._ipr("").bridge_add(ifname, mac),
+            lambda: self._sock("").bridge_add(ifname, mac),
         )
 
     def veth_add(
@@ -241,7 +241,7 @@ class NetlinkKernel:
         with self._ns_fd(peer_ns, what) as fd:
             self._write(
                 what,
-                lambda: self._ipr("").veth_add(
+                lambda: self._sock("").veth_add(
                     host_ifname, host_mtu, peer_ifname, peer_mac, peer_mtu, fd
                 ),
             )
@@ -289,7 +289,7 @@ class NetlinkKernel:
             attrs["up"] = up
         if not attrs:
             return
-        sock = self._ipr(ns)
+        sock = self._sock(ns)
         try:
             self._write(what, lambda: sock.link_set(index, **attrs))
         except KernelError as e:
@@ -304,7 +304,7 @@ class NetlinkKernel:
     def link_del(self, ns: str, ifname: str) -> None:
         what = f"delete {ifname} in {_ns_label(ns)}"
         index = self._index(ns, ifname)
-        self._write(what, lambda: self._ipr(ns).link_del(index))
+        self._write(what, lambda: self._sock(ns).link_del(index))
 
     # ---- addresses and routes --------------------------------------------------
 
@@ -315,14 +315,14 @@ class NetlinkKernel:
         nodad = ":" in cidr
         self._write(
             f"add address {cidr} to {ifname} in {_ns_label(ns)}",
-            lambda: self._ipr(ns).addr(True, index, cidr, nodad=nodad),
+            lambda: self._sock(ns).addr(True, index, cidr, nodad=nodad),
         )
 
     def addr_del(self, ns: str, ifname: str, cidr: str) -> None:
         index = self._index(ns, ifname)
         self._write(
             f"delete address {cidr} from {ifname} in {_ns_label(ns)}",
-            lambda: self._ipr(ns).addr(False, index, cidr),
+            lambda: self._sock(ns).addr(False, index, cidr),
         )
 
     def route_add(self, ns: str, dst: str, via: str, ifname: str, replace: bool = False) -> None:
@@ -330,13 +330,13 @@ class NetlinkKernel:
         op = "replace" if replace else "add"
         self._write(
             f"{op} route {dst} via {via} in {_ns_label(ns)}",
-            lambda: self._ipr(ns).route(op, dst, RTPROT_NETAPPLY, via=via, oif=index),
+            lambda: self._sock(ns).route(op, dst, RTPROT_NETAPPLY, via=via, oif=index),
         )
 
     def route_del(self, ns: str, dst: str) -> None:
         self._write(
             f"delete route {dst} in {_ns_label(ns)}",
-            lambda: self._ipr(ns).route("delete", dst, RTPROT_NETAPPLY),
+            lambda: self._sock(ns).route("delete", dst, RTPROT_NETAPPLY),
         )
 
     # ---- files -----------------------------------------------------------------

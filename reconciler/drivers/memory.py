@@ -89,7 +89,6 @@ class MemoryKernel:
         lo.up = True  # as on any running machine
         self._loopback_changed(self._host, lo)
         self._named: dict[str, _Namespace] = {}
-        self._extra: dict[str, _Namespace] = {}  # other namespace files, by path
         self.files: dict[str, str] = {}
         self.symlinks: dict[str, str] = {}
 
@@ -104,19 +103,15 @@ class MemoryKernel:
     def _ns(self, ns: str, what: str) -> _Namespace:
         if not ns:
             return self._host
-        if ns.startswith("/"):
-            found = self._extra.get(ns)
-            if found is None and os.path.dirname(ns) == NETNS_DIR:
+        if ns.startswith("/"):  # a netns_path: only /run/netns/<name> exists here
+            found = None
+            if os.path.dirname(ns) == NETNS_DIR:
                 found = self._named.get(os.path.basename(ns))
         else:
             found = self._named.get(ns)
         if found is None:
             raise KernelError(what, errno.ENOENT)
         return found
-
-    def add_namespace_file(self, path: str) -> None:
-        """A namespace that exists outside /run/netns (like /proc/PID/ns/net)."""
-        self._extra[path] = self._new_namespace(path)
 
     def random_mac_links(self) -> set[tuple[str, str]]:
         """(ns, ifname) of links whose MAC the kernel chose at random."""
@@ -409,12 +404,6 @@ class MemoryKernel:
                 space.routes.remove(route)
                 return
         raise KernelError(what, errno.ESRCH)
-
-    def add_foreign_route(self, ns: str, dst: str, ifname: str, proto: int = 4) -> None:
-        """A route some other tool made (no gateway: on-link), for tests."""
-        space = self._ns(ns, "add route")
-        link = self._link(space, ifname, "add route")
-        space.routes.append(_Route(ipaddress.ip_network(dst), None, link.index, proto))
 
     # ---- files ------------------------------------------------------------------------------
 

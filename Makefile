@@ -3,19 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SANDBOX := scripts/sandbox
-APT_PACKAGES := iproute2 iputils-ping util-linux
+APT_PACKAGES := iproute2 iputils-ping util-linux nftables
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps venv demo test test-long lint unit bench clean
 
 all: test
 
-# System packages the demo and tests use (ip, ping, unshare), installed only when missing.
+# System packages the demo and tests use (ip, ping, unshare, nft), installed only when missing.
 deps:
 	@missing=""; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
+	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # Idempotency from an errno table, not from luck: these mean "already gone".
 GONE = frozenset({errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
@@ -29,6 +29,10 @@ class LinkInfo:
     up: bool
     alias: str | None
     master: int | None
+    isolated: bool = False  # bridge port flag: no traffic to other isolated ports
+    hairpin: bool = False  # bridge port flag: frames may leave by the port they came in
+    parent: int | None = None  # macvlan/ipvlan: index of the parent in the host namespace
+    mode: str | None = None  # macvlan/ipvlan mode, named as in the spec
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,14 @@ class Kernel(Protocol):
     def read_link(self, path: str) -> str | None:
         """The target of a symbolic link; None if path is no link."""
     def list_dir(self, path: str) -> list[str]: ...
+    def sysctl_get(self, name: str) -> str | None:
+        """A sysctl of the machine's namespace by its /proc/sys path
+        ("net/ipv4/ip_forward"); None when it does not exist."""
+    def nft_ruleset(self) -> list[dict[str, Any]]:
+        """The machine's nftables ruleset as `nft -j list ruleset` lists it."""
+    def link_kind_supported(self, kind: str) -> bool:
+        """Whether the kernel can make links of this kind, found out without
+        making one."""
 
     # writes
     def netns_add(self, name: str, lo_alias: str) -> None:
@@ -84,7 +96,14 @@ class Kernel(Protocol):
         master: str | None = None,
         nomaster: bool = False,
         alias: str | None = None,
+        isolated: bool | None = None,
+        hairpin: bool | None = None,
     ) -> None: ...
+    def sublink_add(
+        self, kind: str, parent: str, mode: str, ns: str, ifname: str, mac: str | None,
+        mtu: int,
+    ) -> None:
+        """A macvlan or ipvlan link on `parent` (host namespace), made directly in ns."""
     def link_del(self, ns: str, ifname: str) -> None: ...
     def addr_add(self, ns: str, ifname: str, cidr: str) -> None: ...
     def addr_del(self, ns: str, ifname: str, cidr: str) -> None: ...
@@ -92,6 +111,9 @@ class Kernel(Protocol):
         self, ns: str, dst: str, via: str, ifname: str, replace: bool = False
     ) -> None: ...
     def route_del(self, ns: str, dst: str) -> None: ...
+    def sysctl_set(self, name: str, value: str) -> None: ...
+    def nft_apply(self, commands: list[dict[str, Any]], what: str) -> None:
+        """Run nftables JSON commands as one transaction."""
     def write_file(self, path: str, content: str) -> None: ...
     def write_link(self, path: str, target: str) -> None: ...
     def remove_file(self, path: str) -> None: ...

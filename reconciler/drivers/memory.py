@@ -9,7 +9,8 @@ ones that test pins down:
 - interface names are unique per namespace and at most 15 characters (ERANGE);
 - a link, address or route needs its namespace and link (ENODEV, ENOENT);
 - a veth pair dies together; deleting a namespace deletes what is in it;
-- a port's master must be a bridge (EOPNOTSUPP), a port cannot be a bridge
+- a port's master must be a bridge (EOPNOTSUPP, after leaving its old one),
+  a port cannot be a bridge
   (ELOOP) or the loopback (EINVAL); deleting a bridge frees its ports; a
   bridge whose MTU was never set follows its ports' smallest MTU;
 - a route needs its link up and its gateway inside a subnet of an address on
@@ -29,6 +30,7 @@ import itertools
 import os
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.drivers.kernel import ETC_NETNS_DIR, NETNS_DIR, AddrInfo, LinkInfo, RouteInfo
 from reconciler.errors import KernelError
@@ -36,6 +38,8 @@ from reconciler.model import IFNAMSIZ
 from reconciler.resources import RTPROT_NETAPPLY
 
 MIN_MTU, MAX_MTU = 68, 65535
+KINDS = frozenset({"bridge", "veth", "macvlan", "ipvlan"})
+LOCALNET = "route_localnet"
 DEFAULT_MTU = 1500
 RTPROT_KERNEL = 2
 
@@ -53,6 +57,11 @@ class _Link:
     peer: tuple[_Namespace, int] | None = None
     random_mac: bool = False  # chosen by the kernel, not by the caller
     mtu_set: bool = False  # a bridge's MTU set explicitly stops following its ports
+    isolated: bool = False  # bridge port flags; a new port starts without them
+    hairpin: bool = False
+    parent: int | None = None  # macvlan/ipvlan: the parent's index in the host namespace
+    mode: str | None = None
+    route_localnet: str = "0"  # the link's net/ipv4/conf/<ifname>/route_localnet
 
 
 @dataclass
@@ -79,8 +88,11 @@ class _Namespace:
 class MemoryKernel:
     """Kernel interface on plain Python objects (see drivers/kernel.py)."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, kinds: frozenset[str] = KINDS) -> None:
         self.writes = 0
+        self.kinds = kinds  # link kinds this kernel has drivers for
+        self.sysctls = {"net/ipv4/ip_forward": "0"}
+        self.nft = _Ruleset()
         self._random = random.Random(seed)
         self._index = itertools.count(1)
         self._host = self._new_namespace("")
@@ -155,7 +167,8 @@ class MemoryKernel:
         space = self._ns(ns, f"list links in {ns}")
         return [
             LinkInfo(link.index, link.ifname, link.kind, link.mtu, link.mac, link.up,
-                     link.alias, link.master)
+                     link.alias, link.master, link.isolated, link.hairpin, link.parent,
+                     link.mode)
             for link in space.links.values()
         ]
 
@@ -183,6 +196,43 @@ class MemoryKernel:
         prefix = path.rstrip("/") + "/"
         return sorted({p[len(prefix):].split("/")[0] for p in (*self.files, *self.symlinks)
                        if p.startswith(prefix)})
+
+    def sysctl_get(self, name: str) -> str | None:
+        link = self._localnet_link(name)
+        if link is not None:
+            return link.route_localnet
+        return self.sysctls.get(name)
+
+    def _localnet_link(self, name: str) -> _Link | None:
+        parts = name.split("/")
+        if len(parts) == 5 and parts[:3] == ["net", "ipv4", "conf"] and parts[4] == LOCALNET:
+            return self._host.by_name(parts[3])
+        return None
+
+    def nft_ruleset(self) -> list[dict[str, Any]]:
+        return self.nft.listing()
+
+    def link_kind_supported(self, kind: str) -> bool:
+        return kind in self.kinds
+
+    # ---- machine-wide settings ---------------------------------------------------------
+
+    def sysctl_set(self, name: str, value: str) -> None:
+        self.writes += 1
+        what = f"set {name}"
+        link = self._localnet_link(name)
+        if link is None and name not in self.sysctls:
+            raise KernelError(what, errno.ENOENT)
+        if value not in ("0", "1"):
+            raise KernelError(what, errno.EINVAL)
+        if link is not None:
+            link.route_localnet = value
+        else:
+            self.sysctls[name] = value
+
+    def nft_apply(self, commands: list[dict[str, Any]], what: str) -> None:
+        self.writes += 1
+        self.nft = self.nft.applied(commands, what)
 
     # ---- links ------------------------------------------------------------------------
 
@@ -248,14 +298,20 @@ class MemoryKernel:
         master: str | None = None,
         nomaster: bool = False,
         alias: str | None = None,
+        isolated: bool | None = None,
+        hairpin: bool | None = None,
     ) -> None:
         what = f"set {ifname} in {ns or 'host namespace'}"
         space = self._ns(ns, what)
         link = self._link(space, ifname, what)
         master_link = self._link(space, master, what) if master is not None else None
-        if not any((new_name, mtu, mac, up is not None, master, nomaster, alias is not None)):
+        if not any((new_name, mtu, mac, up is not None, master, nomaster, alias is not None,
+                    isolated is not None, hairpin is not None)):
             return
         self.writes += 1
+        if (isolated is not None or hairpin is not None) and link.master is None:
+            # Port options go to the current master, before a new one is set.
+            raise KernelError(what, errno.EOPNOTSUPP)
         # Validate everything first: the kernel applies one message or nothing.
         if new_name is not None and new_name != link.ifname:
             self._check_new_name(space, new_name, what)
@@ -265,12 +321,21 @@ class MemoryKernel:
             _check_mac(mac, what)
         if master_link is not None and master_link.index != link.master:
             if master_link.kind != "bridge":
+                # The one partial change: the kernel releases the port from its
+                # bridge before it finds that the new master takes no ports.
+                old = link.master
+                link.master, link.isolated, link.hairpin = None, False, False
+                self._follow_ports(space, old)
                 raise KernelError(what, errno.EOPNOTSUPP)
             if link.kind is None:
                 raise KernelError(what, errno.EINVAL)  # the loopback is no port
             if link.kind == "bridge":
                 raise KernelError(what, errno.ELOOP)  # nor is a bridge
         old_master = link.master
+        if isolated is not None:
+            link.isolated = isolated
+        if hairpin is not None:
+            link.hairpin = hairpin
         if new_name is not None:
             link.ifname = new_name
         if mtu is not None and mtu != link.mtu:  # the same value does not pin it
@@ -285,6 +350,8 @@ class MemoryKernel:
             link.master = master_link.index
         elif nomaster:
             link.master = None
+        if link.master != old_master:
+            link.isolated = link.hairpin = False  # a new port, with default options
         for bridge_index in {old_master, link.master, link.index}:
             self._follow_ports(space, bridge_index)
         if up is not None and up != link.up:
@@ -315,6 +382,34 @@ class MemoryKernel:
             (i, a) for i, a in space.addresses if not (i == link.index and a.version == 6)
         ]
         space.routes = [r for r in space.routes if r.oif != link.index]
+
+    def sublink_add(
+        self, kind: str, parent: str, mode: str, ns: str, ifname: str, mac: str | None,
+        mtu: int,
+    ) -> None:
+        self.writes += 1
+        what = f"create {kind} {ifname} on {parent}"
+        lower = self._link(self._host, parent, what)
+        space = self._ns(ns, what)
+        # The kernel's order: attribute policy, the driver's validation (MAC) if
+        # the driver exists, the name in the target namespace, a missing driver,
+        # then the driver's own checks (MTU, parent).
+        _check_name_length(ifname, what)
+        if mac is not None and kind in self.kinds:
+            _check_mac(mac, what)
+        self._check_new_name(space, ifname, what)
+        if kind not in self.kinds:
+            raise KernelError(what, errno.EOPNOTSUPP)
+        _check_mtu(mtu, what)
+        if mtu > lower.mtu:
+            raise KernelError(what, errno.EINVAL)  # no larger than the parent's
+        if lower.master is not None:
+            raise KernelError(what, errno.EBUSY)  # a bridge port passes frames to its bridge
+        if kind == "ipvlan":
+            mac = lower.mac  # ipvlan links share the parent's address
+        link = _Link(next(self._index), ifname, kind, mtu, mac or self._random_mac(),
+                     random_mac=mac is None, parent=lower.index, mode=mode)
+        space.links[link.index] = link
 
     def link_del(self, ns: str, ifname: str) -> None:
         self.writes += 1
@@ -424,6 +519,47 @@ class MemoryKernel:
 
     def close(self) -> None:
         pass
+
+
+class _Ruleset:
+    """nftables tables, chains and rules, changed only by whole transactions."""
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+
+    def listing(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for (family, name), (chains, rules) in self.tables.items():
+            out.append({"table": {"family": family, "name": name}})
+            out.extend({"chain": dict(chain)} for chain in chains)
+            for chain in chains:  # `nft list` groups rules by chain
+                out.extend({"rule": dict(rule)} for rule in rules if rule["chain"] == chain["name"])
+        return out
+
+    def applied(self, commands: list[dict[str, Any]], what: str) -> _Ruleset:
+        """A copy with the commands applied, or KernelError and no change."""
+        new = _Ruleset()
+        new.tables = {key: (list(c), list(r)) for key, (c, r) in self.tables.items()}
+        for command in commands:
+            ((verb, body),) = command.items()
+            ((kind, obj),) = body.items()
+            family, name = obj["family"], obj.get("table", obj.get("name"))
+            table = new.tables.get((family, name))
+            if verb == "add" and kind == "table":
+                new.tables.setdefault((family, name), ([], []))
+            elif verb == "delete" and kind == "table" and table is not None:
+                del new.tables[(family, name)]
+            elif verb == "add" and kind == "chain" and table is not None:
+                if all(chain["name"] != obj["name"] for chain in table[0]):
+                    table[0].append(dict(obj))
+            elif verb == "add" and kind == "rule" and table is not None and any(
+                chain["name"] == obj["chain"] for chain in table[0]
+            ):
+                table[1].append(dict(obj))
+            else:
+                raise KernelError(what, 0, f"Could not process rule: No such file or directory: "
+                                           f"{verb} {kind}")
+        return new
 
 
 def _check_name_length(ifname: str, what: str) -> None:

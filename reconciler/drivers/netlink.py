@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from reconciler.drivers import nft
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
     GONE,
@@ -37,6 +38,8 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
 RT_TABLE_MAIN = 254
+SYSCTL_DIR = "/proc/sys"
+PROBE_IFNAME = "netapply-probe"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -174,6 +177,35 @@ class NetlinkKernel:
         except OSError as e:
             raise KernelError(f"list {path}", e.errno or errno.EIO) from None
 
+    def sysctl_get(self, name: str) -> str | None:
+        text = self.read_file(os.path.join(SYSCTL_DIR, name))
+        return None if text is None else text.strip()
+
+    def nft_ruleset(self) -> list[dict[str, Any]]:
+        return nft.ruleset()
+
+    def link_kind_supported(self, kind: str) -> bool:
+        return self._call(
+            f"find out whether the kernel supports {kind} links",
+            lambda: self._sock("").kind_supported(kind, PROBE_IFNAME),
+        )
+
+    # ---- machine-wide settings -------------------------------------------------
+
+    def sysctl_set(self, name: str, value: str) -> None:
+        self.writes += 1
+        path = os.path.join(SYSCTL_DIR, name)
+        try:
+            with open(path, "w", encoding="ascii") as f:
+                f.write(value)
+        except OSError as e:
+            what = f"set {name.replace('/', '.')} = {value}"
+            raise KernelError(what, e.errno or errno.EIO) from None
+
+    def nft_apply(self, commands: list[dict[str, Any]], what: str) -> None:
+        self.writes += 1
+        nft.apply(commands, what)
+
     # ---- namespaces ----------------------------------------------------------
 
     def netns_add(self, name: str, lo_alias: str) -> None:
@@ -269,6 +301,8 @@ class NetlinkKernel:
         master: str | None = None,
         nomaster: bool = False,
         alias: str | None = None,
+        isolated: bool | None = None,
+        hairpin: bool | None = None,
     ) -> None:
         what = f"set {ifname} in {_ns_label(ns)}"
         index = self._index(ns, ifname)
@@ -285,6 +319,10 @@ class NetlinkKernel:
             attrs["master"] = 0
         if alias is not None:
             attrs["alias"] = alias
+        if isolated is not None:
+            attrs["isolated"] = isolated
+        if hairpin is not None:
+            attrs["hairpin"] = hairpin
         if up is not None:
             attrs["up"] = up
         if not attrs:
@@ -300,6 +338,17 @@ class NetlinkKernel:
             self._write(what, lambda: sock.link_set(index, up=False))
             attrs.setdefault("up", was_up)
             self._write(what, lambda: sock.link_set(index, **attrs))
+
+    def sublink_add(
+        self, kind: str, parent: str, mode: str, ns: str, ifname: str, mac: str | None,
+        mtu: int,
+    ) -> None:
+        what = f"create {kind} {ifname} on {parent} in {_ns_label(ns)}"
+        index = self._index("", parent)
+        with self._ns_fd(ns, what) as fd:
+            self._write(
+                what, lambda: self._sock("").sublink_add(kind, index, mode, ifname, mac, mtu, fd)
+            )
 
     def link_del(self, ns: str, ifname: str) -> None:
         what = f"delete {ifname} in {_ns_label(ns)}"

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import os
 
+from reconciler import firewall
 from reconciler.drivers.kernel import ETC_NETNS_DIR, GONE, Kernel
 from reconciler.errors import InternalError, KernelError
 from reconciler.resources import (
     Address,
     Bridge,
+    Firewall,
     HostsFile,
     HostsTable,
     Leftover,
     Netns,
     Resource,
     Route,
+    Sublink,
+    Sysctl,
     Veth,
     owner_alias,
     staging_ifname,
@@ -36,7 +40,11 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
     """Create res. A link is created under a staging name and then marked and
     renamed in one call, so an interruption never leaves an unmarked link under
     a wanted name: only a leftover that the next apply recognises and removes."""
-    if isinstance(res, Netns):
+    if isinstance(res, Firewall):
+        kernel.nft_apply(firewall.commands(res), f"write nftables table inet {res.table}")
+    elif isinstance(res, Sysctl):
+        kernel.sysctl_set(res.name, res.value)
+    elif isinstance(res, Netns):
         kernel.netns_add(res.name, owner_alias(project, "netns", res.name))
         if not res.lo_up:
             kernel.link_set(res.name, LOOPBACK, up=False)
@@ -49,6 +57,8 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
             "", staged, new_name=res.ifname, alias=owner_alias(project, "bridge", res.network),
             mtu=res.mtu, up=res.up,
         )
+        if res.localnet:
+            kernel.sysctl_set(localnet_sysctl(res.ifname), "1")
     elif isinstance(res, Veth):
         host, inner = staging_ifname(project, res.key, "host"), staging_ifname(project, res.key)
         kernel.veth_add(host, res.host_mtu, res.ns, inner, res.mac, res.mtu)
@@ -57,7 +67,16 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
             "", host, new_name=res.host_ifname, alias=alias + "/host",
             master=res.master_ifname, up=res.host_up,
         )
+        if res.isolated or res.hairpin:  # before the container end is up
+            kernel.link_set("", res.host_ifname, isolated=res.isolated or None,
+                            hairpin=res.hairpin or None)
         kernel.link_set(res.ns, inner, new_name=res.ifname, alias=alias, up=res.up)
+    elif isinstance(res, Sublink):
+        staged = staging_ifname(project, res.key)
+        kernel.sublink_add(res.driver, res.parent, res.mode, res.ns, staged, res.mac or None,
+                           res.mtu)
+        alias = owner_alias(project, "sublink", res.container, res.network)
+        kernel.link_set(res.ns, staged, new_name=res.ifname, alias=alias, up=res.up)
     elif isinstance(res, Address):
         kernel.addr_add(res.ns, res.ifname, res.cidr)
     elif isinstance(res, Route):
@@ -70,12 +89,26 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         raise InternalError(f"no create for {res!r}")
 
 
+def localnet_sysctl(ifname: str) -> str:
+    return f"net/ipv4/conf/{ifname}/route_localnet"
+
+
 def update(kernel: Kernel, before: Resource, after: Resource) -> None:
-    if isinstance(before, Netns) and isinstance(after, Netns):
+    if isinstance(before, Firewall) and isinstance(after, Firewall):
+        # The whole table, in one transaction: never half a ruleset.
+        kernel.nft_apply(firewall.commands(after), f"replace nftables table inet {after.table}")
+    elif isinstance(before, Sysctl) and isinstance(after, Sysctl):
+        kernel.sysctl_set(after.name, after.value)
+    elif isinstance(before, Netns) and isinstance(after, Netns):
         kernel.link_set(after.name, LOOPBACK, up=after.lo_up)
     elif isinstance(before, Bridge) and isinstance(after, Bridge):
         _set_link(kernel, "", before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac, after.mac, before.up, after.up)
+        if before.localnet != after.localnet:
+            kernel.sysctl_set(localnet_sysctl(after.ifname), "1" if after.localnet else "0")
+    elif isinstance(before, Sublink) and isinstance(after, Sublink):
+        _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
+                  before.mac or None, after.mac or None, before.up, after.up)
     elif isinstance(before, Veth) and isinstance(after, Veth):
         _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac, after.mac, before.up, after.up)
@@ -86,6 +119,15 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
                 kernel.link_set("", after.host_ifname, nomaster=True)
             else:
                 kernel.link_set("", after.host_ifname, master=after.master_ifname)
+        if after.master_ifname is not None:
+            # A port that changed bridges starts without options.
+            new_port = before.master != after.master
+            options = {
+                name: getattr(after, name) for name in ("isolated", "hairpin")
+                if getattr(after, name) != (getattr(before, name) and not new_port)
+            }
+            if options:
+                kernel.link_set("", after.host_ifname, **options)
     elif isinstance(before, Route) and isinstance(after, Route):
         kernel.route_add(after.ns, after.dst, after.via, after.ifname, replace=True)
     elif isinstance(before, HostsTable) and isinstance(after, HostsTable):
@@ -123,7 +165,12 @@ def delete(kernel: Kernel, res: Resource) -> None:
 
 
 def _delete(kernel: Kernel, res: Resource) -> None:
-    if isinstance(res, Netns):
+    if isinstance(res, Firewall):
+        kernel.nft_apply(firewall.delete_commands(res.table),
+                         f"delete nftables table inet {res.table}")
+    elif isinstance(res, Sysctl):
+        pass  # shared with the machine: never reverted (the planner does not ask)
+    elif isinstance(res, Netns):
         kernel.netns_del(res.name)
     elif isinstance(res, Bridge):
         kernel.link_del("", res.ifname)
@@ -133,6 +180,8 @@ def _delete(kernel: Kernel, res: Resource) -> None:
             kernel.link_del("", res.host_ifname)
         else:
             kernel.link_del(res.ns, res.ifname)
+    elif isinstance(res, Sublink):
+        kernel.link_del(res.ns, res.ifname)
     elif isinstance(res, Address):
         kernel.addr_del(res.ns, res.ifname, res.cidr)
     elif isinstance(res, Route):

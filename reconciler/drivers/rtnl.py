@@ -33,9 +33,14 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINK, IFLA_MTU, IFLA_MASTER = 1, 3, 5, 4, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 18, 20, 28
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33  # MODE: hairpin
+IFLA_MACVLAN_MODE = 1  # u32
+IFLA_IPVLAN_MODE = 1  # u16
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
+IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
@@ -51,6 +56,7 @@ IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type
 ATTR = struct.Struct("=HH")
 U32 = struct.Struct("=I")
+U16 = struct.Struct("=H")
 ERRNO = struct.Struct("=i")
 NLA_TYPE_MASK = 0x3FFF
 
@@ -163,6 +169,7 @@ class Rtnl:
         for msg, offset in self._dump(RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)):
             _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
             ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
+            isolated, hairpin, parent, mode = False, False, None, None
             for key, value in attrs(msg, offset + IFINFO.size):
                 if key == IFLA_IFNAME:
                     ifname = _text(value)
@@ -174,12 +181,22 @@ class Rtnl:
                     alias = _text(value) or None
                 elif key == IFLA_MASTER:
                     master = U32.unpack_from(value)[0] or None
+                elif key == IFLA_LINK:
+                    parent = U32.unpack_from(value)[0] or None
                 elif key == IFLA_LINKINFO:
-                    for sub, subvalue in attrs(bytes(value), 0):
-                        if sub == IFLA_INFO_KIND:
-                            kind = _text(subvalue)
+                    info = dict(attrs(bytes(value), 0))
+                    if IFLA_INFO_KIND in info:
+                        kind = _text(info[IFLA_INFO_KIND])
+                    if IFLA_INFO_DATA in info and kind in ("macvlan", "ipvlan"):
+                        mode = _sublink_mode(kind, bytes(info[IFLA_INFO_DATA]))
+                    if IFLA_INFO_SLAVE_DATA in info:
+                        port = dict(attrs(bytes(info[IFLA_INFO_SLAVE_DATA]), 0))
+                        isolated = bool(port.get(IFLA_BRPORT_ISOLATED, b"\0")[0])
+                        hairpin = bool(port.get(IFLA_BRPORT_MODE, b"\0")[0])
+            if kind not in ("macvlan", "ipvlan"):
+                parent = None  # veths name their peer here
             found.append(LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias,
-                                  master))
+                                  master, isolated, hairpin, parent, mode))
         return found
 
     def index(self, ifname: str) -> int:
@@ -250,10 +267,39 @@ class Rtnl:
                 + attr_u32(IFLA_MTU, mtu) + attr(IFLA_LINKINFO, info))
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
+    def sublink_add(self, kind: str, parent: int, mode: str, ifname: str, mac: str | None,
+                    mtu: int, ns_fd: int) -> None:
+        """A macvlan or ipvlan link on parent, created directly in the namespace ns_fd."""
+        if kind == "macvlan":
+            data = attr_u32(IFLA_MACVLAN_MODE, MACVLAN_MODES[mode])
+        else:
+            data = attr(IFLA_IPVLAN_MODE, U16.pack(IPVLAN_MODES[mode]))
+        info = attr_str(IFLA_INFO_KIND, kind) + attr(IFLA_INFO_DATA, data)
+        body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, ifname)
+                + attr_u32(IFLA_LINK, parent) + attr_u32(IFLA_MTU, mtu)
+                + attr_u32(IFLA_NET_NS_FD, ns_fd) + attr(IFLA_LINKINFO, info))
+        if mac is not None:
+            body += attr(IFLA_ADDRESS, mac_bytes(mac))
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def kind_supported(self, kind: str, probe_name: str) -> bool:
+        """Ask for a link of `kind` without its parent: a kernel without the driver
+        (even after loading modules) answers EOPNOTSUPP; one with it refuses the
+        missing parent with another errno. Nothing is created either way."""
+        body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, probe_name)
+                + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, kind)))
+        try:
+            self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+        except NetlinkError as e:
+            return e.errno != errno.EOPNOTSUPP
+        # Created after all (a kind that needs no parent): take it away again.
+        self.link_del(self.index(probe_name))
+        return True
+
     def link_set(
         self, index: int, *, ifname: str | None = None, mtu: int | None = None,
         mac: str | None = None, up: bool | None = None, master: int | None = None,
-        alias: str | None = None,
+        alias: str | None = None, isolated: bool | None = None, hairpin: bool | None = None,
     ) -> None:
         """Change a link in one message; master=0 releases it from its master."""
         flags = IFF_UP if up else 0
@@ -269,6 +315,17 @@ class Rtnl:
             body += attr_u32(IFLA_MASTER, master)
         if alias is not None:
             body += attr_str(IFLA_IFALIAS, alias)
+        port = b""
+        if isolated is not None:
+            port += attr(IFLA_BRPORT_ISOLATED, bytes([isolated]))
+        if hairpin is not None:
+            port += attr(IFLA_BRPORT_MODE, bytes([hairpin]))
+        if port:
+            # Bridge port options travel as the port's "slave data"; the kernel
+            # applies them before a master in the same message, so a new port
+            # gets them in a second message.
+            body += attr(IFLA_LINKINFO, attr_str(IFLA_INFO_SLAVE_KIND, "bridge")
+                         + attr(IFLA_INFO_SLAVE_DATA, port))
         self.request(RTM_NEWLINK, 0, body)
 
     def link_del(self, index: int) -> None:
@@ -308,6 +365,15 @@ class Rtnl:
         else:
             flags = NLM_F_CREATE | (NLM_F_REPLACE if op == "replace" else NLM_F_EXCL)
             self.request(RTM_NEWROUTE, flags, body)
+
+
+def _sublink_mode(kind: str, data: bytes) -> str | None:
+    table = MACVLAN_MODES if kind == "macvlan" else IPVLAN_MODES
+    for key, value in attrs(data, 0):
+        if key == 1:  # IFLA_MACVLAN_MODE, IFLA_IPVLAN_MODE
+            number = U32.unpack_from(value)[0] if kind == "macvlan" else U16.unpack_from(value)[0]
+            return next((name for name, n in table.items() if n == number), str(number))
+    return None
 
 
 def _strerror(code: int) -> str:

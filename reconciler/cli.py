@@ -17,7 +17,7 @@ from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import ApplyError, NetapplyError, SpecError
 from reconciler.executor import describe
 from reconciler.planner import Action, Change
-from reconciler.resources import fields_json
+from reconciler.resources import fields_json, is_shared
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -104,9 +104,10 @@ class Cli:
     def plan(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
         snap = engine.snapshot(kernel, spec)
         if self.args.output == "json":
-            print(json.dumps(snap.plan.to_json(spec.project), indent=2, sort_keys=True))
+            doc = {**snap.plan.to_json(spec.project), "notes": list(snap.notes)}
+            print(json.dumps(doc, indent=2, sort_keys=True))
         else:
-            self.out.print(render.plan_text(snap.plan, spec.project))
+            self.out.print(render.plan_text(snap.plan, spec.project, snap.notes))
         if self.args.detailed_exitcode and not snap.plan.empty:
             return EXIT_CHANGES
         return EXIT_OK
@@ -119,7 +120,7 @@ class Cli:
 
     def _change(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool) -> int:
         snap = engine.snapshot(kernel, spec, destroy=destroy)
-        self.out.print(render.plan_text(snap.plan, spec.project))
+        self.out.print(render.plan_text(snap.plan, spec.project, snap.notes))
         if snap.plan.empty:
             return EXIT_OK
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
@@ -162,7 +163,8 @@ class Cli:
         return answer.strip() == "yes"
 
     def show(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
-        owned = engine.observe_project(kernel, spec).resources.values()
+        owned = [r for r in engine.observe_project(kernel, spec).resources.values()
+                 if not is_shared(r)]
         if self.args.output == "json":
             resources = [
                 {"kind": str(r.kind), "key": list(r.key), **fields_json(r)} for r in owned

@@ -12,13 +12,15 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from reconciler.errors import Problem, SpecError
+from reconciler import firewall
+from reconciler.errors import MachineError, Problem, SpecError
 from reconciler.model import (
     IFNAMSIZ,
     Attachment,
     Container,
     Driver,
     IPAddress,
+    IPNetwork,
     Network,
     NetworkMode,
     Spec,
@@ -36,6 +38,7 @@ from reconciler.resources import (
     Netns,
     Resource,
     Route,
+    Sublink,
     Veth,
     tables_dir,
 )
@@ -43,7 +46,9 @@ from reconciler.state.observe import ObservedState
 
 DEFAULT_V4 = "0.0.0.0/0"
 DEFAULT_V6 = "::/0"
-SUPPORTED_DRIVERS = (Driver.BRIDGE,)
+SUPPORTED_DRIVERS = (Driver.BRIDGE, Driver.MACVLAN, Driver.IPVLAN)
+SUBLINK_DRIVERS = (Driver.MACVLAN, Driver.IPVLAN)
+LINK_KINDS = {Driver.MACVLAN: "macvlan", Driver.IPVLAN: "ipvlan"}
 
 
 def _digest(*parts: str) -> bytes:
@@ -73,7 +78,8 @@ class Endpoint:
 
     @property
     def key(self) -> Key:
-        return (Kind.VETH, self.container.name, self.network.name)
+        kind = Kind.SUBLINK if self.network.driver in SUBLINK_DRIVERS else Kind.VETH
+        return (kind, self.container.name, self.network.name)
 
     @property
     def mac(self) -> str:
@@ -82,13 +88,25 @@ class Endpoint:
 
 def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
     """The desired state, or SpecError listing every problem at once."""
-    problems = list(_unsupported(spec)) + list(_missing_paths(spec, observed))
+    problems = [*_unsupported(spec), *_missing_paths(spec, observed)]
     if problems:
         raise SpecError(problems)
+    problems = list(_machine_problems(spec, observed))
+    if problems:
+        raise MachineError(problems)
     endpoints = allocate(spec, observed)
-    resources: list[Resource] = []
+    published = list(_published(spec, endpoints))
+    table, forwarding = firewall.build(spec.project, spec.networks.values(), published)
+    resources: list[Resource] = [r for r in (table, forwarding) if r is not None]
+    if table is not None and observed.foreign.nft_error:
+        raise MachineError([Problem(
+            None, f"{observed.foreign.nft_error} (bridge networks need nftables for "
+            "isolation, masquerade and published ports)",
+        )])
+    localnet = firewall.localnet_bridges(published)
     for network in spec.networks.values():
-        resources.extend(_bridge(spec.project, network))
+        if network.driver == Driver.BRIDGE:
+            resources.extend(_bridge(spec.project, network, network.name in localnet))
     by_container: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
         by_container.setdefault(ep.container.name, []).append(ep)
@@ -126,6 +144,64 @@ def _unsupported(spec: Spec) -> Iterator[Problem]:
             )
 
 
+def used_link_kinds(spec: Spec) -> set[str]:
+    """Link kinds beyond bridge and veth that the spec's attachments need."""
+    drivers = {spec.networks[a.network].driver for c in spec.containers.values()
+               if c.network_mode == NetworkMode.BRIDGE for a in c.attachments}
+    return {LINK_KINDS[d] for d in drivers if d in LINK_KINDS}
+
+
+def _machine_problems(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
+    """What this machine lacks for a valid spec, found before any change."""
+    used = used_link_kinds(spec)
+    host_links = {name for ns, name in observed.foreign.links if ns == HOST_NS}
+    for network in spec.networks.values():
+        base = ("networks", network.name)
+        kind = LINK_KINDS.get(network.driver)
+        if kind is not None and kind in used:
+            if kind in observed.missing_kinds:
+                yield Problem(
+                    spec.locate(*base, "driver"),
+                    f"network '{network.name}': the running kernel has no {kind} driver "
+                    f"(module {kind} is neither built in nor loadable); load it or use "
+                    "another driver",
+                )
+            elif network.parent not in host_links:
+                yield Problem(
+                    spec.locate(*base, "parent"),
+                    f"network '{network.name}': parent interface {network.parent} does not "
+                    "exist on this machine",
+                )
+        if network.driver == Driver.BRIDGE:
+            yield from _overlaps(spec, network, observed.foreign.host_nets)
+
+
+def _overlaps(
+    spec: Spec, network: Network, host_nets: tuple[tuple[IPNetwork, str], ...]
+) -> Iterator[Problem]:
+    for subnet, path in ((network.subnet, "subnet"), (network.ipv6_subnet, "ipv6")):
+        if subnet is None:
+            continue
+        for used, what in host_nets:
+            if used.version == subnet.version and used.overlaps(subnet):
+                yield Problem(
+                    spec.locate("networks", network.name, path),
+                    f"network '{network.name}': subnet {subnet} overlaps {what} on this "
+                    "machine, which another network (a LAN or VPN) already uses",
+                )
+                break
+
+
+def _published(spec: Spec, endpoints: list[Endpoint]) -> Iterator[firewall.Published]:
+    by_attachment = {(ep.container.name, ep.network.name): ep for ep in endpoints}
+    for container in spec.containers.values():
+        for port in container.ports:
+            ep = by_attachment.get((container.name, port.network or ""))
+            if ep is None:
+                continue  # the spec checks reported it
+            yield firewall.Published(container.name, port, ep.network, ep.ipv4)
+
+
 def _missing_paths(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
     for container in spec.containers.values():
         if container.netns_path and container.netns_path in observed.missing_paths:
@@ -136,9 +212,10 @@ def _missing_paths(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
             )
 
 
-def _bridge(project: str, network: Network) -> Iterator[Resource]:
+def _bridge(project: str, network: Network, localnet: bool) -> Iterator[Resource]:
     bridge = Bridge(
-        network.name, network.interface, network.mtu, bridge_mac(project, network.name)
+        network.name, network.interface, network.mtu, bridge_mac(project, network.name),
+        localnet=localnet,
     )
     yield bridge
     if network.gateway is not None:
@@ -160,7 +237,37 @@ def _container(
         yield table
         yield HostsFile(container.netns, f"../{tables_dir(spec.project)}/{table.name}")
     for ep in own:
-        veth = Veth(
+        link: Veth | Sublink
+        if ep.network.driver in SUBLINK_DRIVERS:
+            link = _sublink(container, ep, ns)
+        else:
+            link = _veth(spec, container, ep, ns)
+        yield link
+        yield _address(link, ep.ipv4, ep.network.subnet.prefixlen)
+        if ep.ipv6 is not None and ep.network.ipv6_subnet is not None:
+            yield _address(link, ep.ipv6, ep.network.ipv6_subnet.prefixlen)
+    yield from _routes(container, own)
+
+
+def _sublink(container: Container, ep: Endpoint, ns: str) -> Sublink:
+    assert ep.network.parent is not None and ep.network.mode is not None
+    kind = LINK_KINDS[ep.network.driver]
+    return Sublink(
+        container=container.name,
+        network=ep.network.name,
+        ns=ns,
+        ifname=ep.attachment.interface,
+        driver=kind,
+        parent=ep.network.parent,
+        mode=ep.network.mode,
+        mac=ep.mac if kind == "macvlan" else "",
+        mtu=ep.network.mtu,
+        owned_ns=container.netns is not None,
+    )
+
+
+def _veth(spec: Spec, container: Container, ep: Endpoint, ns: str) -> Veth:
+    return Veth(
             container=container.name,
             network=ep.network.name,
             ns=ns,
@@ -170,18 +277,15 @@ def _container(
             host_ifname=host_ifname(spec.project, container.name, ep.network.name),
             host_mtu=ep.network.mtu,
             master=ep.network.name,
+            isolated=not ep.network.icc,
+            hairpin=any(p.network == ep.network.name for p in container.ports),
             owned_ns=container.netns is not None,
             master_ifname=ep.network.interface,
         )
-        yield veth
-        yield _address(veth, ep.ipv4, ep.network.subnet.prefixlen)
-        if ep.ipv6 is not None and ep.network.ipv6_subnet is not None:
-            yield _address(veth, ep.ipv6, ep.network.ipv6_subnet.prefixlen)
-    yield from _routes(container, own)
 
 
-def _address(veth: Veth, ip: IPAddress, prefixlen: int) -> Address:
-    return Address(veth.key, f"{ip}/{prefixlen}", ns=veth.ns, ifname=veth.ifname)
+def _address(link: Veth | Sublink, ip: IPAddress, prefixlen: int) -> Address:
+    return Address(link.key, f"{ip}/{prefixlen}", ns=link.ns, ifname=link.ifname)
 
 
 def _routes(container: Container, own: list[Endpoint]) -> Iterator[Route]:
@@ -304,7 +408,7 @@ def _position(ep: Endpoint) -> int:
 def _observed_addresses(observed: ObservedState) -> dict[Key, list[IPAddress]]:
     kept: dict[Key, list[IPAddress]] = {}
     for res in observed.resources.values():
-        if isinstance(res, Address) and res.link[0] == Kind.VETH:
+        if isinstance(res, Address) and res.link[0] in (Kind.VETH, Kind.SUBLINK):
             kept.setdefault(res.link, []).append(ipaddress.ip_interface(res.cidr).ip)
     return kept
 
@@ -383,6 +487,12 @@ def _collisions(
             )
         elif isinstance(res, Veth):
             yield from _veth_collisions(spec, res, foreign.links, not_owned)
+        elif isinstance(res, Sublink) and (res.ns, res.ifname) in foreign.links:
+            yield Problem(
+                spec.locate("containers", res.container, "networks", res.network),
+                f"container '{res.container}': interface {res.ifname} in its namespace "
+                f"{not_owned}",
+            )
         elif isinstance(res, Route) and (res.ns, res.dst) in foreign.routes:
             container = res.link[1]
             yield Problem(

@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from reconciler import desired as desired_mod
-from reconciler import planner
+from reconciler import managers, planner
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import ConvergenceError, PrivilegeError
 from reconciler.executor import Progress, Result, execute
 from reconciler.model import Spec
 from reconciler.planner import Plan
-from reconciler.resources import Key, Resource
+from reconciler.resources import Firewall, Key, Resource
 from reconciler.state.observe import ObservedState, observe
 
 CAP_NET_ADMIN = 12
@@ -57,6 +57,7 @@ class Snapshot:
     observed: ObservedState
     desired: dict[Key, Resource]
     plan: Plan
+    notes: tuple[str, ...] = ()  # facts about the machine the user should know
 
 
 @contextmanager
@@ -77,13 +78,17 @@ def plan_from(spec: Spec, observed: ObservedState, destroy: bool = False) -> Sna
     """Desired state and plan from an observation (no I/O)."""
     with no_gc_pauses():
         wanted = {} if destroy else desired_mod.build(spec, observed)
-        return Snapshot(observed, wanted, planner.plan(wanted, observed.resources))
+        filtering = any(isinstance(r, Firewall) for r in wanted.values())
+        notes = tuple(managers.notes(observed.foreign)) if filtering else ()
+        return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), notes)
 
 
 def observe_project(kernel: Kernel, spec: Spec) -> ObservedState:
     """What the spec's project owns in the kernel, and the foreign names around it."""
     with no_gc_pauses():
-        return observe(kernel, spec.project, netns_paths(spec))
+        return observe(
+            kernel, spec.project, netns_paths(spec), desired_mod.used_link_kinds(spec)
+        )
 
 
 def snapshot(kernel: Kernel, spec: Spec, destroy: bool = False) -> Snapshot:

@@ -49,6 +49,12 @@ class SpecError(NetapplyError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class MachineError(SpecError):
+    """The spec is valid but this machine cannot carry it out (a kernel driver or
+    the nft command is missing, a parent interface does not exist, a subnet is
+    already in use here). The operator must change the machine, or the spec."""
+
+
 class PrivilegeError(NetapplyError):
     """The process lacks a capability. The user must run it as root (or with CAP_NET_ADMIN)."""
 

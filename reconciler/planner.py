@@ -15,28 +15,35 @@ from typing import Any
 from reconciler.resources import (
     HOST_NS,
     Bridge,
+    Firewall,
     Key,
     Kind,
     Resource,
     State,
+    Sublink,
     Veth,
     diff_fields,
     fields_json,
+    is_shared,
     parking_ifname,
 )
 
 # Creation order by kind. Every dependency points from an earlier kind to a later
 # one (namespace -> link, bridge -> port, link -> address -> route), so sorting by
-# this rank is a topological order; deletes run in the reverse.
+# this rank is a topological order; deletes run in the reverse. The firewall
+# comes first so that isolation holds before any link exists, and forwarding is
+# switched on only once the firewall is in place; on removal the table goes last.
 KIND_ORDER = (
-    Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS_TABLE, Kind.HOSTS,
-    Kind.LEFTOVER,
+    Kind.FIREWALL, Kind.SYSCTL, Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.SUBLINK, Kind.ADDRESS,
+    Kind.ROUTE, Kind.HOSTS_TABLE, Kind.HOSTS, Kind.LEFTOVER,
 )
 RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
 
 # Fields the kernel cannot change in place, with the reason shown in the plan.
+SUBLINK_FIXED = "a macvlan/ipvlan link keeps its namespace, parent and mode"
 REPLACE_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.VETH: {"ns": "a veth end cannot change namespace in place"},
+    Kind.SUBLINK: {name: SUBLINK_FIXED for name in ("ns", "driver", "parent", "mode")},
 }
 
 
@@ -139,7 +146,24 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def rule_changes(before: Resource | None, after: Resource | None) -> list[tuple[str, str]]:
+    """("+" or "-", rule text) for each firewall rule added or removed, in rule
+    order: the rule-level view of a table that is replaced as a whole."""
+    old = before.rules if isinstance(before, Firewall) else ()
+    new = after.rules if isinstance(after, Firewall) else ()
+    gone, added = set(old) - set(new), set(new) - set(old)
+    return [("-", r.text()) for r in old if r in gone] + [("+", r.text()) for r in new
+                                                          if r in added]
+
+
 def _update_reason(before: Resource, after: Resource) -> str:
+    if isinstance(before, Firewall) and isinstance(after, Firewall):
+        changes = rule_changes(before, after)
+        added = sum(1 for sign, _ in changes if sign == "+")
+        parts = [f"{added} rules added", f"{len(changes) - added} removed"]
+        if before.chains != after.chains:
+            parts.append("chains differ")
+        return ", ".join(parts)
     parts = []
     for name, old, new in diff_fields(before, after):
         if name == "content":
@@ -177,6 +201,8 @@ def plan(desired: State, observed: State) -> Plan:
             actions[key] = (Action.CREATE, "not in the kernel")
             continue
         gone_with = _cascaded_by(have, actions, elided, observed)
+        if want is None and is_shared(have):
+            continue  # a machine-wide setting: set while wanted, never reverted
         if want is None:
             if gone_with is None:
                 actions[key] = (Action.DELETE, "not in spec")
@@ -206,6 +232,8 @@ def _link_names(res: Resource) -> list[tuple[str, str, str]]:
         return [(HOST_NS, res.ifname, "ifname")]
     if isinstance(res, Veth):
         return [(res.ns, res.ifname, "ifname"), (HOST_NS, res.host_ifname, "host_ifname")]
+    if isinstance(res, Sublink):
+        return [(res.ns, res.ifname, "ifname")]
     return []
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 from rich.markup import escape
 
-from reconciler.planner import RANK, Action, Change, Plan
-from reconciler.resources import HOST_NS, Resource, ns_label
+from reconciler.planner import RANK, Action, Change, Plan, rule_changes
+from reconciler.resources import HOST_NS, Resource, is_shared, ns_label
 
 SYMBOL = {
     Action.CREATE: ("+", "green"),
@@ -35,13 +35,19 @@ def _grouped(changes: Iterable[Change]) -> dict[str, list[Change]]:
     return {ns: groups[ns] for ns in sorted(groups, key=_group_order)}
 
 
-def plan_text(plan: Plan, project: str) -> str:
+def notes_text(notes: Iterable[str]) -> str:
+    return "\n".join(f"[yellow]note:[/yellow] {escape(note)}" for note in notes)
+
+
+def plan_text(plan: Plan, project: str, notes: Iterable[str] = ()) -> str:
+    shown = notes_text(notes)
     if plan.empty:
-        return (
+        return (shown + "\n" if shown else "") + (
             f"[green]No changes.[/green] The kernel matches the spec of project "
             f"'{escape(project)}'."
         )
-    lines = [f"netapply will perform these actions for project '{escape(project)}':", ""]
+    lines = [shown, ""] if shown else []
+    lines += [f"netapply will perform these actions for project '{escape(project)}':", ""]
     for ns, changes in _grouped(plan.changes).items():
         lines.append(f"  [bold]# {escape(ns_label(ns))}[/bold]")
         for change in changes:
@@ -50,6 +56,10 @@ def plan_text(plan: Plan, project: str) -> str:
                 f"  [{colour}]{escape(symbol):>3} {VERB[change.action]}[/{colour}] "
                 f"{escape(change.title())}  [dim]({escape(change.reason)})[/dim]"
             )
+            if change.action != Action.DELETE:
+                for sign, text in rule_changes(change.before, change.after):
+                    colour = "green" if sign == "+" else "red"
+                    lines.append(f"        [{colour}]{sign} rule {escape(text)}[/{colour}]")
         lines.append("")
     counts = plan.counts()
     lines.append(
@@ -60,7 +70,7 @@ def plan_text(plan: Plan, project: str) -> str:
 
 
 def state_text(resources: Iterable[Resource], project: str) -> str:
-    items = list(resources)
+    items = [r for r in resources if not is_shared(r)]
     if not items:
         return f"Project '{escape(project)}' owns nothing on this machine."
     groups: dict[str, list[Resource]] = {}
@@ -74,9 +84,15 @@ def state_text(resources: Iterable[Resource], project: str) -> str:
     return "\n".join(lines)
 
 
+SHOWN_FIELDS = (
+    "mtu", "mac", "up", "master", "host_ifname", "lo_up", "isolated", "hairpin", "localnet",
+    "mode",
+)
+
+
 def _details(res: Resource) -> str:
     shown = []
     for f in dataclasses.fields(res):
-        if f.compare and f.name in ("mtu", "mac", "up", "master", "host_ifname", "lo_up"):
+        if f.compare and f.name in SHOWN_FIELDS:
             shown.append(f"{f.name}={getattr(res, f.name)}")
     return f"  [dim]{escape(' '.join(shown))}[/dim]" if shown else ""

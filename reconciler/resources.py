@@ -8,11 +8,12 @@ need (the link's current name), not properties the planner diffs.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 Key = tuple[str, ...]
 
@@ -23,9 +24,12 @@ HOSTS_HEADER = "# managed by netapply project "
 
 
 class Kind(StrEnum):
+    FIREWALL = "firewall"
+    SYSCTL = "sysctl"
     NETNS = "netns"
     BRIDGE = "bridge"
     VETH = "veth"
+    SUBLINK = "sublink"
     ADDRESS = "address"
     ROUTE = "route"
     HOSTS_TABLE = "hosts-table"
@@ -117,6 +121,9 @@ class Bridge:
     mtu: int
     mac: str
     up: bool = True
+    # net.ipv4.conf.<bridge>.route_localnet: lets the host reach published ports
+    # through 127.0.0.1 (the DNATed packet leaves with a loopback source).
+    localnet: bool = False
 
     @property
     def key(self) -> Key:
@@ -153,6 +160,10 @@ class Veth:
     master: str | None
     up: bool = True
     host_up: bool = True
+    isolated: bool = False  # bridge port isolation of the host end (icc: false)
+    # The host end may send a frame back where it came from: the container reaches
+    # its own published port through a host address.
+    hairpin: bool = False
     owned_ns: bool = field(default=True, compare=False)  # ns is a Netns of the project
     master_ifname: str | None = field(default=None, compare=False)
 
@@ -171,6 +182,39 @@ class Veth:
 
     def title(self) -> str:
         return f"veth {self.ifname} (container {self.container}, network {self.network})"
+
+
+@dataclass(frozen=True)
+class Sublink:
+    """A macvlan or ipvlan link on a parent interface of the machine, living in
+    the container's namespace. The parent is never changed."""
+
+    kind: ClassVar[Kind] = Kind.SUBLINK
+    container: str
+    network: str
+    ns: str
+    ifname: str
+    driver: str  # "macvlan" or "ipvlan"
+    parent: str  # the parent's name in the host namespace
+    mode: str
+    mac: str  # "" for ipvlan, whose links carry the parent's address
+    mtu: int
+    up: bool = True
+    owned_ns: bool = field(default=True, compare=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.container, self.network)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        if self.owned_ns:
+            return (Dep((Kind.NETNS, self.ns), cascade=False),)
+        return ()
+
+    def title(self) -> str:
+        return (f"{self.driver} {self.ifname} on {self.parent} (container {self.container}, "
+                f"network {self.network})")
 
 
 @dataclass(frozen=True)
@@ -311,7 +355,91 @@ class Leftover:
         return f"leftover link {self.ifname} of an interrupted apply"
 
 
-Resource = Netns | Bridge | Veth | Address | Route | HostsTable | HostsFile | Leftover
+COMMENT_MAX = 128  # nftables' limit on a rule comment
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One nftables rule: its chain, its comment (what it is for, in words) and
+    its expressions as canonical JSON, so that rules compare as strings."""
+
+    chain: str
+    comment: str
+    expr: str
+
+    @staticmethod
+    def of(chain: str, comment: str, expr: list[dict[str, Any]]) -> Rule:
+        return Rule(chain, comment[:COMMENT_MAX], canonical(expr))
+
+    def text(self) -> str:
+        return f"{self.chain}: {self.comment or '(no comment) ' + self.expr}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chain": self.chain, "comment": self.comment, "expr": json.loads(self.expr)}
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """The project's own nftables table (family inet), replaced as a whole in
+    one transaction whenever any chain or rule differs."""
+
+    kind: ClassVar[Kind] = Kind.FIREWALL
+    table: str
+    chains: tuple[str, ...]  # canonical JSON of each base chain, in order
+    rules: tuple[Rule, ...]  # in chain order, then rule order
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.table)
+
+    @property
+    def ns(self) -> str:
+        return HOST_NS
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return ()
+
+    def title(self) -> str:
+        return f"nftables table inet {self.table} ({len(self.rules)} rules)"
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    """A machine-wide setting the spec needs. Shared with everything else on the
+    machine, so netapply sets it but never reverts it (as Docker does)."""
+
+    kind: ClassVar[Kind] = Kind.SYSCTL
+    shared: ClassVar[bool] = True
+    name: str  # path under /proc/sys: "net/ipv4/ip_forward"
+    value: str
+    why: str = field(default="", compare=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.name)
+
+    @property
+    def ns(self) -> str:
+        return HOST_NS
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return ()
+
+    def title(self) -> str:
+        why = f" ({self.why})" if self.why else ""
+        return f"sysctl {self.name.replace('/', '.')} = {self.value}{why}"
+
+
+Resource = (
+    Firewall | Sysctl | Netns | Bridge | Veth | Sublink | Address | Route | HostsTable
+    | HostsFile | Leftover
+)
 State = Mapping[Key, Resource]
 
 
@@ -330,8 +458,15 @@ def fields_json(res: Resource) -> dict[str, object]:
     for f in fields(res):
         if f.compare:
             value = getattr(res, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+            if isinstance(value, tuple):
+                value = [v.to_json() if isinstance(v, Rule) else v for v in value]
+            out[f.name] = value
     return out
+
+
+def is_shared(res: Resource) -> bool:
+    """A machine-wide setting: ensured while wanted, never deleted."""
+    return bool(getattr(res, "shared", False))
 
 
 def state_of(resources: list[Resource]) -> dict[Key, Resource]:

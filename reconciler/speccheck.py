@@ -560,6 +560,11 @@ class Builder:
             port = self._port_value(path, what, f"ports[{i}]", value)
             if port is None:
                 continue
+            if port.host_ip is not None and port.host_ip.version == 6:
+                self.report(path, f"{what}: ports[{i}] host_ip {port.host_ip}: ports are "
+                                  "published on IPv4 host addresses only (netapply does not "
+                                  "NAT IPv6)")
+                continue
             network = self._port_network(path, what, f"ports[{i}]", value, attachments)
             port = replace(port, network=network)
             ports.append(port)

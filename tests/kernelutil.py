@@ -113,6 +113,10 @@ def kernel_snapshot() -> dict[str, Any]:
         snap[f"link:{ns}"] = _without_timers(ip_json(ns, "-d", "link", "show"))
         snap[f"addr:{ns}"] = ip_json(ns, "addr", "show")
         snap[f"route:{ns}"] = ip_json(ns, "route", "show", "table", "all")
+    snap["nft"] = json.loads(subprocess.run(
+        ["nft", "-j", "list", "ruleset"], check=True, capture_output=True, text=True
+    ).stdout)
+    snap["ip_forward"] = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     etc = Path("/etc/netns")
     snap["files"] = sorted(
         (str(p), p.read_text()) for p in etc.rglob("*") if p.is_file()

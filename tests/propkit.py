@@ -6,7 +6,7 @@ import copy
 import errno
 from typing import Any
 
-from reconciler import engine, planner
+from reconciler import engine, firewall, planner
 from reconciler.drivers.kernel import ETC_NETNS_DIR, Kernel
 from reconciler.errors import KernelError
 from reconciler.model import Spec
@@ -18,6 +18,7 @@ from reconciler.resources import (
     Kind,
     Resource,
     Veth,
+    is_shared,
     is_staging_name,
     owner_alias,
 )
@@ -27,6 +28,7 @@ from tests.strategies import PROJECT
 WRITES = frozenset({
     "netns_add", "netns_del", "bridge_add", "veth_add", "link_set", "link_del", "addr_add",
     "addr_del", "route_add", "route_del", "write_file", "write_link", "remove_file",
+    "nft_apply", "sysctl_set", "sublink_add",
 })
 
 
@@ -43,8 +45,24 @@ def destroy(kernel: Kernel, spec: Spec) -> None:
 
 
 def owned(kernel: Kernel, spec: Spec | None = None) -> dict[Key, Resource]:
+    """What the project owns: machine-wide settings it only ensures (IPv4
+    forwarding) are not owned, and stay as they are after a destroy."""
     paths = engine.netns_paths(spec) if spec is not None else []
-    return observe(kernel, PROJECT, paths).resources
+    return {k: r for k, r in observe(kernel, PROJECT, paths).resources.items()
+            if not is_shared(r)}
+
+
+def nft_view(kernel: Kernel, foreign_only: bool) -> list[Any]:
+    """The nftables ruleset without handles (numbers the kernel assigns);
+    with foreign_only, without the project's table."""
+    own = firewall.table_name(PROJECT)
+    out = []
+    for item in kernel.nft_ruleset():
+        ((kind, body),) = item.items()
+        if foreign_only and own in (body.get("table"), body.get("name")):
+            continue
+        out.append({kind: {k: v for k, v in body.items() if k != "handle"}})
+    return out
 
 
 def writes_of(kernel: Kernel, spec: Spec) -> int:
@@ -92,6 +110,7 @@ def foreign_view(kernel: Kernel) -> dict[str, Any]:
         if content is not None and not content.startswith(f"{HOSTS_HEADER}{PROJECT};"):
             files[name] = content
     view["files"] = files
+    view["nft"] = nft_view(kernel, foreign_only=True)
     return view
 
 
@@ -99,13 +118,15 @@ def normalized(kernel: Kernel, random_macs: set[tuple[str, str]]) -> dict[str, A
     """What both kernels must agree on: names, not ifindexes; no kernel-made
     link-local addresses or connected routes; no randomly chosen MACs."""
     out: dict[str, Any] = {"netns": kernel.netns_names()}
+    host_names = {link.index: link.ifname for link in kernel.links("")}
     for ns in ["", *kernel.netns_names()]:
         links = kernel.links(ns)
         names = {link.index: link.ifname for link in links}
         out[f"links {ns}"] = sorted(
             (link.ifname, link.kind, link.mtu,
              None if (ns, link.ifname) in random_macs else link.mac,
-             link.up, link.alias, names.get(link.master) if link.master else None)
+             link.up, link.alias, names.get(link.master) if link.master else None,
+             link.isolated, link.hairpin, link.mode, host_names.get(link.parent or 0))
             for link in links
         )
         out[f"addresses {ns}"] = sorted(
@@ -116,16 +137,23 @@ def normalized(kernel: Kernel, random_macs: set[tuple[str, str]]) -> dict[str, A
             (r.dst, r.via, names.get(r.oif or 0), r.proto) for r in kernel.routes(ns)
             if r.proto != 2 and not r.dst.startswith(("fe80:", "ff00:"))
         )
+    out["nft"] = nft_view(kernel, foreign_only=False)
+    out["ip_forward"] = kernel.sysctl_get("net/ipv4/ip_forward")
     return out
 
 
 def dump(kernel: Kernel, other: Kernel | None = None) -> dict[str, Any]:
-    """normalized() without the MACs either kernel chose at random."""
+    """normalized() without the MACs either kernel chose at random, and without
+    what netapply sets but never reverts."""
     random_macs: set[tuple[str, str]] = set()
     for k in (kernel, other):
         if k is not None and hasattr(k, "random_mac_links"):
             random_macs |= k.random_mac_links()
-    return normalized(kernel, random_macs)
+    out = normalized(kernel, random_macs)
+    # IPv4 forwarding is switched on when a spec needs it and never switched off
+    # (it is the machine's, not the project's): it depends on history by design.
+    del out["ip_forward"]
+    return out
 
 
 def endpoints(resources: dict[Key, Resource]) -> dict[tuple[str, str], tuple[str, ...]]:

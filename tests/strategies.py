@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
 from hypothesis import strategies as st
 
+from reconciler import firewall
 from reconciler import spec as spec_mod
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import KernelError
@@ -21,6 +22,7 @@ from reconciler.model import Spec
 from reconciler.resources import (
     Address,
     Bridge,
+    Firewall,
     HostsFile,
     HostsTable,
     Netns,
@@ -57,6 +59,10 @@ def network_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
         net["interface"] = draw(st.sampled_from([f"br-{index}", f"brx-{index}"]))
     if draw(st.integers(0, 5)) == 0:
         net["internal"] = True
+    elif draw(st.integers(0, 4)) == 0:
+        net["masquerade"] = False
+    if draw(st.integers(0, 3)) == 0:
+        net["icc"] = False
     return net
 
 
@@ -103,6 +109,13 @@ def spec_dicts(draw: st.DrawFn, min_containers: int = 0) -> dict[str, Any]:
         if draw(st.integers(0, 3)) == 0:
             subnet = ipaddress.ip_network(networks[attached[0]]["subnet"])
             container["routes"] = [{"to": "10.99.0.0/16", "via": str(subnet[254])}]
+        if outward and draw(st.integers(0, 2)) == 0:
+            # Each container its own host port, so that no two clash.
+            published = 8000 + CONTAINERS.index(cname)
+            container["ports"] = [draw(st.sampled_from([
+                f"{published}:80", f"127.0.0.1:{published}:80/udp",
+                {"published": published, "target": 443, "network": outward[-1]},
+            ]))]
         containers[cname] = container
     return {"version": 1, "project": PROJECT, "networks": networks, "containers": containers}
 
@@ -160,8 +173,11 @@ class ForeignPlan:
     netns_hosts_file: bool
     address: bool
     route_in_netns: bool
+    nft_table: bool = False
 
     def make(self, kernel: Kernel) -> None:
+        if self.nft_table:
+            kernel.nft_apply(FOREIGN_TABLE, "make a foreign table")
         if self.bridge:
             kernel.bridge_add("fx-br", "02:fa:00:00:00:01")
             kernel.link_set("", "fx-br", up=True, alias="someone else's")
@@ -181,8 +197,16 @@ class ForeignPlan:
             kernel.write_file(f"/etc/netns/{FOREIGN_NETNS}/hosts", "127.0.0.1 localhost\n")
 
 
+FOREIGN_TABLE: list[dict[str, Any]] = [
+    {"add": {"table": {"family": "inet", "name": "fx"}}},
+    {"add": {"chain": {"family": "inet", "table": "fx", "name": "fwd", "type": "filter",
+                       "hook": "forward", "prio": 0, "policy": "accept"}}},
+    {"add": {"rule": {"family": "inet", "table": "fx", "chain": "fwd",
+                      "comment": "someone else's", "expr": [{"accept": None}]}}},
+]
+
 foreign_plans = st.builds(ForeignPlan, st.booleans(), st.booleans(), st.booleans(),
-                          st.booleans(), st.booleans())
+                          st.booleans(), st.booleans(), st.booleans())
 
 
 # ---- drift --------------------------------------------------------------------------
@@ -204,10 +228,12 @@ class Drift:
 
 
 DRIFTS: dict[type, list[str]] = {
+    Firewall: ["delete", "drop a rule", "add a rule"],
     Netns: ["delete", "loopback down"],
-    Bridge: ["delete", "mtu", "down", "rename"],
+    Bridge: ["delete", "mtu", "down", "rename", "localnet toggled"],
     Veth: ["delete host end", "delete container end", "mtu", "mac", "down", "rename",
-           "detach", "add address", "host end down", "host end mtu", "host end rename"],
+           "detach", "add address", "host end down", "host end mtu", "host end rename",
+           "isolation toggled", "hairpin toggled"],
     Address: ["delete"],
     Route: ["delete"],
     HostsFile: ["delete"],
@@ -216,7 +242,16 @@ DRIFTS: dict[type, list[str]] = {
 
 
 def _drift(kernel: Kernel, what: str, res: Resource) -> None:
-    if isinstance(res, Netns):
+    if isinstance(res, Firewall):
+        if what == "delete":
+            kernel.nft_apply(firewall.delete_commands(res.table), "drift")
+        elif what == "drop a rule":
+            kernel.nft_apply(firewall.commands(replace(res, rules=res.rules[1:])), "drift")
+        else:
+            rule = {"family": "inet", "table": res.table, "chain": "forward",
+                    "expr": [{"accept": None}]}
+            kernel.nft_apply([{"add": {"rule": rule}}], "drift")
+    elif isinstance(res, Netns):
         if what == "delete":
             kernel.netns_del(res.name)
         else:
@@ -227,6 +262,8 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
             "mtu": lambda: kernel.link_set("", res.ifname, mtu=1300),
             "down": lambda: kernel.link_set("", res.ifname, up=False),
             "rename": lambda: kernel.link_set("", res.ifname, new_name="br-drift"),
+            "localnet toggled": lambda: kernel.sysctl_set(
+                f"net/ipv4/conf/{res.ifname}/route_localnet", "0" if res.localnet else "1"),
         }[what]()
     elif isinstance(res, Veth):
         {
@@ -241,6 +278,10 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
             "host end down": lambda: kernel.link_set("", res.host_ifname, up=False),
             "host end mtu": lambda: kernel.link_set("", res.host_ifname, mtu=1280),
             "host end rename": lambda: kernel.link_set("", res.host_ifname, new_name="vdrift"),
+            "isolation toggled": lambda: kernel.link_set("", res.host_ifname,
+                                                         isolated=not res.isolated),
+            "hairpin toggled": lambda: kernel.link_set("", res.host_ifname,
+                                                       hairpin=not res.hairpin),
         }[what]()
     elif isinstance(res, Address):
         kernel.addr_del(res.ns, res.ifname, res.cidr)

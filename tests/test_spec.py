@@ -217,7 +217,7 @@ def test_container_defaults() -> None:
               back: {}
               front:
               mesh: {interface: eth1}
-            ports: ["8080:80", "[::1]:53:53/udp", "10.0.0.1:22:22"]
+            ports: ["8080:80", "127.0.0.1:53:53/udp", "10.0.0.1:22:22"]
           sidecar: {netns_path: /proc/42/ns/net, networks: [front]}
           lonely: {}
         """)
@@ -231,7 +231,7 @@ def test_container_defaults() -> None:
     ]
     assert app.default_route == "front"  # back is internal
     assert [p.network for p in app.ports] == ["front", "front", "front"]
-    assert app.ports[1] == Port(53, 53, "udp", ipaddress.ip_address("::1"), "front")
+    assert app.ports[1] == Port(53, 53, "udp", ipaddress.ip_address("127.0.0.1"), "front")
     sidecar = loaded.containers["sidecar"]
     assert (sidecar.netns, sidecar.netns_path, sidecar.ns) == (
         None,

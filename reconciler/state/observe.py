@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from reconciler import firewall, model
 from reconciler.drivers.kernel import ETC_NETNS_DIR, AddrInfo, Kernel, LinkInfo
 from reconciler.drivers.ops import LOOPBACK, hosts_path
 from reconciler.errors import KernelError
@@ -21,6 +22,7 @@ from reconciler.resources import (
     RTPROT_NETAPPLY,
     Address,
     Bridge,
+    Firewall,
     HostsFile,
     HostsTable,
     Key,
@@ -29,7 +31,11 @@ from reconciler.resources import (
     Netns,
     Resource,
     Route,
+    Rule,
+    Sublink,
+    Sysctl,
     Veth,
+    canonical,
     is_staging_name,
     owner_alias,
     tables_dir,
@@ -40,6 +46,15 @@ UNSEEN_NS = "?"
 
 
 @dataclass(frozen=True)
+class NftChain:
+    family: str
+    table: str
+    name: str
+    hook: str | None
+    policy: str | None
+
+
+@dataclass(frozen=True)
 class Foreign:
     """Names taken by objects the project does not own."""
 
@@ -47,6 +62,12 @@ class Foreign:
     netns: frozenset[str] = frozenset()
     hosts: frozenset[str] = frozenset()  # netns names with an unmanaged hosts file
     routes: frozenset[tuple[str, str]] = frozenset()  # (ns, dst)
+    # Networks the machine already reaches (a LAN, a VPN): (network, what it is),
+    # from routes and addresses of the host namespace that are not the project's.
+    host_nets: tuple[tuple[model.IPNetwork, str], ...] = ()
+    nft_tables: tuple[tuple[str, str], ...] = ()  # (family, name), the project's excepted
+    nft_chains: tuple[NftChain, ...] = ()
+    nft_error: str | None = None  # why the ruleset could not be read (no nft command)
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,7 @@ class ObservedState:
     resources: dict[Key, Resource]
     foreign: Foreign = field(default_factory=Foreign)
     missing_paths: frozenset[str] = frozenset()
+    missing_kinds: frozenset[str] = frozenset()  # link kinds this kernel cannot make
 
 
 @dataclass
@@ -74,6 +96,8 @@ class _Scan:
     foreign_links: set[tuple[str, str]] = field(default_factory=set)
     foreign_netns: set[str] = field(default_factory=set)
     foreign_routes: set[tuple[str, str]] = field(default_factory=set)
+    host_nets: list[tuple[model.IPNetwork, str]] = field(default_factory=list)
+    host_names: dict[int, str] = field(default_factory=dict)
 
     def alias_parts(self, link: LinkInfo) -> list[str] | None:
         prefix = owner_alias(self.project) + "/"
@@ -90,12 +114,23 @@ class _Scan:
         return True
 
 
-def observe(kernel: Kernel, project: str, paths: Iterable[str] = ()) -> ObservedState:
+SYSCTLS = (firewall.IP_FORWARD,)
+
+
+def observe(
+    kernel: Kernel, project: str, paths: Iterable[str] = (), kinds: Iterable[str] = ()
+) -> ObservedState:
     """Read the project's objects. `paths` are netns_path namespaces from the spec,
     which cannot be discovered from the kernel alone (their veths can: the host
-    end is in the host namespace, and deleting it removes the pair)."""
+    end is in the host namespace, and deleting it removes the pair). `kinds` are
+    link kinds the spec needs, checked for support without making a link."""
     scan = _Scan(project, kernel)
     _scan_host(scan)
+    for name in SYSCTLS:
+        value = kernel.sysctl_get(name)
+        if value is not None:
+            scan.resources[(Kind.SYSCTL, name)] = Sysctl(name, value)
+    nft = _scan_nft(scan)
     for name in kernel.netns_names():
         try:
             links = kernel.links(name)
@@ -123,8 +158,13 @@ def observe(kernel: Kernel, project: str, paths: Iterable[str] = ()) -> Observed
             netns=frozenset(scan.foreign_netns),
             hosts=frozenset(foreign_hosts),
             routes=frozenset(scan.foreign_routes),
+            host_nets=tuple(scan.host_nets),
+            nft_tables=nft.tables,
+            nft_chains=nft.chains,
+            nft_error=nft.error,
         ),
         missing_paths=frozenset(missing),
+        missing_kinds=frozenset(k for k in set(kinds) if not kernel.link_kind_supported(k)),
     )
 
 
@@ -136,7 +176,8 @@ def _scan_host(scan: _Scan) -> None:
     for link in links:
         parts = scan.alias_parts(link)
         if parts and parts[0] == "bridge" and len(parts) == 2 and link.kind == "bridge":
-            bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up)
+            localnet = scan.kernel.sysctl_get(f"net/ipv4/conf/{link.ifname}/route_localnet")
+            bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up, localnet == "1")
             scan.resources[bridge.key] = bridge
             owned[link.index] = bridge.key
             bridges[link.index] = parts[1]
@@ -149,7 +190,78 @@ def _scan_host(scan: _Scan) -> None:
         if master:
             end.master = bridges.get(master, "?" + names.get(master, str(master)))
             end.master_ifname = names.get(master)
-    _scan_addresses(scan, HOST_NS, owned, names, scan.kernel.addresses(HOST_NS))
+    scan.host_names = names
+    infos = scan.kernel.addresses(HOST_NS)
+    _scan_addresses(scan, HOST_NS, owned, names, infos)
+    ours = set(owned) | {end.link.index for end in scan.host_ends.values()}
+    _scan_host_nets(scan, ours, names, infos)
+
+
+def _scan_host_nets(
+    scan: _Scan, owned: set[int], names: dict[int, str], infos: list[AddrInfo]
+) -> None:
+    """What the machine reaches through interfaces that are not the project's."""
+    for info in infos:
+        iface = ipaddress.ip_interface(info.cidr)
+        if info.index not in owned and not _special(iface.network):
+            where = names.get(info.index, str(info.index))
+            scan.host_nets.append((iface.network, f"address {iface} on {where}"))
+    for route in scan.kernel.routes(HOST_NS):
+        net = ipaddress.ip_network(route.dst)
+        if (route.oif is not None and route.oif in owned) or net.prefixlen == 0 or _special(net):
+            continue
+        what = f"route {route.dst}"
+        if route.via:
+            what += f" via {route.via}"
+        if route.oif is not None:
+            what += f" dev {names.get(route.oif, route.oif)}"
+        scan.host_nets.append((net, what))
+
+
+def _special(net: model.IPNetwork) -> bool:
+    return net.is_loopback or net.is_link_local or net.is_multicast
+
+
+@dataclass(frozen=True)
+class _Nft:
+    tables: tuple[tuple[str, str], ...] = ()
+    chains: tuple[NftChain, ...] = ()
+    error: str | None = None
+
+
+def _scan_nft(scan: _Scan) -> _Nft:
+    """The project's table as a Firewall resource; other tables by name."""
+    try:
+        items = scan.kernel.nft_ruleset()
+    except KernelError as e:
+        return _Nft(error=str(e))
+    own = (firewall.FAMILY, firewall.table_name(scan.project))
+    found = False
+    shape: list[str] = []  # chains, and anything else someone put into the table
+    rules: list[Rule] = []
+    tables: list[tuple[str, str]] = []
+    chains: list[NftChain] = []
+    for item in items:
+        ((kind, body),) = item.items()
+        table = (body.get("family", ""), body.get("table", body.get("name", "")))
+        if kind == "table":
+            if table == own:
+                found = True
+            else:
+                tables.append(table)
+        elif table != own:
+            if kind == "chain":
+                chains.append(NftChain(*table, body.get("name", ""), body.get("hook"),
+                                       body.get("policy")))
+        elif kind == "rule":
+            rules.append(Rule(body.get("chain", ""), body.get("comment", ""),
+                              canonical(body.get("expr", []))))
+        else:
+            shape.append(canonical({k: v for k, v in body.items() if k != "handle"}))
+    if found:
+        res = Firewall(own[1], tuple(shape), tuple(rules))
+        scan.resources[res.key] = res
+    return _Nft(tuple(tables), tuple(chains))
 
 
 def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bool) -> None:
@@ -159,6 +271,15 @@ def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bo
         if parts and parts[0] == "veth" and len(parts) == 3:
             scan.inner_ends[(parts[1], parts[2])] = _End(ns, link)
             owned[link.index] = (Kind.VETH, parts[1], parts[2])
+        elif parts and parts[0] == "sublink" and len(parts) == 3 and link.kind:
+            sublink = Sublink(
+                parts[1], parts[2], ns, link.ifname, link.kind,
+                scan.host_names.get(link.parent or 0, "?"), link.mode or "",
+                link.mac if link.kind == "macvlan" else "", link.mtu, link.up,
+                owned_ns=owned_ns,
+            )
+            scan.resources[sublink.key] = sublink
+            owned[link.index] = sublink.key
         elif link.ifname != LOOPBACK and not scan.leftover(ns, link, owned_ns):
             scan.foreign_links.add((ns, link.ifname))
     names = {link.index: link.ifname for link in links}
@@ -218,6 +339,8 @@ def _pair_veths(scan: _Scan) -> None:
             master_ifname=host.master_ifname if host else None,
             up=inner.link.up if inner else False,
             host_up=host.link.up if host else False,
+            isolated=host.link.isolated if host else False,
+            hairpin=host.link.hairpin if host else False,
             owned_ns=inner is not None and inner.ns in netns_owned,
         )
         scan.resources[veth.key] = veth

@@ -1,0 +1,233 @@
+"""Docker's bridge-network semantics as one nftables table per project (pure).
+
+The table `inet netapply-<project>` holds every rule the project needs; it is
+written as a whole in one transaction, so the kernel never holds half a
+ruleset. Rules are built as nftables JSON (the form `nft -j list` prints back,
+so desired and observed compare as canonical strings).
+
+What the rules do, per bridge network (Docker's behaviour, as in its
+DOCKER-ISOLATION chains, its MASQUERADE rule and its DNAT rules):
+- nothing from other interfaces enters the network, except replies to its own
+  connections and published ports; so networks (of this project or of
+  others, and the outside) cannot reach its containers;
+- published ports: DNAT from host addresses (prerouting, for other machines,
+  other networks and the network's own containers, which are masqueraded so
+  that replies come back through the host; output, for the host itself).
+  127.0.0.1 works because the bridge has route_localnet and loopback sources
+  are masqueraded onto it; packets from other machines to 127.0.0.0/8 are
+  never rewritten, so a port published on 127.0.0.1 stays local;
+- internal: nothing leaves the network either, and nothing enters;
+- icc false: no routed traffic between its containers (bridged traffic is cut
+  by bridge port isolation on the veths, see desired.py);
+- masquerade: traffic from the subnet that leaves through another interface
+  gets the outgoing interface's address.
+Rules match interface names, which need no interface to exist, so the table
+can be written before the bridges it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.model import Driver, IPAddress, Network, Port
+from reconciler.resources import Firewall, Rule, Sysctl, canonical
+
+FAMILY = "inet"
+IP_FORWARD = "net/ipv4/ip_forward"
+PRIO_FILTER, PRIO_DSTNAT, PRIO_SRCNAT = 0, -100, 100
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    type: str
+    hook: str
+    prio: int
+
+    def json(self, table: str) -> dict[str, Any]:
+        return {
+            "family": FAMILY, "table": table, "name": self.name, "type": self.type,
+            "hook": self.hook, "prio": self.prio, "policy": "accept",
+        }
+
+
+FORWARD = Chain("forward", "filter", "forward", PRIO_FILTER)
+PREROUTING = Chain("prerouting", "nat", "prerouting", PRIO_DSTNAT)
+OUTPUT = Chain("output", "nat", "output", PRIO_DSTNAT)
+POSTROUTING = Chain("postrouting", "nat", "postrouting", PRIO_SRCNAT)
+CHAINS = (FORWARD, PREROUTING, OUTPUT, POSTROUTING)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A published port with the container address it leads to."""
+
+    container: str
+    port: Port
+    network: Network
+    ipv4: IPAddress
+
+
+def table_name(project: str) -> str:
+    return f"netapply-{project}"
+
+
+def chain_key(table: str, chain: Chain) -> str:
+    """A chain as compared: its listing without the handle nft adds."""
+    return canonical(chain.json(table))
+
+
+def build(
+    project: str, networks: Iterable[Network], published: Iterable[Published]
+) -> tuple[Firewall | None, Sysctl | None]:
+    """The project's table and the IPv4 forwarding it needs, or None for each
+    when no bridge network asks for them."""
+    bridges = [n for n in networks if n.driver == Driver.BRIDGE]
+    if not bridges:
+        return None, None
+    table = table_name(project)
+    ports = list(published)
+    rules = list(_forward(bridges, ports)) + list(_dnat(ports)) + list(_postrouting(bridges, ports))
+    order = {chain.name: i for i, chain in enumerate(CHAINS)}
+    rules.sort(key=lambda r: order[r.chain])  # stable: keeps the order within a chain
+    firewall = Firewall(table, tuple(chain_key(table, c) for c in CHAINS), tuple(rules))
+    routed = [n.name for n in bridges if not n.internal]
+    forwarding = None
+    if routed:
+        forwarding = Sysctl(
+            IP_FORWARD, "1", why="IPv4 forwarding, for network " + ", ".join(routed)
+        )
+    return firewall, forwarding
+
+
+def localnet_bridges(published: Iterable[Published]) -> set[str]:
+    """Networks whose bridge must accept loopback-sourced packets (route_localnet):
+    those with a port the host can reach through 127.0.0.1."""
+    return {p.network.name for p in published if _reaches_loopback(p.port.host_ip)}
+
+
+def _reaches_loopback(host_ip: IPAddress | None) -> bool:
+    return host_ip is None or (host_ip.version == 4 and (host_ip.is_unspecified or
+                                                         host_ip.is_loopback))
+
+
+# ---- expressions ----------------------------------------------------------------
+
+
+def _meta(key: str, value: str, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}}
+
+
+def _payload(protocol: str, field: str, value: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"payload": {"protocol": protocol, "field": field}},
+                      "right": value}}
+
+
+def _prefix(network: Any) -> dict[str, Any]:
+    return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+
+
+def _ct(key: str, value: Any) -> dict[str, Any]:
+    return {"match": {"op": "in", "left": {"ct": {"key": key}}, "right": value}}
+
+
+ACCEPT: dict[str, Any] = {"accept": None}
+DROP: dict[str, Any] = {"drop": None}
+MASQUERADE: dict[str, Any] = {"masquerade": None}
+NOT_LOOPBACK = {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                          "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}
+LOCAL_DADDR = {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}},
+                         "right": "local"}}
+
+
+# ---- rules ------------------------------------------------------------------------
+
+
+def _forward(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
+    with_ports = {p.network.name for p in ports}
+    for net in bridges:
+        dev, name = net.interface, net.name
+        into = [_meta("oifname", dev), _meta("iifname", dev, "!=")]
+        if not net.icc:
+            yield Rule.of(FORWARD.name, f"{name}: icc off, no routing between its containers",
+                          [_meta("iifname", dev), _meta("oifname", dev), DROP])
+        if net.internal:
+            yield Rule.of(FORWARD.name, f"{name}: internal, nothing leaves",
+                          [_meta("iifname", dev), _meta("oifname", dev, "!="), DROP])
+            yield Rule.of(FORWARD.name, f"{name}: internal, nothing enters", [*into, DROP])
+            continue
+        yield Rule.of(FORWARD.name, f"{name}: replies to its own connections",
+                      [*into, _ct("state", ["established", "related"]), ACCEPT])
+        if name in with_ports:
+            yield Rule.of(FORWARD.name, f"{name}: published ports",
+                          [*into, _ct("status", "dnat"), ACCEPT])
+        yield Rule.of(FORWARD.name, f"{name}: nothing else enters", [*into, DROP])
+
+
+def _dnat(ports: list[Published]) -> Iterator[Rule]:
+    """IPv4 only: netapply does not NAT IPv6 (desired.py refuses an IPv6 host_ip)."""
+    for p in ports:
+        port = p.port
+        match = [LOCAL_DADDR]
+        if port.host_ip is not None and not port.host_ip.is_unspecified:
+            match.append(_payload("ip", "daddr", str(port.host_ip)))
+        match.append(_payload(port.protocol, "dport", port.published))
+        action = {"dnat": {"family": "ip", "addr": str(p.ipv4), "port": port.target}}
+        on = f"{port.host_ip}:" if port.host_ip is not None else ""
+        what = f"{p.container}: publish {on}{port.published}/{port.protocol} -> {port.target}"
+        if not _loopback_only(port.host_ip):
+            # Packets from other machines to 127.0.0.0/8 are martians; without this
+            # match, DNAT would rewrite them before the kernel drops them, and a
+            # port published on 127.0.0.1 would be open to the LAN.
+            yield Rule.of(PREROUTING.name, what, [NOT_LOOPBACK, *match, action])
+        yield Rule.of(OUTPUT.name, f"{what}, from this host", [*match, action])
+
+
+def _loopback_only(host_ip: IPAddress | None) -> bool:
+    return host_ip is not None and host_ip.is_loopback
+
+
+def _postrouting(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
+    localnet = localnet_bridges(ports)
+    with_ports = {p.network.name for p in ports}
+    for net in bridges:
+        dev = net.interface
+        if net.masquerade:
+            yield Rule.of(POSTROUTING.name, f"{net.name}: masquerade traffic leaving it",
+                          [_payload("ip", "saddr", _prefix(net.subnet)),
+                           _meta("oifname", dev, "!="), MASQUERADE])
+        if net.name in with_ports:
+            # A container reaching a published port of its own network through a
+            # host address (hairpin): without SNAT the reply would bypass the host.
+            yield Rule.of(POSTROUTING.name, f"{net.name}: published ports reached from inside",
+                          [_payload("ip", "saddr", _prefix(net.subnet)), _meta("oifname", dev),
+                           _ct("status", "dnat"), MASQUERADE])
+        if net.name in localnet:
+            yield Rule.of(POSTROUTING.name, f"{net.name}: published ports reached via 127.0.0.1",
+                          [_payload("ip", "saddr", {"prefix": {"addr": "127.0.0.0", "len": 8}}),
+                           _meta("oifname", dev), MASQUERADE])
+
+
+def commands(firewall: Firewall) -> list[dict[str, Any]]:
+    """Replace the table in one transaction: adding it first makes the delete
+    succeed whether or not it existed."""
+    table = {"family": FAMILY, "name": firewall.table}
+    out: list[dict[str, Any]] = [
+        {"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}},
+    ]
+    for chain in CHAINS:
+        out.append({"add": {"chain": chain.json(firewall.table)}})
+    for rule in firewall.rules:
+        body = {"family": FAMILY, "table": firewall.table, "chain": rule.chain,
+                "expr": rule.to_json()["expr"]}
+        if rule.comment:
+            body["comment"] = rule.comment
+        out.append({"add": {"rule": body}})
+    return out
+
+
+def delete_commands(table: str) -> list[dict[str, Any]]:
+    body = {"family": FAMILY, "name": table}
+    return [{"add": {"table": body}}, {"delete": {"table": body}}]

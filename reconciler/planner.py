@@ -136,11 +136,16 @@ def _order(key: Key) -> tuple[int, Key]:
     return (RANK[Kind(key[0])], key)
 
 
-def _fmt(value: object) -> str:
+UP_FIELDS = frozenset({"up", "host_up", "lo_up"})
+
+
+def _fmt(value: object, name: str = "") -> str:
     if value is None:
         return "none"
-    if isinstance(value, bool):
+    if isinstance(value, bool) and name in UP_FIELDS:
         return "up" if value else "down"
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, tuple):
         return "/".join(value)
     return str(value)
@@ -160,7 +165,7 @@ def _update_reason(before: Resource, after: Resource) -> str:
     if isinstance(before, Firewall) and isinstance(after, Firewall):
         changes = rule_changes(before, after)
         added = sum(1 for sign, _ in changes if sign == "+")
-        parts = [f"{added} rules added", f"{len(changes) - added} removed"]
+        parts = [f"rules: {added} added, {len(changes) - added} removed"]
         if before.chains != after.chains:
             parts.append("chains differ")
         return ", ".join(parts)
@@ -169,7 +174,7 @@ def _update_reason(before: Resource, after: Resource) -> str:
         if name == "content":
             parts.append("content differs")
         else:
-            parts.append(f"{name} {_fmt(old)} -> {_fmt(new)}")
+            parts.append(f"{name} {_fmt(old, name)} -> {_fmt(new, name)}")
     return ", ".join(parts)
 
 
@@ -181,7 +186,7 @@ def _replace_reason(before: Resource, after: Resource) -> str | None:
     rules = REPLACE_FIELDS.get(before.kind, {})
     for name, old, new in diff_fields(before, after):
         if name in rules:
-            return f"{rules[name]} ({_fmt(old)} -> {_fmt(new)})"
+            return f"{rules[name]} ({_fmt(old, name)} -> {_fmt(new, name)})"
     return None
 
 

@@ -870,6 +870,16 @@ INVALID = {
             " by container 'a'"
         ],
     ),
+    "port on an IPv6 host address": (
+        with_nets("containers:\n  a: {networks: [front], ports: ['[::1]:80:80', "
+                  "{published: 81, target: 80, host_ip: '::'}]}\n"),
+        [
+            "s.yaml:7:34: container 'a': ports[0] host_ip ::1: ports are published on IPv4 host"
+            " addresses only (netapply does not NAT IPv6)",
+            "s.yaml:7:49: container 'a': ports[1] host_ip ::: ports are published on IPv4 host"
+            " addresses only (netapply does not NAT IPv6)",
+        ],
+    ),
     "port short syntax": (
         with_nets("containers:\n  a: {networks: [front], ports: ['80', '1:2/sctp', '0:80']}\n"),
         [

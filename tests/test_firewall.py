@@ -1,0 +1,145 @@
+"""The firewall's desired rules and their plan, on plain values (no kernel)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from reconciler import desired, engine, planner, render
+from reconciler.drivers.memory import MemoryKernel
+from reconciler.errors import KernelError, MachineError
+from reconciler.resources import Bridge, Firewall, Kind, Sysctl, Veth
+from reconciler.spec import load_text
+from reconciler.state.observe import Foreign, ObservedState
+
+SPEC = """\
+version: 1
+project: shop
+networks:
+  front: {subnet: 172.30.1.0/24, interface: br-front}
+  back: {subnet: 172.30.2.0/24, interface: br-back, internal: true}
+containers:
+  web:
+    networks: [front]
+    ports: ["8080:80", "127.0.0.1:8081:80/udp"]
+  db:
+    networks: [back]
+"""
+EMPTY = ObservedState({})
+
+
+def build(text: str = SPEC, observed: ObservedState = EMPTY) -> dict[tuple[str, ...], object]:
+    return dict(desired.build(load_text(text, "shop.yaml"), observed))
+
+
+def table(state: dict[tuple[str, ...], object]) -> Firewall:
+    found = state[(Kind.FIREWALL, "netapply-shop")]
+    assert isinstance(found, Firewall)
+    return found
+
+
+def comments(fw: Firewall) -> list[str]:
+    return [rule.text() for rule in fw.rules]
+
+
+def test_rules_follow_docker_per_network() -> None:
+    assert comments(table(build())) == [
+        "forward: front: replies to its own connections",
+        "forward: front: published ports",
+        "forward: front: nothing else enters",
+        "forward: back: internal, nothing leaves",
+        "forward: back: internal, nothing enters",
+        "prerouting: web: publish 8080/tcp -> 80",
+        "output: web: publish 8080/tcp -> 80, from this host",
+        "output: web: publish 127.0.0.1:8081/udp -> 80, from this host",
+        "postrouting: front: masquerade traffic leaving it",
+        "postrouting: front: published ports reached from inside",
+        "postrouting: front: published ports reached via 127.0.0.1",
+    ]
+
+
+def test_a_port_on_127_0_0_1_is_never_rewritten_from_outside() -> None:
+    prerouting = [r for r in table(build()).rules if r.chain == "prerouting"]
+    assert len(prerouting) == 1  # none for the port published on 127.0.0.1
+    first = json.loads(prerouting[0].expr)[0]
+    assert first == {"match": {"op": "!=", "left": {"payload": {"protocol": "ip",
+                                                                "field": "daddr"}},
+                               "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}
+
+
+def test_forwarding_localnet_and_port_flags() -> None:
+    state = build(SPEC.replace("front: {subnet: 172.30.1.0/24,",
+                               "front: {icc: false, subnet: 172.30.1.0/24,"))
+    forwarding = state[(Kind.SYSCTL, "net/ipv4/ip_forward")]
+    assert isinstance(forwarding, Sysctl) and forwarding.value == "1"
+    assert forwarding.title() == (
+        "sysctl net.ipv4.ip_forward = 1 (IPv4 forwarding, for network front)"
+    )
+    front, back = state[(Kind.BRIDGE, "front")], state[(Kind.BRIDGE, "back")]
+    assert isinstance(front, Bridge) and isinstance(back, Bridge)
+    assert (front.localnet, back.localnet) == (True, False)
+    web, db = state[(Kind.VETH, "web", "front")], state[(Kind.VETH, "db", "back")]
+    assert isinstance(web, Veth) and isinstance(db, Veth)
+    assert (web.isolated, web.hairpin) == (True, True)
+    assert (db.isolated, db.hairpin) == (False, False)
+    assert "forward: front: icc off, no routing between its containers" in comments(table(state))
+
+
+def test_internal_networks_only_need_no_forwarding() -> None:
+    state = build(SPEC.replace("  front: {subnet: 172.30.1.0/24, interface: br-front}\n", "")
+                  .replace("    networks: [front]\n    ports: [\"8080:80\", "
+                           "\"127.0.0.1:8081:80/udp\"]\n", "    networks: [back]\n"))
+    assert (Kind.SYSCTL, "net/ipv4/ip_forward") not in state
+    assert comments(table(state)) == [
+        "forward: back: internal, nothing leaves", "forward: back: internal, nothing enters",
+    ]
+
+
+def test_no_bridge_network_no_table() -> None:
+    observed = ObservedState({}, Foreign(links=frozenset({("", "eth1")})))
+    state = build(observed=observed, text=(
+        "version: 1\nproject: shop\nnetworks:\n  lan: {driver: macvlan, parent: eth1,"
+        " subnet: 192.168.50.0/24}\ncontainers:\n  web: {networks: [lan]}\n"
+    ))
+    assert not [k for k in state if k[0] in (Kind.FIREWALL, Kind.SYSCTL)]
+
+
+def test_firewall_changes_and_idempotence() -> None:
+    before = build()
+    after = build(SPEC.replace("internal: true", "internal: true, icc: false"))
+    plan = planner.plan(after, before)
+    assert [(c.action, c.key[0], c.reason) for c in plan.changes] == [
+        ("update", Kind.FIREWALL, "rules: 1 added, 0 removed"),
+        ("update", Kind.VETH, "isolated off -> on"),
+    ]
+    text = render.plan_text(plan, "shop")
+    assert "+ rule forward: back: icc off, no routing between its containers" in text
+    assert planner.plan(after, after).empty
+
+
+def test_shared_settings_are_never_deleted() -> None:
+    state = build()
+    plan = planner.plan({}, state)
+    assert (Kind.SYSCTL, "net/ipv4/ip_forward") not in {c.key for c in plan.changes}
+    assert ("delete", (Kind.FIREWALL, "netapply-shop")) in {
+        (str(c.action), c.key) for c in plan.changes}
+
+
+class NoNftKernel(MemoryKernel):
+    def nft_ruleset(self) -> list[dict[str, Any]]:
+        raise KernelError("list the nftables ruleset", 0, "the nft command is missing")
+
+
+def test_without_nft_bridge_networks_stop_before_any_change() -> None:
+    kernel = NoNftKernel()
+    with pytest.raises(MachineError) as caught:
+        engine.snapshot(kernel, load_text(SPEC, "shop.yaml"))
+    assert str(caught.value) == (
+        "list the nftables ruleset: the nft command is missing (bridge networks need nftables "
+        "for isolation, masquerade and published ports)"
+    )
+    assert kernel.writes == 0
+    # Nothing to filter, nothing needed: destroy and specs without bridges still work.
+    assert engine.snapshot(kernel, load_text(SPEC, "shop.yaml"), destroy=True).plan.empty

@@ -89,6 +89,18 @@ def ns_label(ns: str) -> str:
     return "host" if ns == HOST_NS else ns
 
 
+class _HostWide:
+    """A resource of the machine's own namespace that needs nothing made first."""
+
+    @property
+    def ns(self) -> str:
+        return HOST_NS
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
 class Netns:
     """A named namespace the project created, marked by its loopback's alias."""
@@ -114,7 +126,7 @@ class Netns:
 
 
 @dataclass(frozen=True)
-class Bridge:
+class Bridge(_HostWide):
     kind: ClassVar[Kind] = Kind.BRIDGE
     network: str
     ifname: str
@@ -128,14 +140,6 @@ class Bridge:
     @property
     def key(self) -> Key:
         return (self.kind, self.network)
-
-    @property
-    def ns(self) -> str:
-        return HOST_NS
-
-    @property
-    def deps(self) -> tuple[Dep, ...]:
-        return ()
 
     def title(self) -> str:
         return f"bridge {self.ifname} (network {self.network})"
@@ -272,7 +276,7 @@ def tables_dir(project: str) -> str:
 
 
 @dataclass(frozen=True)
-class HostsTable:
+class HostsTable(_HostWide):
     """The hosts lines of one set of networks, shared by every container attached
     to exactly that set: a change of one address rewrites one table, not the
     hosts file of every peer."""
@@ -287,16 +291,8 @@ class HostsTable:
         return (self.kind, self.name)
 
     @property
-    def ns(self) -> str:
-        return HOST_NS
-
-    @property
     def path(self) -> str:
         return f"/etc/netns/{tables_dir(self.project)}/{self.name}"
-
-    @property
-    def deps(self) -> tuple[Dep, ...]:
-        return ()
 
     def title(self) -> str:
         return f"hosts table {self.path}"
@@ -383,7 +379,7 @@ def canonical(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class Firewall:
+class Firewall(_HostWide):
     """The project's own nftables table (family inet), replaced as a whole in
     one transaction whenever any chain or rule differs."""
 
@@ -396,20 +392,12 @@ class Firewall:
     def key(self) -> Key:
         return (self.kind, self.table)
 
-    @property
-    def ns(self) -> str:
-        return HOST_NS
-
-    @property
-    def deps(self) -> tuple[Dep, ...]:
-        return ()
-
     def title(self) -> str:
         return f"nftables table inet {self.table} ({len(self.rules)} rules)"
 
 
 @dataclass(frozen=True)
-class Sysctl:
+class Sysctl(_HostWide):
     """A machine-wide setting the spec needs. Shared with everything else on the
     machine, so netapply sets it but never reverts it (as Docker does)."""
 
@@ -422,14 +410,6 @@ class Sysctl:
     @property
     def key(self) -> Key:
         return (self.kind, self.name)
-
-    @property
-    def ns(self) -> str:
-        return HOST_NS
-
-    @property
-    def deps(self) -> tuple[Dep, ...]:
-        return ()
 
     def title(self) -> str:
         why = f" ({self.why})" if self.why else ""

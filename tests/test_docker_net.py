@@ -411,3 +411,44 @@ def test_port_published_twice_is_rejected_before_the_kernel(
         assert "nothing was changed" in err
     assert (kernel_snapshot(), sh("nft", "-j", "list", "ruleset")) == before
     assert json.loads(before[1])["nftables"]  # the foreign tables were there to compare
+
+
+TWO_PROJECTS = {
+    "red": "version: 1\nproject: red\nnetworks:\n  net: {subnet: 172.31.4.0/24}\n"
+           "containers:\n  r1: {networks: [net]}\n",
+    "blue": "version: 1\nproject: blue\nnetworks:\n  net: {subnet: 172.31.5.0/24}\n"
+            "containers:\n  b1: {networks: [net]}\n",
+}
+
+
+def test_projects_are_isolated_from_each_other(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], have_ping: None
+) -> None:
+    """Two projects' tables each guard their own networks: neither project's
+    containers reach the other's, both still reach the host and each other's
+    gateway is just another host address."""
+    for name, text in TWO_PROJECTS.items():
+        code, out, err = run_cli(capsys, "apply", "--auto-approve",
+                                 str(write(sandbox / f"{name}.yaml", text)))
+        assert code == 0, out + err
+    r1, b1 = "172.31.4.2", "172.31.5.2"
+    with servers(("r1", "r1", False), ("b1", "b1", False)):
+        results = {
+            "r1 -> b1": connect("r1", b1, 80, expect_ok=False),
+            "b1 -> r1": connect("b1", r1, 80, expect_ok=False),
+            "host -> r1": connect(None, r1, 80, expect_ok=True),
+            "host -> b1": connect(None, b1, 80, expect_ok=True),
+        }
+        results["ping r1 -> b1"] = ping("r1", b1)
+    check_matrix(results, {
+        "r1 -> b1": "fail", "b1 -> r1": "fail",
+        "host -> r1": "ok:r1 saw *", "host -> b1": "ok:b1 saw *",
+        "ping r1 -> b1": "fail",
+    })
+    # Destroying one project leaves the other's table and traffic alone.
+    code, _, _ = run_cli(capsys, "destroy", "--auto-approve", str(sandbox / "red.yaml"))
+    assert code == 0
+    assert nft_table("netapply-red").returncode != 0
+    assert nft_table("netapply-blue").returncode == 0
+    code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(sandbox / "blue.yaml"))
+    assert code == 0, out

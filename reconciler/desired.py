@@ -100,8 +100,8 @@ def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
     resources: list[Resource] = [r for r in (table, forwarding) if r is not None]
     if table is not None and observed.foreign.nft_error:
         raise MachineError([Problem(
-            None, f"{observed.foreign.nft_error} (bridge networks need nftables for "
-            "isolation, masquerade and published ports)",
+            None, "bridge networks need nftables for isolation, masquerade and published "
+            f"ports, but netapply could not {observed.foreign.nft_error}",
         )])
     localnet = firewall.localnet_bridges(published)
     for network in spec.networks.values():
@@ -153,27 +153,40 @@ def used_link_kinds(spec: Spec) -> set[str]:
 
 def _machine_problems(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
     """What this machine lacks for a valid spec, found before any change."""
-    used = used_link_kinds(spec)
-    host_links = {name for ns, name in observed.foreign.links if ns == HOST_NS}
+    in_use = {a.network for c in spec.containers.values()
+              if c.network_mode == NetworkMode.BRIDGE for a in c.attachments}
+    parents = {name: (mtu, enslaved) for name, mtu, enslaved in observed.foreign.host_links}
     for network in spec.networks.values():
-        base = ("networks", network.name)
         kind = LINK_KINDS.get(network.driver)
-        if kind is not None and kind in used:
-            if kind in observed.missing_kinds:
-                yield Problem(
-                    spec.locate(*base, "driver"),
-                    f"network '{network.name}': the running kernel has no {kind} driver "
-                    f"(module {kind} is neither built in nor loadable); load it or use "
-                    "another driver",
-                )
-            elif network.parent not in host_links:
-                yield Problem(
-                    spec.locate(*base, "parent"),
-                    f"network '{network.name}': parent interface {network.parent} does not "
-                    "exist on this machine",
-                )
+        if kind is not None and network.name in in_use:
+            problem = _parent_problem(network, kind, observed.missing_kinds, parents)
+            if problem is not None:
+                path, cause = problem
+                yield Problem(spec.locate("networks", network.name, path),
+                              f"network '{network.name}': {cause}")
         if network.driver == Driver.BRIDGE:
             yield from _overlaps(spec, network, observed.foreign.host_nets)
+
+
+def _parent_problem(
+    network: Network, kind: str, missing_kinds: frozenset[str],
+    parents: dict[str, tuple[int, bool]],
+) -> tuple[str, str] | None:
+    """(spec key, cause) of why links of this network cannot be made here."""
+    if kind in missing_kinds:
+        return "driver", (f"the running kernel has no {kind} driver (module {kind} is neither "
+                          "built in nor loadable); load it or use another driver")
+    found = parents.get(network.parent or "")
+    if found is None:
+        return "parent", f"parent interface {network.parent} does not exist on this machine"
+    mtu, enslaved = found
+    if enslaved:
+        return "parent", (f"parent interface {network.parent} is a port of a bridge or bond, "
+                          f"which passes its traffic on before {kind} could see it")
+    if network.mtu > mtu:
+        return "mtu", (f"mtu {network.mtu} is larger than the mtu {mtu} of parent interface "
+                       f"{network.parent}; set mtu to at most {mtu}")
+    return None
 
 
 def _overlaps(
@@ -260,7 +273,8 @@ def _sublink(container: Container, ep: Endpoint, ns: str) -> Sublink:
         driver=kind,
         parent=ep.network.parent,
         mode=ep.network.mode,
-        mac=ep.mac if kind == "macvlan" else "",
+        # ipvlan links and a passthru macvlan carry the parent's address.
+        mac=ep.mac if kind == "macvlan" and ep.network.mode != "passthru" else "",
         mtu=ep.network.mtu,
         owned_ns=container.netns is not None,
     )
@@ -278,7 +292,9 @@ def _veth(spec: Spec, container: Container, ep: Endpoint, ns: str) -> Veth:
             host_mtu=ep.network.mtu,
             master=ep.network.name,
             isolated=not ep.network.icc,
-            hairpin=any(p.network == ep.network.name for p in container.ports),
+            # Back out of the port it came in by: the container reaching its own
+            # published port (port isolation forbids that anyway under icc: false).
+            hairpin=ep.network.icc and any(p.network == ep.network.name for p in container.ports),
             owned_ns=container.netns is not None,
             master_ifname=ep.network.interface,
         )

@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from reconciler import desired as desired_mod
-from reconciler import managers, planner
+from reconciler import firewall, managers, planner
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import ConvergenceError, PrivilegeError
 from reconciler.executor import Progress, Result, execute
 from reconciler.model import Spec
 from reconciler.planner import Plan
-from reconciler.resources import Firewall, Key, Resource
+from reconciler.resources import Firewall, Key, Kind, Resource, Sysctl
 from reconciler.state.observe import ObservedState, observe
 
 CAP_NET_ADMIN = 12
@@ -79,8 +79,15 @@ def plan_from(spec: Spec, observed: ObservedState, destroy: bool = False) -> Sna
     with no_gc_pauses():
         wanted = {} if destroy else desired_mod.build(spec, observed)
         filtering = any(isinstance(r, Firewall) for r in wanted.values())
-        notes = tuple(managers.notes(observed.foreign)) if filtering else ()
-        return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), notes)
+        notes = managers.notes(observed.foreign, filtering)
+        forwarding = (Kind.SYSCTL, firewall.IP_FORWARD)
+        have = observed.resources.get(forwarding)
+        note = managers.forwarding_note(
+            have.value if isinstance(have, Sysctl) else None, forwarding in wanted
+        )
+        if note is not None:
+            notes.append(note)
+        return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), tuple(notes))
 
 
 def observe_project(kernel: Kernel, spec: Spec) -> ObservedState:

@@ -15,10 +15,13 @@ DOCKER-ISOLATION chains, its MASQUERADE rule and its DNAT rules):
   that replies come back through the host; output, for the host itself).
   127.0.0.1 works because the bridge has route_localnet and loopback sources
   are masqueraded onto it; packets from other machines to 127.0.0.0/8 are
-  never rewritten, so a port published on 127.0.0.1 stays local;
+  never rewritten, so a port published on 127.0.0.1 stays local, and packets
+  from containers to 127.0.0.0/8 are dropped before routing, so they never
+  reach the host's loopback services;
 - internal: nothing leaves the network either, and nothing enters;
-- icc false: no routed traffic between its containers (bridged traffic is cut
-  by bridge port isolation on the veths, see desired.py);
+- icc false: no traffic between its containers, bridged (bridge port
+  isolation on the veths) or routed (a drop here), published ports of the
+  same network through a host address included;
 - masquerade: traffic from the subnet that leaves through another interface
   gets the outgoing interface's address.
 Rules match interface names, which need no interface to exist, so the table
@@ -36,7 +39,7 @@ from reconciler.resources import Firewall, Rule, Sysctl, canonical
 
 FAMILY = "inet"
 IP_FORWARD = "net/ipv4/ip_forward"
-PRIO_FILTER, PRIO_DSTNAT, PRIO_SRCNAT = 0, -100, 100
+PRIO_RAW, PRIO_FILTER, PRIO_DSTNAT, PRIO_SRCNAT = -300, 0, -100, 100
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,12 @@ class Chain:
         }
 
 
+GUARD = Chain("guard", "filter", "prerouting", PRIO_RAW)
 FORWARD = Chain("forward", "filter", "forward", PRIO_FILTER)
 PREROUTING = Chain("prerouting", "nat", "prerouting", PRIO_DSTNAT)
 OUTPUT = Chain("output", "nat", "output", PRIO_DSTNAT)
 POSTROUTING = Chain("postrouting", "nat", "postrouting", PRIO_SRCNAT)
-CHAINS = (FORWARD, PREROUTING, OUTPUT, POSTROUTING)
+CHAINS = (GUARD, FORWARD, PREROUTING, OUTPUT, POSTROUTING)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ def build(
         return None, None
     table = table_name(project)
     ports = list(published)
-    rules = list(_forward(bridges, ports)) + list(_dnat(ports)) + list(_postrouting(bridges, ports))
+    rules = [*_guard(bridges, ports), *_forward(bridges, ports), *_dnat(ports),
+             *_postrouting(bridges, ports)]
     order = {chain.name: i for i, chain in enumerate(CHAINS)}
     rules.sort(key=lambda r: order[r.chain])  # stable: keeps the order within a chain
     firewall = Firewall(table, tuple(chain_key(table, c) for c in CHAINS), tuple(rules))
@@ -136,13 +141,26 @@ def _ct(key: str, value: Any) -> dict[str, Any]:
 ACCEPT: dict[str, Any] = {"accept": None}
 DROP: dict[str, Any] = {"drop": None}
 MASQUERADE: dict[str, Any] = {"masquerade": None}
+LOOPBACK_NET = {"prefix": {"addr": "127.0.0.0", "len": 8}}
 NOT_LOOPBACK = {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-                          "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}
+                          "right": LOOPBACK_NET}}
 LOCAL_DADDR = {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}},
                          "right": "local"}}
 
 
 # ---- rules ------------------------------------------------------------------------
+
+
+def _guard(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
+    """route_localnet makes the kernel route packets to 127.0.0.0/8 that arrive
+    on the bridge: without this drop, before routing, a container could reach
+    services the host binds to 127.0.0.1 (CVE-2020-8558 in Kubernetes)."""
+    localnet = localnet_bridges(ports)
+    for net in bridges:
+        if net.name in localnet:
+            yield Rule.of(GUARD.name, f"{net.name}: containers never reach the host's 127.0.0.1",
+                          [_meta("iifname", net.interface), _payload("ip", "daddr", LOOPBACK_NET),
+                           DROP])
 
 
 def _forward(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
@@ -151,6 +169,9 @@ def _forward(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
         dev, name = net.interface, net.name
         into = [_meta("oifname", dev), _meta("iifname", dev, "!=")]
         if not net.icc:
+            # Port isolation also stops what the host routes from one isolated port
+            # back into another (a published port reached through a host address),
+            # so this drop covers only what would otherwise be routed directly.
             yield Rule.of(FORWARD.name, f"{name}: icc off, no routing between its containers",
                           [_meta("iifname", dev), _meta("oifname", dev), DROP])
         if net.internal:
@@ -206,8 +227,8 @@ def _postrouting(bridges: list[Network], ports: list[Published]) -> Iterator[Rul
                            _ct("status", "dnat"), MASQUERADE])
         if net.name in localnet:
             yield Rule.of(POSTROUTING.name, f"{net.name}: published ports reached via 127.0.0.1",
-                          [_payload("ip", "saddr", {"prefix": {"addr": "127.0.0.0", "len": 8}}),
-                           _meta("oifname", dev), MASQUERADE])
+                          [_payload("ip", "saddr", LOOPBACK_NET), _meta("oifname", dev),
+                           MASQUERADE])
 
 
 def commands(firewall: Firewall) -> list[dict[str, Any]]:

@@ -22,17 +22,21 @@ OWN_PREFIX = "netapply-"
 
 
 def _manager(table: str, chain: str = "") -> str | None:
-    for name, tables, prefixes in MANAGERS:
-        if any(t in table for t in tables) or (chain and chain.startswith(prefixes or ("\0",))):
-            return name
     if table.startswith(OWN_PREFIX):
         return f"netapply project '{table[len(OWN_PREFIX):]}'"
+    words = set(table.replace("_", "-").split("-"))
+    for name, tables, prefixes in MANAGERS:
+        if table in tables or words & set(tables) or (prefixes and chain.startswith(prefixes)):
+            return name
     return None
 
 
-def notes(foreign: Foreign) -> list[str]:
-    """Sentences for the plan about other firewall managers and about chains that
-    drop forwarded traffic by default."""
+def notes(foreign: Foreign, filtering: bool) -> list[str]:
+    """Sentences for the plan: when the spec filters (has bridge networks), about
+    other firewall managers and chains that drop forwarded traffic by default;
+    always, when the ruleset could not be read."""
+    if not filtering:
+        return [_unread_note(foreign.nft_error)] if foreign.nft_error else []
     seen: dict[str, set[str]] = {}
     for family, table in foreign.nft_tables:
         manager = _manager(table)
@@ -49,6 +53,23 @@ def notes(foreign: Foreign) -> list[str]:
     ]
     out.extend(_policy_note(c) for c in foreign.nft_chains if _drops_forwarding(c))
     return out
+
+
+def _unread_note(error: str) -> str:
+    return (f"netapply could not {error}, so the project's nftables table, if there is one, "
+            "was not checked")
+
+
+def forwarding_note(observed_value: str | None, wanted: bool) -> str | None:
+    """Switching IPv4 forwarding on makes the machine a router between all its
+    interfaces, not only the project's bridges: say so before it happens."""
+    if not wanted or observed_value == "1":
+        return None
+    return (
+        "IPv4 forwarding is off on this machine and apply switches it on for good; from then "
+        "on the machine also routes between its other interfaces unless a firewall drops "
+        "that traffic (Docker sets its FORWARD policy to drop for this reason)"
+    )
 
 
 def _drops_forwarding(chain: NftChain) -> bool:

@@ -365,7 +365,7 @@ class Rule:
 
     @staticmethod
     def of(chain: str, comment: str, expr: list[dict[str, Any]]) -> Rule:
-        return Rule(chain, comment[:COMMENT_MAX], canonical(expr))
+        return Rule(chain, comment[:COMMENT_MAX], canonical([_squash(e) for e in expr]))
 
     def text(self) -> str:
         return f"{self.chain}: {self.comment or '(no comment) ' + self.expr}"
@@ -376,6 +376,17 @@ class Rule:
 
 def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _squash(value: Any) -> Any:
+    """nft versions differ in printing a one-element list ("flags": ["daddr"])
+    or its element ("flags": "daddr"), and read both; compare (and write) the
+    element, so that a rule reads back equal under either."""
+    if isinstance(value, list):
+        return _squash(value[0]) if len(value) == 1 else [_squash(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _squash(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ class Builder:
         self._check_ports(containers)
         for network in self.networks.values():
             self._check_pools(network)
+        self._check_parents()
         if self.problems:
             raise SpecError(self.problems)
         return Spec(self.project, self.networks, containers, self.hosts, self.where)
@@ -718,6 +719,36 @@ class Builder:
                     self.report(placed.path, f"container '{placed.container}': {cause}")
                     break
             taken.setdefault(key, []).append(placed)
+
+    def _check_parents(self) -> None:
+        """What the kernel refuses on one parent: macvlan and ipvlan links together,
+        and a passthru macvlan beside any other link."""
+        by_parent: dict[tuple[str | None, str | None], list[model.Network]] = {}
+        for network in self.networks.values():
+            if network.driver in (Driver.MACVLAN, Driver.IPVLAN):
+                by_parent.setdefault((network.parent, network.driver), []).append(network)
+        parents = {parent for parent, _ in by_parent}
+        for parent in sorted(p for p in parents if p is not None):
+            macvlan, ipvlan = by_parent.get((parent, Driver.MACVLAN)), by_parent.get(
+                (parent, Driver.IPVLAN))
+            if macvlan and ipvlan:
+                other = ipvlan[0]
+                self.report(("networks", other.name, "parent"),
+                            f"network '{other.name}': parent {parent} also carries macvlan "
+                            f"network '{macvlan[0].name}'; the kernel allows one of macvlan "
+                            "and ipvlan on a parent")
+        for network in self.networks.values():
+            if network.driver != Driver.MACVLAN or network.mode != "passthru":
+                continue
+            users = sum(1 for p in self.attachments if p.value.network == network.name)
+            sharing = [n.name for n in by_parent.get((network.parent, Driver.MACVLAN), [])
+                       if n.name != network.name]
+            if users > 1 or sharing:
+                self.report(("networks", network.name, "mode"),
+                            f"network '{network.name}': mode passthru gives the parent "
+                            f"{network.parent} to one container alone, but "
+                            + (f"{users} containers are attached" if users > 1 else
+                               f"network '{sharing[0]}' uses it too"))
 
     def _check_pools(self, network: model.Network) -> None:
         """Enough free addresses for every attachment without an explicit one."""

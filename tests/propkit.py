@@ -17,6 +17,7 @@ from reconciler.resources import (
     Key,
     Kind,
     Resource,
+    Rule,
     Veth,
     is_shared,
     is_staging_name,
@@ -53,15 +54,19 @@ def owned(kernel: Kernel, spec: Spec | None = None) -> dict[Key, Resource]:
 
 
 def nft_view(kernel: Kernel, foreign_only: bool) -> list[Any]:
-    """The nftables ruleset without handles (numbers the kernel assigns);
-    with foreign_only, without the project's table."""
+    """The nftables ruleset without handles (numbers the kernel assigns), rule
+    expressions as the observer compares them (nft versions print one-element
+    lists differently); with foreign_only, without the project's table."""
     own = firewall.table_name(PROJECT)
     out = []
     for item in kernel.nft_ruleset():
         ((kind, body),) = item.items()
         if foreign_only and own in (body.get("table"), body.get("name")):
             continue
-        out.append({kind: {k: v for k, v in body.items() if k != "handle"}})
+        shown = {k: v for k, v in body.items() if k != "handle"}
+        if kind == "rule":
+            shown["expr"] = Rule.of("", "", shown.get("expr", [])).expr
+        out.append({kind: shown})
     return out
 
 

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import re
 import select
+import socket
 import subprocess
 import sys
 import textwrap
@@ -48,7 +49,7 @@ containers:
     networks: [front]
     ports: ["8080:80", "127.0.0.1:8081:80", "5353:53/udp"]
   api: {networks: [front, vault]}
-  q1: {networks: [quiet]}
+  q1: {networks: [quiet], ports: ["9090:80"]}
   q2: {networks: [quiet]}
   db: {networks: [vault]}
   cache: {networks: [vault]}
@@ -279,6 +280,11 @@ def test_reachability_matrix(
         ("api -> web (front)", "api", web, 80, "tcp", f"ok:web saw {api_front}"),
         # icc: false: not to each other, the host still reaches both
         ("q1 -> q2 (quiet, icc false)", "q1", q2, 80, "tcp", "fail"),
+        ("q2 -> q1 (quiet, icc false)", "q2", q1, 80, "tcp", "fail"),
+        # port isolation also cuts what the host routes back into the bridge
+        ("q2 -> up0:9090 (q1's published port)", "q2", HOST_UP, 9090, "tcp", "fail"),
+        ("outside -> up0:9090 (q1's published port)", "outside", HOST_UP, 9090, "tcp",
+         f"ok:q1 saw {OUTSIDE}"),
         ("host -> q1 (direct)", None, q1, 80, "tcp", "ok:q1 saw *"),
         ("host -> q2 (direct)", None, q2, 80, "tcp", "ok:q2 saw *"),
         # internal network: inside yes, outside no
@@ -452,3 +458,52 @@ def test_projects_are_isolated_from_each_other(
     assert nft_table("netapply-blue").returncode == 0
     code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(sandbox / "blue.yaml"))
     assert code == 0, out
+
+
+def test_containers_never_reach_the_hosts_loopback_services(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """route_localnet (for ports reached through 127.0.0.1) would let the kernel
+    route a container's packets to 127.0.0.1 into the host's loopback services.
+    A root process in the container sends there through its gateway; the host's
+    service bound to 127.0.0.1 must get nothing, while one bound to the gateway
+    address gets the same packet (so the sending itself works)."""
+    spec = write(sandbox / "dock.yaml", """\
+        version: 1
+        project: dock
+        networks:
+          front: {subnet: 172.31.1.0/24, interface: br-front}
+        containers:
+          web:
+            networks: [front]
+            ports: ["8080:80"]
+        """)
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 0, out + err
+    assert Path("/proc/sys/net/ipv4/conf/br-front/route_localnet").read_text().strip() == "1"
+    received = {}
+    sockets = {}
+    for name, address in (("loopback", "127.0.0.1"), ("gateway", "172.31.1.1")):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((address, 9999))
+        sock.settimeout(FAIL_TIMEOUT if name == "loopback" else OK_TIMEOUT)
+        sockets[name] = sock
+    try:
+        sh("ip", "netns", "exec", "web", "sh", "-c",
+           "ip route del local 127.0.0.1 dev lo table local;"
+           " ip route del local 127.0.0.0/8 dev lo table local;"
+           " sysctl -qw net.ipv4.conf.eth0.route_localnet=1;"
+           " ip route add 127.0.0.1/32 via 172.31.1.1 dev eth0")
+        for address in ("127.0.0.1", "172.31.1.1"):
+            sh("ip", "netns", "exec", "web", *py(
+                "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                ".sendto(b'probe', (sys.argv[1], 9999))", address))
+        for name, sock in sockets.items():
+            try:
+                received[name] = sock.recv(64).decode()
+            except TimeoutError:
+                received[name] = "nothing"
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    assert received == {"loopback": "nothing", "gateway": "probe"}

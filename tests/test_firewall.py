@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from reconciler import desired, engine, planner, render
+from reconciler import desired, engine, managers, planner, render
 from reconciler.drivers.memory import MemoryKernel
-from reconciler.errors import KernelError, MachineError
-from reconciler.resources import Bridge, Firewall, Kind, Sysctl, Veth
+from reconciler.errors import KernelError, MachineError, SpecError
+from reconciler.resources import Bridge, Firewall, Kind, Sublink, Sysctl, Veth
 from reconciler.spec import load_text
 from reconciler.state.observe import Foreign, ObservedState
 
@@ -46,6 +46,7 @@ def comments(fw: Firewall) -> list[str]:
 
 def test_rules_follow_docker_per_network() -> None:
     assert comments(table(build())) == [
+        "guard: front: containers never reach the host's 127.0.0.1",
         "forward: front: replies to its own connections",
         "forward: front: published ports",
         "forward: front: nothing else enters",
@@ -82,7 +83,7 @@ def test_forwarding_localnet_and_port_flags() -> None:
     assert (front.localnet, back.localnet) == (True, False)
     web, db = state[(Kind.VETH, "web", "front")], state[(Kind.VETH, "db", "back")]
     assert isinstance(web, Veth) and isinstance(db, Veth)
-    assert (web.isolated, web.hairpin) == (True, True)
+    assert (web.isolated, web.hairpin) == (True, False)  # isolation rules hairpin out
     assert (db.isolated, db.hairpin) == (False, False)
     assert "forward: front: icc off, no routing between its containers" in comments(table(state))
 
@@ -98,7 +99,7 @@ def test_internal_networks_only_need_no_forwarding() -> None:
 
 
 def test_no_bridge_network_no_table() -> None:
-    observed = ObservedState({}, Foreign(links=frozenset({("", "eth1")})))
+    observed = ObservedState({}, Foreign(host_links=(("eth1", 1500, False),)))
     state = build(observed=observed, text=(
         "version: 1\nproject: shop\nnetworks:\n  lan: {driver: macvlan, parent: eth1,"
         " subnet: 192.168.50.0/24}\ncontainers:\n  web: {networks: [lan]}\n"
@@ -137,9 +138,70 @@ def test_without_nft_bridge_networks_stop_before_any_change() -> None:
     with pytest.raises(MachineError) as caught:
         engine.snapshot(kernel, load_text(SPEC, "shop.yaml"))
     assert str(caught.value) == (
-        "list the nftables ruleset: the nft command is missing (bridge networks need nftables "
-        "for isolation, masquerade and published ports)"
+        "bridge networks need nftables for isolation, masquerade and published ports, but "
+        "netapply could not list the nftables ruleset: the nft command is missing"
     )
     assert kernel.writes == 0
     # Nothing to filter, nothing needed: destroy and specs without bridges still work.
     assert engine.snapshot(kernel, load_text(SPEC, "shop.yaml"), destroy=True).plan.empty
+
+
+LAN = """\
+version: 1
+project: shop
+networks:
+  lan: {driver: macvlan, parent: eth1, subnet: 192.168.50.0/24, mtu: 1500}
+containers:
+  web: {networks: [lan]}
+"""
+
+
+@pytest.mark.parametrize(("link", "message"), [
+    (("eth1", 1500, True), "shop.yaml:4:26: network 'lan': parent interface eth1 is a port of a "
+     "bridge or bond, which passes its traffic on before macvlan could see it"),
+    (("eth1", 1400, False), "shop.yaml:4:65: network 'lan': mtu 1500 is larger than the mtu "
+     "1400 of parent interface eth1; set mtu to at most 1400"),
+])
+def test_a_parent_that_cannot_carry_the_network(
+    link: tuple[str, int, bool], message: str
+) -> None:
+    with pytest.raises(MachineError) as caught:
+        build(LAN, ObservedState({}, Foreign(host_links=(link,))))
+    assert [str(p) for p in caught.value.problems] == [message]
+
+
+def test_passthru_gives_the_parent_to_one_container_and_keeps_its_address() -> None:
+    one = LAN.replace("mtu: 1500}", "mtu: 1500, mode: passthru}")
+    state = build(one, ObservedState({}, Foreign(host_links=(("eth1", 1500, False),))))
+    link = state[(Kind.SUBLINK, "web", "lan")]
+    assert isinstance(link, Sublink) and link.mac == ""  # the parent's: never set
+    with pytest.raises(SpecError) as caught:
+        load_text(one + "  db: {networks: [lan]}\n", "shop.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:4:76: network 'lan': mode passthru gives the parent eth1 to one container "
+        "alone, but 2 containers are attached"
+    ]
+
+
+def test_macvlan_and_ipvlan_cannot_share_a_parent() -> None:
+    with pytest.raises(SpecError) as caught:
+        load_text(LAN.replace("containers:", "  lan2: {driver: ipvlan, parent: eth1, "
+                              "subnet: 192.168.51.0/24}\ncontainers:"), "shop.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:5:26: network 'lan2': parent eth1 also carries macvlan network 'lan'; the "
+        "kernel allows one of macvlan and ipvlan on a parent"
+    ]
+
+
+@pytest.mark.parametrize(("table", "chain", "manager"), [
+    ("filter", "DOCKER-USER", "Docker"),
+    ("docker-bridges", "", "Docker"),
+    ("netavark", "", "netavark (Podman)"),
+    ("cni_hostport", "", "CNI plugins"),
+    ("filter", "ufw-user-input", "ufw"),
+    ("netapply-docker-lab", "", "netapply project 'docker-lab'"),
+    ("scanner", "", None),
+    ("filter", "INPUT", None),
+])
+def test_other_managers_are_told_apart(table: str, chain: str, manager: str | None) -> None:
+    assert managers._manager(table, chain) == manager

@@ -82,8 +82,16 @@ def test_other_firewall_managers_are_named_in_the_plan(
         "note: chain ip filter FORWARD drops forwarded packets by default (policy drop): "
         "containers' traffic to other machines and published ports need accept rules there",
     ]
+    assert out.splitlines()[3] == (
+        "note: IPv4 forwarding is off on this machine and apply switches it on for good; from "
+        "then on the machine also routes between its other interfaces unless a firewall drops "
+        "that traffic (Docker sets its FORWARD policy to drop for this reason)"
+    )
     code, out, _ = run_cli(capsys, "plan", "--output", "json", str(spec))
-    assert len(json.loads(out)["notes"]) == 3
+    assert len(json.loads(out)["notes"]) == 4
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    code, out, _ = run_cli(capsys, "plan", str(spec))
+    assert "IPv4 forwarding is off" not in out  # already on: nothing new to say
 
 
 def test_the_plan_shows_firewall_rules_and_forwarding(
@@ -119,3 +127,24 @@ def test_the_plan_shows_firewall_rules_and_forwarding(
     tables = subprocess.run(["nft", "-j", "list", "tables"], capture_output=True, text=True,
                             check=True).stdout
     assert "netapply-shop" not in tables
+
+
+def test_a_dormant_table_is_replaced(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dormant table filters nothing; nft 1.0.6 even prints broken JSON for it."""
+    spec = sandbox / "shop.yaml"
+    spec.write_text(SPEC)
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 0, err
+    nft("add", "table", "inet", "netapply-shop", "{ flags dormant; }")
+    nft("add", "table", "inet", "someone", "{ flags dormant; }")
+    code, out, err = run_cli(capsys, "plan", "--detailed-exitcode", str(spec))
+    assert code == 2, out + err
+    assert "update in place nftables table inet netapply-shop (3 rules)  (rules: 0 added, " \
+           "0 removed, chains differ)" in out
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 0, out + err
+    listed = subprocess.run(["nft", "list", "table", "inet", "netapply-shop"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "dormant" not in listed

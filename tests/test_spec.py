@@ -188,7 +188,7 @@ def test_network_defaults_by_driver() -> None:
         networks:
           mesh: {driver: overlay, vni: 7, subnet: 10.1.0.0/24, ipv6: {subnet: "fd00:1::/64"}}
           mac: {driver: macvlan, parent: eth1, subnet: 10.2.0.0/24, ipv6: {subnet: "fd00:2::/64"}}
-          ipv: {driver: ipvlan, parent: eth1, subnet: 10.3.0.0/24}
+          ipv: {driver: ipvlan, parent: eth2, subnet: 10.3.0.0/24}
           closed: {subnet: 10.4.0.0/24, internal: true}
           open: {subnet: 10.5.0.0/24, masquerade: false, icc: false, mtu: 9000}
         """)

@@ -19,7 +19,15 @@ ones that test pins down:
 - setting a link down removes its IPv4 routes and all its IPv6 addresses and
   routes; loopback up adds 127.0.0.1/8 and ::1/128;
 - MTU must be 68..65535 (EINVAL; the loopback's MTU is not modelled);
-  a multicast MAC is EADDRNOTAVAIL; the loopback cannot be deleted.
+  a multicast MAC is EADDRNOTAVAIL; the loopback cannot be deleted;
+- a macvlan/ipvlan link needs its driver (EOPNOTSUPP), a parent of the host
+  namespace (ENODEV) that is no bridge port (EBUSY), an MTU no larger than the
+  parent's (EINVAL); ipvlan links carry the parent's MAC;
+- nftables: whole transactions or nothing; a table lists back exactly what was
+  written, which the differential test checks for every rule form netapply
+  writes (up to one-element lists, which nft versions print differently).
+Not modelled, because the spec rules them out: macvlan and ipvlan on one
+parent, passthru beside other links, port options of bonds.
 """
 
 from __future__ import annotations

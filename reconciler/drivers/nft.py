@@ -16,22 +16,51 @@ from typing import Any
 from reconciler.errors import KernelError
 
 NFT = "nft"
+# Where Debian puts it, for a PATH without the sbin directories (cron's).
+SBIN = "/usr/sbin:/sbin"
 TIMEOUT = 60  # seconds; a ruleset of many thousand rules lists in well under one
 
 
-def available() -> bool:
-    return shutil.which(NFT) is not None
+def _command() -> str | None:
+    return shutil.which(NFT) or shutil.which(NFT, path=SBIN)
 
 
 def ruleset() -> list[dict[str, Any]]:
     """Every table, chain and rule of the namespace (`nft -j list ruleset`),
     without the metainfo entry."""
-    out = _run("list the nftables ruleset", ["-j", "list", "ruleset"], None)
+    out = _run(WHAT, ["-j", "list", "ruleset"], None)
+    try:
+        return _items(out)
+    except ValueError:
+        return _by_table()
+
+
+WHAT = "list the nftables ruleset"
+
+
+def _items(out: str) -> list[dict[str, Any]]:
     try:
         items = json.loads(out or '{"nftables": []}')["nftables"]
-    except (ValueError, KeyError, TypeError):
-        raise KernelError("list the nftables ruleset", 0, "nft printed no JSON ruleset") from None
+    except (KeyError, TypeError):
+        raise ValueError("no nftables list") from None
     return [item for item in items if "metainfo" not in item]
+
+
+def _by_table() -> list[dict[str, Any]]:
+    """nft 1.0.6 (Debian 12) prints broken JSON for a table with flags (a
+    dormant one). List table by table instead; a table that still cannot be
+    listed is reported with flags, so that the project's own is replaced."""
+    items: list[dict[str, Any]] = []
+    for line in _run(WHAT, ["list", "tables"], None).splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != "table":
+            continue
+        family, name = parts[1], parts[2].strip('"')
+        try:
+            items.extend(_items(_run(WHAT, ["-j", "list", "table", family, name], None)))
+        except ValueError:
+            items.append({"table": {"family": family, "name": name, "flags": ["unreadable"]}})
+    return items
 
 
 def apply(commands: list[dict[str, Any]], what: str) -> None:
@@ -40,12 +69,9 @@ def apply(commands: list[dict[str, Any]], what: str) -> None:
 
 
 def _run(what: str, args: list[str], stdin: str | None) -> str:
-    path = shutil.which(NFT)
+    path = _command()
     if path is None:
-        raise KernelError(
-            what, 0, "the nft command is missing: install the nftables package "
-            "(Debian: apt-get install nftables)"
-        )
+        raise KernelError(what, 0, "the nft command is not installed (Debian package nftables)")
     try:
         done = subprocess.run(
             [path, *args], input=stdin, capture_output=True, text=True, timeout=TIMEOUT,

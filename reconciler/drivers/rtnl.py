@@ -189,7 +189,8 @@ class Rtnl:
                         kind = _text(info[IFLA_INFO_KIND])
                     if IFLA_INFO_DATA in info and kind in ("macvlan", "ipvlan"):
                         mode = _sublink_mode(kind, bytes(info[IFLA_INFO_DATA]))
-                    if IFLA_INFO_SLAVE_DATA in info:
+                    slave = info.get(IFLA_INFO_SLAVE_KIND)
+                    if IFLA_INFO_SLAVE_DATA in info and slave and _text(slave) == "bridge":
                         port = dict(attrs(bytes(info[IFLA_INFO_SLAVE_DATA]), 0))
                         isolated = bool(port.get(IFLA_BRPORT_ISOLATED, b"\0")[0])
                         hairpin = bool(port.get(IFLA_BRPORT_MODE, b"\0")[0])

@@ -68,6 +68,9 @@ class Foreign:
     nft_tables: tuple[tuple[str, str], ...] = ()  # (family, name), the project's excepted
     nft_chains: tuple[NftChain, ...] = ()
     nft_error: str | None = None  # why the ruleset could not be read (no nft command)
+    # Links of the host namespace that are not the project's, by name: their MTU
+    # and whether they are a port of a bridge or bond (possible macvlan parents).
+    host_links: tuple[tuple[str, int, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class _Scan:
     foreign_routes: set[tuple[str, str]] = field(default_factory=set)
     host_nets: list[tuple[model.IPNetwork, str]] = field(default_factory=list)
     host_names: dict[int, str] = field(default_factory=dict)
+    host_links: list[tuple[str, int, bool]] = field(default_factory=list)
 
     def alias_parts(self, link: LinkInfo) -> list[str] | None:
         prefix = owner_alias(self.project) + "/"
@@ -159,6 +163,7 @@ def observe(
             hosts=frozenset(foreign_hosts),
             routes=frozenset(scan.foreign_routes),
             host_nets=tuple(scan.host_nets),
+            host_links=tuple(scan.host_links),
             nft_tables=nft.tables,
             nft_chains=nft.chains,
             nft_error=nft.error,
@@ -185,6 +190,7 @@ def _scan_host(scan: _Scan) -> None:
             scan.host_ends[(parts[1], parts[2])] = _End(HOST_NS, link)
         elif not scan.leftover(HOST_NS, link, owned_ns=False):
             scan.foreign_links.add((HOST_NS, link.ifname))
+            scan.host_links.append((link.ifname, link.mtu, link.master is not None))
     for end in scan.host_ends.values():
         master = end.link.master
         if master:
@@ -208,7 +214,7 @@ def _scan_host_nets(
             scan.host_nets.append((iface.network, f"address {iface} on {where}"))
     for route in scan.kernel.routes(HOST_NS):
         net = ipaddress.ip_network(route.dst)
-        if (route.oif is not None and route.oif in owned) or net.prefixlen == 0 or _special(net):
+        if (route.oif is not None and route.oif in owned) or _special(net) or _default_like(net):
             continue
         what = f"route {route.dst}"
         if route.via:
@@ -216,6 +222,13 @@ def _scan_host_nets(
         if route.oif is not None:
             what += f" dev {names.get(route.oif, route.oif)}"
         scan.host_nets.append((net, what))
+
+
+def _default_like(net: model.IPNetwork) -> bool:
+    """A default route, or one of the halves VPNs use to override it
+    (0.0.0.0/1 + 128.0.0.0/1, ::/1 + 8000::/1, 2000::/3): routes to
+    "everything", not networks in use."""
+    return net.prefixlen <= (1 if net.version == 4 else 3)
 
 
 def _special(net: model.IPNetwork) -> bool:
@@ -247,6 +260,8 @@ def _scan_nft(scan: _Scan) -> _Nft:
         if kind == "table":
             if table == own:
                 found = True
+                if body.get("flags"):  # a dormant table filters nothing
+                    shape.append(canonical({"table flags": body["flags"]}))
             else:
                 tables.append(table)
         elif table != own:
@@ -254,8 +269,8 @@ def _scan_nft(scan: _Scan) -> _Nft:
                 chains.append(NftChain(*table, body.get("name", ""), body.get("hook"),
                                        body.get("policy")))
         elif kind == "rule":
-            rules.append(Rule(body.get("chain", ""), body.get("comment", ""),
-                              canonical(body.get("expr", []))))
+            rules.append(Rule.of(body.get("chain", ""), body.get("comment", ""),
+                                 body.get("expr", [])))
         else:
             shape.append(canonical({k: v for k, v in body.items() if k != "handle"}))
     if found:
@@ -275,7 +290,8 @@ def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bo
             sublink = Sublink(
                 parts[1], parts[2], ns, link.ifname, link.kind,
                 scan.host_names.get(link.parent or 0, "?"), link.mode or "",
-                link.mac if link.kind == "macvlan" else "", link.mtu, link.up,
+                link.mac if link.kind == "macvlan" and link.mode != "passthru" else "",
+                link.mtu, link.up,
                 owned_ns=owned_ns,
             )
             scan.resources[sublink.key] = sublink

@@ -141,3 +141,19 @@ def test_a_kernel_without_the_driver_refuses_before_planning() -> None:
         "built in nor loadable); load it or use another driver"
     ]
     assert kernel.writes == 1  # the parent, made above: nothing else
+
+
+def test_passthru_converges_and_leaves_the_parents_address(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """passthru hands the parent's address to its one macvlan link; setting a MAC
+    on that link would change the parent's."""
+    before = make_parent()
+    spec = write(sandbox / "lan.yaml", "macvlan", "passthru")
+    spec.write_text(spec.read_text().replace("  b: {networks: [lan]}\n", ""))
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 0, out + err
+    assert links("a")["eth0"]["address"] == before["address"]
+    code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(spec))
+    assert code == 0, out
+    assert parent()["address"] == before["address"]

@@ -199,8 +199,8 @@ def _overlaps(
             if used.version == subnet.version and used.overlaps(subnet):
                 yield Problem(
                     spec.locate("networks", network.name, path),
-                    f"network '{network.name}': subnet {subnet} overlaps {what} on this "
-                    "machine, which another network (a LAN or VPN) already uses",
+                    f"network '{network.name}': subnet {subnet} overlaps {what}, which is "
+                    "already in use on this machine (a LAN, a VPN or another project)",
                 )
                 break
 
@@ -281,23 +281,24 @@ def _sublink(container: Container, ep: Endpoint, ns: str) -> Sublink:
 
 
 def _veth(spec: Spec, container: Container, ep: Endpoint, ns: str) -> Veth:
+    publishes = any(p.network == ep.network.name for p in container.ports)
     return Veth(
-            container=container.name,
-            network=ep.network.name,
-            ns=ns,
-            ifname=ep.attachment.interface,
-            mac=ep.mac,
-            mtu=ep.network.mtu,
-            host_ifname=host_ifname(spec.project, container.name, ep.network.name),
-            host_mtu=ep.network.mtu,
-            master=ep.network.name,
-            isolated=not ep.network.icc,
-            # Back out of the port it came in by: the container reaching its own
-            # published port (port isolation forbids that anyway under icc: false).
-            hairpin=ep.network.icc and any(p.network == ep.network.name for p in container.ports),
-            owned_ns=container.netns is not None,
-            master_ifname=ep.network.interface,
-        )
+        container=container.name,
+        network=ep.network.name,
+        ns=ns,
+        ifname=ep.attachment.interface,
+        mac=ep.mac,
+        mtu=ep.network.mtu,
+        host_ifname=host_ifname(spec.project, container.name, ep.network.name),
+        host_mtu=ep.network.mtu,
+        master=ep.network.name,
+        isolated=not ep.network.icc,
+        # Back out of the port it came in by: the container reaching its own
+        # published port (port isolation forbids that anyway under icc: false).
+        hairpin=ep.network.icc and publishes,
+        owned_ns=container.netns is not None,
+        master_ifname=ep.network.interface,
+    )
 
 
 def _address(link: Veth | Sublink, ip: IPAddress, prefixlen: int) -> Address:

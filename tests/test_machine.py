@@ -54,8 +54,8 @@ def test_a_subnet_in_use_on_the_machine_is_refused_before_any_change(
     code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
     assert code == 1
     assert err.splitlines() == [
-        f"error: {spec}:5:5: network 'front': subnet 10.77.1.0/24 overlaps {what} on this "
-        "machine, which another network (a LAN or VPN) already uses",
+        f"error: {spec}:5:5: network 'front': subnet 10.77.1.0/24 overlaps {what}, which is "
+        "already in use on this machine (a LAN, a VPN or another project)",
         "1 problem(s); nothing was changed.",
     ]
     assert kernel_snapshot() == before

@@ -255,8 +255,12 @@ def _scan_nft(scan: _Scan) -> _Nft:
     tables: list[tuple[str, str]] = []
     chains: list[NftChain] = []
     for item in items:
+        if not (isinstance(item, dict) and len(item) == 1):
+            continue  # not an object of the ruleset (a newer nft's extra entry)
         ((kind, body),) = item.items()
-        table = (body.get("family", ""), body.get("table", body.get("name", "")))
+        if not isinstance(body, dict):
+            continue
+        table = (str(body.get("family", "")), str(body.get("table", body.get("name", ""))))
         if kind == "table":
             if table == own:
                 found = True

@@ -76,7 +76,7 @@ class Change:
         return self.resource.title()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "action": str(self.action),
             "kind": str(self.key[0]),
             "key": list(self.key),
@@ -85,6 +85,12 @@ class Change:
             "before": None if self.before is None else fields_json(self.before),
             "after": None if self.after is None else fields_json(self.after),
         }
+        if self.key[0] == Kind.FIREWALL:
+            # The rule-level view, for pipelines that review firewall changes.
+            changes = rule_changes(self.before, self.after)
+            out["rules_added"] = [text for sign, text in changes if sign == "+"]
+            out["rules_removed"] = [text for sign, text in changes if sign == "-"]
+        return out
 
 
 @dataclass(frozen=True)

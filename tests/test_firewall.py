@@ -205,3 +205,17 @@ def test_macvlan_and_ipvlan_cannot_share_a_parent() -> None:
 ])
 def test_other_managers_are_told_apart(table: str, chain: str, manager: str | None) -> None:
     assert managers._manager(table, chain) == manager
+
+
+def test_json_plan_lists_rules_added_and_removed() -> None:
+    before = build()
+    after = build(SPEC.replace("internal: true", "internal: true, icc: false")
+                  .replace('"8080:80", ', ""))
+    doc = planner.plan(after, before).to_json("shop")
+    (table,) = [c for c in doc["changes"] if c["kind"] == "firewall"]
+    assert table["rules_added"] == ["forward: back: icc off, no routing between its containers"]
+    assert table["rules_removed"] == [
+        "prerouting: web: publish 8080/tcp -> 80",
+        "output: web: publish 8080/tcp -> 80, from this host",
+    ]
+    assert json.loads(json.dumps(doc)) == doc  # plain JSON all the way down

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from reconciler import __version__, engine, render
+from reconciler import __version__, engine, machines, render
 from reconciler import spec as spec_mod
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import ApplyError, NetapplyError, SpecError
@@ -37,7 +37,16 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command("validate", "check a spec without touching the kernel")
-    p = command("plan", "show what apply would change")
+
+    def on_host(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--host", metavar="NAME",
+            help="in a spec with hosts, the machine this is (default: the host whose address "
+                 "is an address of this machine)",
+        )
+        return p
+
+    p = on_host(command("plan", "show what apply would change"))
     p.add_argument("--output", choices=("text", "json"), default="text")
     p.add_argument(
         "--detailed-exitcode", action="store_true",
@@ -47,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         ("apply", "make the kernel match the spec"),
         ("destroy", "delete everything the project owns"),
     ):
-        p = command(name, text)
+        p = on_host(command(name, text))
         p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
-    p = command("show", "print what the project owns in the kernel")
+    p = on_host(command("show", "print what the project owns in the kernel"))
     p.add_argument("--output", choices=("text", "json"), default="text")
     return parser
 
@@ -69,6 +78,7 @@ class Cli:
             engine.require_privileges()
             kernel = NetlinkKernel()
             try:
+                spec = self._share(spec, kernel)
                 return getattr(self, self.args.command)(spec, kernel)  # type: ignore[no-any-return]
             finally:
                 kernel.close()
@@ -93,6 +103,14 @@ class Cli:
             self.err.print("interrupted")
             return 130
         return EXIT_ERROR
+
+    def _share(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> spec_mod.Spec:
+        """This machine's part of a spec with hosts; says which host it is."""
+        chosen = machines.select(spec, self.args.host, engine.local_addresses(kernel))
+        if chosen.host is not None:
+            text = f"This machine is host '{escape(chosen.host)}' ({escape(chosen.why)})."
+            (self.err if getattr(self.args, "output", "text") == "json" else self.out).print(text)
+        return machines.share(spec, chosen.host)
 
     def validate(self, spec: spec_mod.Spec) -> int:
         self.out.print(

@@ -4,6 +4,7 @@ apply, verify. No output here: callers decide how to show things."""
 from __future__ import annotations
 
 import gc
+import ipaddress
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +15,9 @@ from reconciler import firewall, managers, planner
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import ConvergenceError, PrivilegeError
 from reconciler.executor import Progress, Result, execute
-from reconciler.model import Spec
+from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
-from reconciler.resources import Firewall, Key, Kind, Resource, Sysctl
+from reconciler.resources import HOST_NS, Firewall, Key, Kind, Resource, Sysctl
 from reconciler.state.observe import ObservedState, observe
 
 CAP_NET_ADMIN = 12
@@ -46,6 +47,11 @@ def _has_capability(bit: int) -> bool:
     except OSError:
         pass
     return os.geteuid() == 0
+
+
+def local_addresses(kernel: Kernel) -> list[IPAddress]:
+    """The addresses of the machine's own namespace."""
+    return [ipaddress.ip_interface(a.cidr).ip for a in kernel.addresses(HOST_NS)]
 
 
 def netns_paths(spec: Spec) -> list[str]:

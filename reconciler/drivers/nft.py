@@ -19,6 +19,7 @@ NFT = "nft"
 # Where Debian puts it, for a PATH without the sbin directories (cron's).
 SBIN = "/usr/sbin:/sbin"
 TIMEOUT = 60  # seconds; a ruleset of many thousand rules lists in well under one
+WHAT = "list the nftables ruleset"
 
 
 def _command() -> str | None:
@@ -33,9 +34,6 @@ def ruleset() -> list[dict[str, Any]]:
         return _items(out)
     except ValueError:
         return _by_table()
-
-
-WHAT = "list the nftables ruleset"
 
 
 def _items(out: str) -> list[dict[str, Any]]:

@@ -273,8 +273,7 @@ def _sublink(container: Container, ep: Endpoint, ns: str) -> Sublink:
         driver=kind,
         parent=ep.network.parent,
         mode=ep.network.mode,
-        # ipvlan links and a passthru macvlan carry the parent's address.
-        mac=ep.mac if kind == "macvlan" and ep.network.mode != "passthru" else "",
+        mac=Sublink.own_mac(kind, ep.network.mode, ep.mac),
         mtu=ep.network.mtu,
         owned_ns=container.netns is not None,
     )

@@ -220,6 +220,12 @@ class Sublink:
         return (f"{self.driver} {self.ifname} on {self.parent} (container {self.container}, "
                 f"network {self.network})")
 
+    @staticmethod
+    def own_mac(driver: str, mode: str, mac: str) -> str:
+        """The MAC the link is compared by: "" where it carries the parent's
+        (ipvlan, and a passthru macvlan), which netapply must never set."""
+        return mac if driver == "macvlan" and mode != "passthru" else ""
+
 
 @dataclass(frozen=True)
 class Address:

@@ -294,7 +294,7 @@ def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bo
             sublink = Sublink(
                 parts[1], parts[2], ns, link.ifname, link.kind,
                 scan.host_names.get(link.parent or 0, "?"), link.mode or "",
-                link.mac if link.kind == "macvlan" and link.mode != "passthru" else "",
+                Sublink.own_mac(link.kind, link.mode or "", link.mac),
                 link.mtu, link.up,
                 owned_ns=owned_ns,
             )

@@ -93,8 +93,10 @@ def build(
         return None, None
     table = table_name(project)
     ports = list(published)
-    rules = [*_guard(bridges, ports), *_forward(bridges, ports), *_dnat(ports),
-             *_postrouting(bridges, ports)]
+    with_ports = {p.network.name for p in ports}
+    localnet = localnet_bridges(ports)
+    rules = [*_guard(bridges, localnet), *_forward(bridges, with_ports), *_dnat(ports),
+             *_postrouting(bridges, with_ports, localnet)]
     order = {chain.name: i for i, chain in enumerate(CHAINS)}
     rules.sort(key=lambda r: order[r.chain])  # stable: keeps the order within a chain
     firewall = Firewall(table, tuple(chain_key(table, c) for c in CHAINS), tuple(rules))
@@ -151,11 +153,10 @@ LOCAL_DADDR = {"match": {"op": "==", "left": {"fib": {"result": "type", "flags":
 # ---- rules ------------------------------------------------------------------------
 
 
-def _guard(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
+def _guard(bridges: list[Network], localnet: set[str]) -> Iterator[Rule]:
     """route_localnet makes the kernel route packets to 127.0.0.0/8 that arrive
     on the bridge: without this drop, before routing, a container could reach
     services the host binds to 127.0.0.1 (CVE-2020-8558 in Kubernetes)."""
-    localnet = localnet_bridges(ports)
     for net in bridges:
         if net.name in localnet:
             yield Rule.of(GUARD.name, f"{net.name}: containers never reach the host's 127.0.0.1",
@@ -163,8 +164,7 @@ def _guard(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
                            DROP])
 
 
-def _forward(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
-    with_ports = {p.network.name for p in ports}
+def _forward(bridges: list[Network], with_ports: set[str]) -> Iterator[Rule]:
     for net in bridges:
         dev, name = net.interface, net.name
         into = [_meta("oifname", dev), _meta("iifname", dev, "!=")]
@@ -210,9 +210,9 @@ def _loopback_only(host_ip: IPAddress | None) -> bool:
     return host_ip is not None and host_ip.is_loopback
 
 
-def _postrouting(bridges: list[Network], ports: list[Published]) -> Iterator[Rule]:
-    localnet = localnet_bridges(ports)
-    with_ports = {p.network.name for p in ports}
+def _postrouting(
+    bridges: list[Network], with_ports: set[str], localnet: set[str]
+) -> Iterator[Rule]:
     for net in bridges:
         dev = net.interface
         if net.masquerade:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from reconciler import firewall
 from reconciler import spec as spec_mod
 from reconciler.drivers.kernel import Kernel
+from reconciler.drivers.ops import localnet_sysctl
 from reconciler.errors import KernelError
 from reconciler.model import Spec
 from reconciler.resources import (
@@ -263,7 +264,7 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
             "down": lambda: kernel.link_set("", res.ifname, up=False),
             "rename": lambda: kernel.link_set("", res.ifname, new_name="br-drift"),
             "localnet toggled": lambda: kernel.sysctl_set(
-                f"net/ipv4/conf/{res.ifname}/route_localnet", "0" if res.localnet else "1"),
+                localnet_sysctl(res.ifname), "0" if res.localnet else "1"),
         }[what]()
     elif isinstance(res, Veth):
         {

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from reconciler import firewall, model
 from reconciler.drivers.kernel import ETC_NETNS_DIR, AddrInfo, Kernel, LinkInfo
-from reconciler.drivers.ops import LOOPBACK, hosts_path
+from reconciler.drivers.ops import LOOPBACK, hosts_path, localnet_sysctl
 from reconciler.errors import KernelError
 from reconciler.resources import (
     HOST_NS,
@@ -181,7 +181,7 @@ def _scan_host(scan: _Scan) -> None:
     for link in links:
         parts = scan.alias_parts(link)
         if parts and parts[0] == "bridge" and len(parts) == 2 and link.kind == "bridge":
-            localnet = scan.kernel.sysctl_get(f"net/ipv4/conf/{link.ifname}/route_localnet")
+            localnet = scan.kernel.sysctl_get(localnet_sysctl(link.ifname))
             bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up, localnet == "1")
             scan.resources[bridge.key] = bridge
             owned[link.index] = bridge.key

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import given, note
+from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from reconciler import firewall
@@ -224,6 +224,11 @@ def replay(calls: list[Call], compare: Callable[[], None], real: NetlinkKernel,
 
 
 @given(st.lists(CALLS, max_size=25), st.booleans())
+@example(  # a secondary address goes with its subnet's primary
+    calls=[Call("addr_add", ("n1", "eth0", "10.1.0.3/24")),
+           Call("addr_del", ("n1", "eth0", "10.1.0.2/24"))],
+    with_setup=True,
+)
 def test_memory_kernel_agrees_with_the_real_kernel(calls: list[Call], with_setup: bool) -> None:
     require_sandbox()
     sequence = (SETUP if with_setup else []) + calls

@@ -15,7 +15,8 @@ ones that test pins down:
   bridge whose MTU was never set follows its ports' smallest MTU;
 - a route needs its link up and its gateway inside a subnet of an address on
   that link (IPv4 ENETUNREACH, IPv6 EHOSTUNREACH);
-- removing an IPv4 address removes the IPv4 routes whose gateway it covered;
+- removing an IPv4 address removes the IPv4 routes whose gateway it covered,
+  and removing a subnet's primary address removes its secondaries;
 - setting a link down removes its IPv4 routes and all its IPv6 addresses and
   routes; loopback up adds 127.0.0.1/8 and ::1/128;
 - MTU must be 68..65535 (EINVAL; the loopback's MTU is not modelled);
@@ -463,13 +464,27 @@ class MemoryKernel:
         iface = ipaddress.ip_interface(cidr)
         if (link.index, iface) not in space.addresses:
             raise KernelError(what, errno.EADDRNOTAVAIL)
-        space.addresses.remove((link.index, iface))
+        gone = [(link.index, iface)]
+        if iface.version == 4 and self._primary(space, link, iface) == iface:
+            # Without promote_secondaries (off by default) the kernel removes the
+            # secondary addresses of a subnet with its primary.
+            gone += [(i, a) for i, a in space.addresses if i == link.index and a != iface
+                     and a.version == 4 and a.network == iface.network]
+        space.addresses = [entry for entry in space.addresses if entry not in gone]
         if iface.version == 4:
             space.routes = [
                 r for r in space.routes
                 if not (r.oif == link.index and r.via is not None and r.via.version == 4
                         and not self._reachable(space, link, r.via))
             ]
+
+    @staticmethod
+    def _primary(
+        space: _Namespace, link: _Link, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
+        """The first address of iface's subnet (same prefix) on the link: the primary."""
+        return next((a for i, a in space.addresses
+                     if i == link.index and a.version == 4 and a.network == iface.network), None)
 
     def _reachable(
         self, space: _Namespace, link: _Link,

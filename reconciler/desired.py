@@ -144,17 +144,20 @@ def _unsupported(spec: Spec) -> Iterator[Problem]:
             )
 
 
+def _attached_networks(spec: Spec) -> set[str]:
+    return {a.network for c in spec.containers.values()
+            if c.network_mode == NetworkMode.BRIDGE for a in c.attachments}
+
+
 def used_link_kinds(spec: Spec) -> set[str]:
     """Link kinds beyond bridge and veth that the spec's attachments need."""
-    drivers = {spec.networks[a.network].driver for c in spec.containers.values()
-               if c.network_mode == NetworkMode.BRIDGE for a in c.attachments}
+    drivers = {spec.networks[name].driver for name in _attached_networks(spec)}
     return {LINK_KINDS[d] for d in drivers if d in LINK_KINDS}
 
 
 def _machine_problems(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
     """What this machine lacks for a valid spec, found before any change."""
-    in_use = {a.network for c in spec.containers.values()
-              if c.network_mode == NetworkMode.BRIDGE for a in c.attachments}
+    in_use = _attached_networks(spec)
     parents = {name: (mtu, enslaved) for name, mtu, enslaved in observed.foreign.host_links}
     for network in spec.networks.values():
         kind = LINK_KINDS.get(network.driver)

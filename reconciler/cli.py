@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 class Cli:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        self.host: str | None = None
         no_color = bool(args.no_color)
         self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
@@ -78,7 +79,7 @@ class Cli:
             engine.require_privileges()
             kernel = NetlinkKernel()
             try:
-                spec = self._share(spec, kernel)
+                self.host = self._which_host(spec, kernel)
                 return getattr(self, self.args.command)(spec, kernel)  # type: ignore[no-any-return]
             finally:
                 kernel.close()
@@ -104,13 +105,14 @@ class Cli:
             return 130
         return EXIT_ERROR
 
-    def _share(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> spec_mod.Spec:
-        """This machine's part of a spec with hosts; says which host it is."""
+    def _which_host(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> str | None:
+        """Which of a spec's hosts this machine is (it applies only its share);
+        says which."""
         chosen = machines.select(spec, self.args.host, engine.local_addresses(kernel))
         if chosen.host is not None:
             text = f"This machine is host '{escape(chosen.host)}' ({escape(chosen.why)})."
             (self.err if getattr(self.args, "output", "text") == "json" else self.out).print(text)
-        return machines.share(spec, chosen.host)
+        return chosen.host
 
     def validate(self, spec: spec_mod.Spec) -> int:
         self.out.print(
@@ -120,7 +122,7 @@ class Cli:
         return EXIT_OK
 
     def plan(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
-        snap = engine.snapshot(kernel, spec)
+        snap = engine.snapshot(kernel, spec, host=self.host)
         if self.args.output == "json":
             doc = {**snap.plan.to_json(spec.project), "notes": list(snap.notes)}
             print(json.dumps(doc, indent=2, sort_keys=True))
@@ -137,7 +139,7 @@ class Cli:
         return self._change(spec, kernel, destroy=True)
 
     def _change(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool) -> int:
-        snap = engine.snapshot(kernel, spec, destroy=destroy)
+        snap = engine.snapshot(kernel, spec, destroy=destroy, host=self.host)
         self.out.print(render.plan_text(snap.plan, spec.project, snap.notes))
         if snap.plan.empty:
             return EXIT_OK
@@ -155,12 +157,12 @@ class Cli:
                 def advance(action: Action, change: Change) -> None:
                     bar.update(task, advance=1, description=escape(describe(action, change)))
 
-                result = engine.apply(kernel, spec, snap.plan, destroy, advance)
+                result = engine.apply(kernel, spec, snap.plan, destroy, advance, self.host)
         else:
             def log(action: Action, change: Change) -> None:
                 self.out.print(f"  done: {escape(describe(action, change))}")
 
-            result = engine.apply(kernel, spec, snap.plan, destroy, log)
+            result = engine.apply(kernel, spec, snap.plan, destroy, log, self.host)
         outcome = (
             f"nothing owned by project '{escape(spec.project)}' is left"
             if destroy
@@ -181,7 +183,7 @@ class Cli:
         return answer.strip() == "yes"
 
     def show(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
-        owned = [r for r in engine.observe_project(kernel, spec).resources.values()
+        owned = [r for r in engine.observe_project(kernel, spec, self.host).resources.values()
                  if not is_shared(r)]
         if self.args.output == "json":
             resources = [

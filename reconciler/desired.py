@@ -12,8 +12,8 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from reconciler import firewall
-from reconciler.errors import MachineError, Problem, SpecError
+from reconciler import firewall, machines
+from reconciler.errors import InternalError, MachineError, Problem, SpecError
 from reconciler.model import (
     IFNAMSIZ,
     Attachment,
@@ -29,26 +29,32 @@ from reconciler.model import (
 from reconciler.resources import (
     HOST_NS,
     HOSTS_HEADER,
+    ZERO_MAC,
     Address,
     Bridge,
+    Fdb,
     HostsFile,
     HostsTable,
     Key,
     Kind,
+    Neigh,
     Netns,
     Resource,
     Route,
     Sublink,
     Veth,
+    Vxlan,
     tables_dir,
 )
-from reconciler.state.observe import ObservedState
+from reconciler.state.observe import Foreign, ObservedState
 
 DEFAULT_V4 = "0.0.0.0/0"
 DEFAULT_V6 = "::/0"
-SUPPORTED_DRIVERS = (Driver.BRIDGE, Driver.MACVLAN, Driver.IPVLAN)
 SUBLINK_DRIVERS = (Driver.MACVLAN, Driver.IPVLAN)
-LINK_KINDS = {Driver.MACVLAN: "macvlan", Driver.IPVLAN: "ipvlan"}
+BRIDGED_DRIVERS = (Driver.BRIDGE, Driver.OVERLAY)  # a bridge here, containers on veths
+LINK_KINDS = {Driver.MACVLAN: "macvlan", Driver.IPVLAN: "ipvlan", Driver.OVERLAY: "vxlan"}
+# Bytes VXLAN adds to each frame: outer IP header, UDP, VXLAN, inner Ethernet.
+VXLAN_OVERHEAD = {4: 50, 6: 70}
 
 
 def _digest(*parts: str) -> bytes:
@@ -60,6 +66,11 @@ def host_ifname(project: str, container: str, network: str) -> str:
     name = "veth" + _digest(project, container, network).hex()[: IFNAMSIZ - 4]
     assert len(name) <= IFNAMSIZ
     return name
+
+
+def vxlan_ifname(project: str, network: str) -> str:
+    """An overlay's VXLAN device: "vx-" + 12 hex digits, stable for the network."""
+    return "vx-" + _digest(project, "vxlan", network).hex()[:12]
 
 
 def bridge_mac(project: str, network: str) -> str:
@@ -86,15 +97,20 @@ class Endpoint:
         return self.attachment.mac_address or default_mac(self.ipv4)
 
 
-def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
-    """The desired state, or SpecError listing every problem at once."""
-    problems = [*_unsupported(spec), *_missing_paths(spec, observed)]
+def build(spec: Spec, observed: ObservedState, host: str | None = None) -> dict[Key, Resource]:
+    """The desired state of this machine (`host` in a spec with hosts), or
+    SpecError listing every problem at once."""
+    if spec.hosts and host is None:
+        raise InternalError("a spec with hosts is built for one of its hosts")
+    whole, spec = spec, machines.share(spec, host)
+    problems = list(_missing_paths(spec, observed))
     if problems:
         raise SpecError(problems)
-    problems = list(_machine_problems(spec, observed))
+    problems = list(_machine_problems(spec, observed, host))
     if problems:
         raise MachineError(problems)
-    endpoints = allocate(spec, observed)
+    everywhere = allocate(whole, observed, host)
+    endpoints = [ep for ep in everywhere if machines.runs_here(ep.container, host)]
     published = list(_published(spec, endpoints))
     table, forwarding = firewall.build(spec.project, spec.networks.values(), published)
     resources: list[Resource] = [r for r in (table, forwarding) if r is not None]
@@ -105,12 +121,16 @@ def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
         )])
     localnet = firewall.localnet_bridges(published)
     for network in spec.networks.values():
-        if network.driver == Driver.BRIDGE:
+        if network.driver in BRIDGED_DRIVERS:
             resources.extend(_bridge(spec.project, network, network.name in localnet))
+        if network.driver == Driver.OVERLAY:
+            assert host is not None
+            resources.extend(_overlay(whole, network, host, everywhere))
     by_container: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
         by_container.setdefault(ep.container.name, []).append(ep)
-    tables = HostsTables(spec.project, hosts_lines(endpoints))
+    # Members on other machines are named too: an overlay spans the machines.
+    tables = HostsTables(spec.project, hosts_lines(everywhere))
     for container in spec.containers.values():
         if container.network_mode == NetworkMode.HOST:
             continue
@@ -134,51 +154,71 @@ def build(spec: Spec, observed: ObservedState) -> dict[Key, Resource]:
     return state
 
 
-def _unsupported(spec: Spec) -> Iterator[Problem]:
-    for network in spec.networks.values():
-        if network.driver not in SUPPORTED_DRIVERS:
-            yield Problem(
-                spec.locate("networks", network.name, "driver"),
-                f"network '{network.name}': driver {network.driver} is not supported by "
-                f"this version of netapply (supported: {', '.join(SUPPORTED_DRIVERS)})",
-            )
-
-
 def _attached_networks(spec: Spec) -> set[str]:
     return {a.network for c in spec.containers.values()
             if c.network_mode == NetworkMode.BRIDGE for a in c.attachments}
 
 
 def used_link_kinds(spec: Spec) -> set[str]:
-    """Link kinds beyond bridge and veth that the spec's attachments need."""
+    """Link kinds beyond bridge and veth that the attachments of (this
+    machine's share of) the spec need."""
     drivers = {spec.networks[name].driver for name in _attached_networks(spec)}
     return {LINK_KINDS[d] for d in drivers if d in LINK_KINDS}
 
 
-def _machine_problems(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
+def _machine_problems(
+    spec: Spec, observed: ObservedState, host: str | None
+) -> Iterator[Problem]:
     """What this machine lacks for a valid spec, found before any change."""
     in_use = _attached_networks(spec)
     parents = {name: (mtu, enslaved) for name, mtu, enslaved in observed.foreign.host_links}
     for network in spec.networks.values():
         kind = LINK_KINDS.get(network.driver)
+        problem = None
         if kind is not None and network.name in in_use:
-            problem = _parent_problem(network, kind, observed.missing_kinds, parents)
-            if problem is not None:
-                path, cause = problem
-                yield Problem(spec.locate("networks", network.name, path),
-                              f"network '{network.name}': {cause}")
-        if network.driver == Driver.BRIDGE:
+            if kind in observed.missing_kinds:
+                problem = "driver", (f"the running kernel has no {kind} driver (module {kind} is "
+                                     "neither built in nor loadable); load it or use another "
+                                     "driver")
+            elif network.driver == Driver.OVERLAY:
+                assert host is not None
+                problem = _underlay_problem(spec, network, host, observed.foreign, parents)
+            else:
+                problem = _parent_problem(network, kind, parents)
+        if problem is not None:
+            path, cause = problem
+            yield Problem(spec.locate("networks", network.name, path),
+                          f"network '{network.name}': {cause}")
+        if network.driver in BRIDGED_DRIVERS:
             yield from _overlaps(spec, network, observed.foreign.host_nets)
 
 
+def _underlay_problem(
+    spec: Spec, network: Network, host: str, foreign: Foreign,
+    links: dict[str, tuple[int, bool]],
+) -> tuple[str, str] | None:
+    """(spec key, cause) of why this machine cannot carry the overlay's frames:
+    its host address is not here, or the interface with it is too small for
+    the overlay's MTU plus the VXLAN headers."""
+    address = spec.hosts[host].address
+    ifname = dict(foreign.host_addresses).get(address)
+    if ifname is None:
+        return "driver", (f"this machine is host '{host}', but its address {address} is not an "
+                          "address of this machine; VXLAN packets would leave with a wrong "
+                          "source")
+    overhead = VXLAN_OVERHEAD[address.version]
+    mtu = links.get(ifname, (None, False))[0]
+    if mtu is not None and network.mtu + overhead > mtu:
+        return "mtu", (f"mtu {network.mtu} plus {overhead} bytes of VXLAN headers is larger "
+                       f"than the mtu {mtu} of {ifname}, which has host '{host}''s address "
+                       f"{address}; set mtu to at most {mtu - overhead}")
+    return None
+
+
 def _parent_problem(
-    network: Network, kind: str, missing_kinds: frozenset[str],
-    parents: dict[str, tuple[int, bool]],
+    network: Network, kind: str, parents: dict[str, tuple[int, bool]],
 ) -> tuple[str, str] | None:
     """(spec key, cause) of why links of this network cannot be made here."""
-    if kind in missing_kinds:
-        return "driver", (f"the running kernel has no {kind} driver (module {kind} is neither "
-                          "built in nor loadable); load it or use another driver")
     found = parents.get(network.parent or "")
     if found is None:
         return "parent", f"parent interface {network.parent} does not exist on this machine"
@@ -240,6 +280,34 @@ def _bridge(project: str, network: Network, localnet: bool) -> Iterator[Resource
     if network.ipv6_subnet is not None and network.ipv6_gateway is not None:
         cidr = f"{network.ipv6_gateway}/{network.ipv6_subnet.prefixlen}"
         yield Address(bridge.key, cidr, ns=HOST_NS, ifname=bridge.ifname)
+
+
+def _overlay(
+    spec: Spec, network: Network, host: str, endpoints: list[Endpoint]
+) -> Iterator[Resource]:
+    """This machine's VXLAN device of an overlay, and what it must know of the
+    other machines' members, all from the spec: no learning, no multicast."""
+    assert network.vni is not None
+    vxlan = Vxlan(
+        network.name, vxlan_ifname(spec.project, network.name), network.vni,
+        str(spec.hosts[host].address), network.port, network.mtu, master=network.name,
+        # Isolated like the containers' ports under icc: false, so that isolation
+        # holds between machines too.
+        isolated=not network.icc, master_ifname=network.interface,
+    )
+    yield vxlan
+    remote = [ep for ep in endpoints
+              if ep.network.name == network.name and ep.container.host != host]
+    ifname = vxlan.ifname
+    for machine in sorted({ep.container.host for ep in remote if ep.container.host}):
+        yield Fdb(network.name, ZERO_MAC, str(spec.hosts[machine].address), ifname)
+    for ep in remote:
+        assert ep.container.host is not None
+        yield Fdb(network.name, ep.mac, str(spec.hosts[ep.container.host].address), ifname)
+        yield Fdb(network.name, ep.mac, "", ifname)
+        for ip in (ep.ipv4, ep.ipv6):
+            if ip is not None:
+                yield Neigh(network.name, str(ip), ep.mac, ifname)
 
 
 def _container(
@@ -385,10 +453,14 @@ class HostsTables:
 # ---- allocation ---------------------------------------------------------------
 
 
-def allocate(spec: Spec, observed: ObservedState) -> list[Endpoint]:
-    """Addresses for every attachment: explicit ones win; otherwise an endpoint
-    keeps the address it has while it stays valid; new ones get the lowest free
-    address of the pool. Deterministic for a given spec and observed state."""
+def allocate(spec: Spec, observed: ObservedState, host: str | None = None) -> list[Endpoint]:
+    """Addresses for the attachments of this machine (`host`), and for every
+    member of an overlay wherever it runs. Explicit addresses win. Otherwise, on
+    networks local to the machine, an endpoint keeps the address it has while
+    it stays valid and new ones get the lowest free address of the pool; on an
+    overlay, every machine must compute the same addresses from the spec alone,
+    so each member starts looking at a place in the pool derived from its name.
+    Deterministic for a given spec and observed state."""
     kept = _observed_addresses(observed)
     endpoints = []
     by_network: dict[str, list[tuple[Container, Attachment]]] = {}
@@ -398,16 +470,21 @@ def allocate(spec: Spec, observed: ObservedState) -> list[Endpoint]:
                 by_network.setdefault(a.network, []).append((c, a))
     for network in spec.networks.values():
         members = by_network.get(network.name, [])
+        spread = network.driver == Driver.OVERLAY
+        if not spread:
+            members = [(c, a) for c, a in members if machines.runs_here(c, host)]
+            if not members:
+                continue
         v4 = _allocate_family(
-            spec, network, members, kept, 4,
+            spec, network, members, {} if spread else kept, 4,
             pool=network.ip_range or network.subnet, subnet=network.subnet,
-            gateway=network.gateway,
+            gateway=network.gateway, spread=spread,
         )
         v6: dict[str, IPAddress] = {}
         if network.ipv6_subnet is not None:
             v6 = _allocate_family(
-                spec, network, members, kept, 6, pool=network.ipv6_subnet,
-                subnet=network.ipv6_subnet, gateway=network.ipv6_gateway,
+                spec, network, members, {} if spread else kept, 6, pool=network.ipv6_subnet,
+                subnet=network.ipv6_subnet, gateway=network.ipv6_gateway, spread=spread,
             )
         for container, attachment in members:
             ipv4 = v4[container.name]
@@ -441,6 +518,7 @@ def _allocate_family(
     pool: ipaddress.IPv4Network | ipaddress.IPv6Network,
     subnet: ipaddress.IPv4Network | ipaddress.IPv6Network,
     gateway: IPAddress | None,
+    spread: bool = False,
 ) -> dict[str, IPAddress]:
     taken: set[IPAddress] = {subnet.network_address, subnet.broadcast_address}
     if gateway is not None:
@@ -464,7 +542,10 @@ def _allocate_family(
     for container, _attachment in members:
         if container.name in chosen:
             continue
-        new_ip = next(free, None)
+        if spread:
+            new_ip = _spread(spec.project, network.name, container.name, pool, taken)
+        else:
+            new_ip = next(free, None)
         if new_ip is None:
             raise SpecError([Problem(
                 spec.locate("networks", network.name, "subnet"),
@@ -474,6 +555,22 @@ def _allocate_family(
         chosen[container.name] = new_ip
         taken.add(new_ip)
     return chosen
+
+
+def _spread(
+    project: str, network: str, container: str,
+    pool: ipaddress.IPv4Network | ipaddress.IPv6Network, taken: set[IPAddress],
+) -> IPAddress | None:
+    """The first free address from a place in the pool derived from the names:
+    adding or removing a member moves another only when both names lead to the
+    same place (members are placed in name order)."""
+    size = pool.num_addresses
+    start = int.from_bytes(_digest(project, network, container)[:16], "big") % size
+    for step in range(min(size, len(taken) + 1)):
+        ip = pool[(start + step) % size]
+        if ip not in taken:
+            return ip
+    return next((ip for ip in pool if ip not in taken), None)
 
 
 # ---- foreign objects --------------------------------------------------------------
@@ -503,6 +600,11 @@ def _collisions(
             yield Problem(
                 spec.locate("networks", res.network, "interface"),
                 f"network '{res.network}': interface {res.ifname} {not_owned}",
+            )
+        elif isinstance(res, Vxlan) and (HOST_NS, res.ifname) in foreign.links:
+            yield Problem(
+                spec.locate("networks", res.network),
+                f"network '{res.network}': vxlan interface {res.ifname} {not_owned}",
             )
         elif isinstance(res, Veth):
             yield from _veth_collisions(spec, res, foreign.links, not_owned)

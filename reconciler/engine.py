@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from reconciler import desired as desired_mod
-from reconciler import firewall, managers, planner
+from reconciler import firewall, machines, managers, planner
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import ConvergenceError, PrivilegeError
 from reconciler.executor import Progress, Result, execute
@@ -80,10 +80,13 @@ def no_gc_pauses() -> Iterator[None]:
             gc.enable()
 
 
-def plan_from(spec: Spec, observed: ObservedState, destroy: bool = False) -> Snapshot:
-    """Desired state and plan from an observation (no I/O)."""
+def plan_from(
+    spec: Spec, observed: ObservedState, destroy: bool = False, host: str | None = None
+) -> Snapshot:
+    """Desired state and plan from an observation (no I/O). `host`: which of
+    the spec's hosts this machine is."""
     with no_gc_pauses():
-        wanted = {} if destroy else desired_mod.build(spec, observed)
+        wanted = {} if destroy else desired_mod.build(spec, observed, host)
         filtering = any(isinstance(r, Firewall) for r in wanted.values())
         notes = managers.notes(observed.foreign, filtering)
         forwarding = (Kind.SYSCTL, firewall.IP_FORWARD)
@@ -96,27 +99,30 @@ def plan_from(spec: Spec, observed: ObservedState, destroy: bool = False) -> Sna
         return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), tuple(notes))
 
 
-def observe_project(kernel: Kernel, spec: Spec) -> ObservedState:
+def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> ObservedState:
     """What the spec's project owns in the kernel, and the foreign names around it."""
+    share = machines.share(spec, host)
     with no_gc_pauses():
         return observe(
-            kernel, spec.project, netns_paths(spec), desired_mod.used_link_kinds(spec)
+            kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share)
         )
 
 
-def snapshot(kernel: Kernel, spec: Spec, destroy: bool = False) -> Snapshot:
+def snapshot(
+    kernel: Kernel, spec: Spec, destroy: bool = False, host: str | None = None
+) -> Snapshot:
     """Observe and plan. With destroy, the desired state is empty."""
-    return plan_from(spec, observe_project(kernel, spec), destroy)
+    return plan_from(spec, observe_project(kernel, spec, host), destroy, host)
 
 
 def apply(
     kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, host: str | None = None,
 ) -> Result:
     """Execute the plan, then re-observe: a non-empty plan afterwards is an error
     that shows what still differs."""
     result = execute(kernel, spec.project, plan, progress)
-    after = snapshot(kernel, spec, destroy=destroy)
+    after = snapshot(kernel, spec, destroy=destroy, host=host)
     if not after.plan.empty:
         lines = [f"  {c.action} {c.title()}: {c.reason}" for c in after.plan.changes]
         raise ConvergenceError(

@@ -5,8 +5,9 @@ written as a whole in one transaction, so the kernel never holds half a
 ruleset. Rules are built as nftables JSON (the form `nft -j list` prints back,
 so desired and observed compare as canonical strings).
 
-What the rules do, per bridge network (Docker's behaviour, as in its
-DOCKER-ISOLATION chains, its MASQUERADE rule and its DNAT rules):
+What the rules do, per bridge network and per overlay's bridge on this machine
+(Docker's behaviour, as in its DOCKER-ISOLATION chains, its MASQUERADE rule
+and its DNAT rules):
 - nothing from other interfaces enters the network, except replies to its own
   connections and published ports; so networks (of this project or of
   others, and the outside) cannot reach its containers;
@@ -88,7 +89,9 @@ def build(
 ) -> tuple[Firewall | None, Sysctl | None]:
     """The project's table and the IPv4 forwarding it needs, or None for each
     when no bridge network asks for them."""
-    bridges = [n for n in networks if n.driver == Driver.BRIDGE]
+    # An overlay has a bridge on each machine too, and the same rules hold for
+    # what is routed into and out of it there.
+    bridges = [n for n in networks if n.driver in (Driver.BRIDGE, Driver.OVERLAY)]
     if not bridges:
         return None, None
     table = table_name(project)
@@ -100,7 +103,7 @@ def build(
     order = {chain.name: i for i, chain in enumerate(CHAINS)}
     rules.sort(key=lambda r: order[r.chain])  # stable: keeps the order within a chain
     firewall = Firewall(table, tuple(chain_key(table, c) for c in CHAINS), tuple(rules))
-    routed = [n.name for n in bridges if not n.internal]
+    routed = [n.name for n in bridges if not n.internal and n.gateway is not None]
     forwarding = None
     if routed:
         forwarding = Sysctl(
@@ -215,7 +218,7 @@ def _postrouting(
 ) -> Iterator[Rule]:
     for net in bridges:
         dev = net.interface
-        if net.masquerade:
+        if net.masquerade and net.gateway is not None:  # an overlay may have no way out
             yield Rule.of(POSTROUTING.name, f"{net.name}: masquerade traffic leaving it",
                           [_payload("ip", "saddr", _prefix(net.subnet)),
                            _meta("oifname", dev, "!="), MASQUERADE])

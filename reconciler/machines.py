@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from reconciler.errors import NetapplyError
-from reconciler.model import IPAddress, Spec
+from reconciler.model import Container, IPAddress, Spec
 
 
 class HostError(NetapplyError):
@@ -51,12 +51,18 @@ def select(spec: Spec, requested: str | None, local: Iterable[IPAddress]) -> Sel
     return Selection(chosen.name, f"{chosen.address} is an address of this machine")
 
 
+def runs_here(container: Container, host: str | None) -> bool:
+    """Whether the container is on this machine (`host`; None: a spec without
+    hosts, all of which is this machine's)."""
+    return host is None or container.host in (host, None)
+
+
 def share(spec: Spec, host: str | None) -> Spec:
     """The part of the spec one machine applies: its containers and the
     networks they attach to. Without hosts, the whole spec."""
     if host is None:
         return spec
-    containers = {n: c for n, c in spec.containers.items() if c.host in (host, None)}
+    containers = {n: c for n, c in spec.containers.items() if runs_here(c, host)}
     used = {a.network for c in containers.values() for a in c.attachments}
     networks = {n: net for n, net in spec.networks.items() if n in used}
     return replace(spec, containers=containers, networks=networks)

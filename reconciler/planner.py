@@ -22,6 +22,7 @@ from reconciler.resources import (
     State,
     Sublink,
     Veth,
+    Vxlan,
     diff_fields,
     fields_json,
     is_shared,
@@ -34,8 +35,8 @@ from reconciler.resources import (
 # comes first so that isolation holds before any link exists, and forwarding is
 # switched on only once the firewall is in place; on removal the table goes last.
 KIND_ORDER = (
-    Kind.FIREWALL, Kind.SYSCTL, Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.SUBLINK, Kind.ADDRESS,
-    Kind.ROUTE, Kind.HOSTS_TABLE, Kind.HOSTS, Kind.LEFTOVER,
+    Kind.FIREWALL, Kind.SYSCTL, Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.SUBLINK, Kind.VXLAN,
+    Kind.FDB, Kind.NEIGH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS_TABLE, Kind.HOSTS, Kind.LEFTOVER,
 )
 RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
 
@@ -44,6 +45,8 @@ SUBLINK_FIXED = "a macvlan/ipvlan link keeps its namespace, parent and mode"
 REPLACE_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.VETH: {"ns": "a veth end cannot change namespace in place"},
     Kind.SUBLINK: {name: SUBLINK_FIXED for name in ("ns", "driver", "parent", "mode")},
+    Kind.VXLAN: {name: "a vxlan device keeps its vni, address, port and flags"
+                 for name in ("vni", "local", "port", "learning", "proxy")},
 }
 
 
@@ -239,7 +242,7 @@ def plan(desired: State, observed: State) -> Plan:
 
 def _link_names(res: Resource) -> list[tuple[str, str, str]]:
     """(namespace, interface name, field) of each link end the resource names."""
-    if isinstance(res, Bridge):
+    if isinstance(res, Bridge | Vxlan):
         return [(HOST_NS, res.ifname, "ifname")]
     if isinstance(res, Veth):
         return [(res.ns, res.ifname, "ifname"), (HOST_NS, res.host_ifname, "host_ifname")]

@@ -30,6 +30,9 @@ class Kind(StrEnum):
     BRIDGE = "bridge"
     VETH = "veth"
     SUBLINK = "sublink"
+    VXLAN = "vxlan"
+    FDB = "fdb"
+    NEIGH = "neigh"
     ADDRESS = "address"
     ROUTE = "route"
     HOSTS_TABLE = "hosts-table"
@@ -225,6 +228,95 @@ class Sublink:
         """The MAC the link is compared by: "" where it carries the parent's
         (ipvlan, and a passthru macvlan), which netapply must never set."""
         return mac if driver == "macvlan" and mode != "passthru" else ""
+
+
+@dataclass(frozen=True)
+class Vxlan(_HostWide):
+    """The VXLAN device of an overlay network on this machine: a port of the
+    network's bridge that carries its frames to the other machines. Learning is
+    off (forwarding comes from the spec) and ARP/ND are answered locally from
+    the device's neighbour entries (proxy), as Docker's overlay driver does."""
+
+    kind: ClassVar[Kind] = Kind.VXLAN
+    network: str
+    ifname: str
+    vni: int
+    local: str  # this machine's underlay address
+    port: int  # UDP destination port
+    mtu: int
+    master: str | None  # the network whose owned bridge it is a port of
+    up: bool = True
+    isolated: bool = False  # bridge port isolation (icc: false), as on the containers' ports
+    learning: bool = False
+    proxy: bool = True
+    master_ifname: str | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.network)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return (Dep((Kind.BRIDGE, self.network), cascade=False),)
+
+    def title(self) -> str:
+        return f"vxlan {self.ifname} (network {self.network}, vni {self.vni})"
+
+
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+@dataclass(frozen=True)
+class Fdb(_HostWide):
+    """A static forwarding entry for an overlay. With `dst`, an entry of the
+    VXLAN device: frames for `mac` go to the machine at `dst` (the all-zero MAC:
+    broadcast and unknown frames, one entry per other machine). Without, an
+    entry of the bridge: frames for a remote `mac` go to the VXLAN port, so the
+    bridge never learns a container that moved here at its old place."""
+
+    kind: ClassVar[Kind] = Kind.FDB
+    network: str
+    mac: str
+    dst: str  # "" for the bridge's entry
+    ifname: str = field(compare=False)  # the VXLAN device
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.network, self.mac, self.dst)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return (Dep((Kind.VXLAN, self.network), cascade=True),)
+
+    def title(self) -> str:
+        if not self.dst:
+            return f"bridge entry {self.mac} -> {self.ifname}"
+        what = "broadcast and unknown" if self.mac == ZERO_MAC else self.mac
+        return f"forwarding entry {what} -> {self.dst} on {self.ifname}"
+
+
+@dataclass(frozen=True)
+class Neigh(_HostWide):
+    """A permanent neighbour entry on an overlay's VXLAN device: the address of
+    a container on another machine and its MAC, from which the device answers
+    ARP and neighbour solicitations itself."""
+
+    kind: ClassVar[Kind] = Kind.NEIGH
+    network: str
+    ip: str
+    mac: str
+    ifname: str = field(compare=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.network, self.ip)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return (Dep((Kind.VXLAN, self.network), cascade=True),)
+
+    def title(self) -> str:
+        return f"neighbour {self.ip} is {self.mac} on {self.ifname}"
 
 
 @dataclass(frozen=True)
@@ -434,8 +526,8 @@ class Sysctl(_HostWide):
 
 
 Resource = (
-    Firewall | Sysctl | Netns | Bridge | Veth | Sublink | Address | Route | HostsTable
-    | HostsFile | Leftover
+    Firewall | Sysctl | Netns | Bridge | Veth | Sublink | Vxlan | Fdb | Neigh | Address | Route
+    | HostsTable | HostsFile | Leftover
 )
 State = Mapping[Key, Resource]
 

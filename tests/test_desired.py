@@ -135,21 +135,6 @@ def test_foreign_names_are_spec_errors_with_positions() -> None:
     ]
 
 
-def test_drivers_not_yet_implemented_are_refused_before_any_change() -> None:
-    spec = load_text(
-        "version: 1\nproject: shop\nhosts:\n  a: {address: 192.0.2.1}\nnetworks:\n"
-        "  mesh:\n    driver: overlay\n    vni: 7\n    subnet: 192.168.50.0/24\n"
-        "containers:\n  web: {host: a, networks: [mesh]}\n",
-        "shop.yaml",
-    )
-    with pytest.raises(SpecError) as caught:
-        desired.build(spec, EMPTY)
-    assert [str(p) for p in caught.value.problems] == [
-        "shop.yaml:7:5: network 'mesh': driver overlay is not supported by this version of "
-        "netapply (supported: bridge, macvlan, ipvlan)"
-    ]
-
-
 def test_containers_sharing_an_attached_namespace_cannot_both_route_the_same() -> None:
     spec = load_text(SPEC.replace(
         "  web:\n    networks:",

@@ -20,6 +20,15 @@ ETC_NETNS_DIR = "/etc/netns"
 
 
 @dataclass(frozen=True)
+class VxlanInfo:
+    vni: int
+    local: str | None
+    port: int
+    learning: bool
+    proxy: bool
+
+
+@dataclass(frozen=True)
 class LinkInfo:
     index: int
     ifname: str
@@ -33,6 +42,26 @@ class LinkInfo:
     hairpin: bool = False  # bridge port flag: frames may leave by the port they came in
     parent: int | None = None  # macvlan/ipvlan: index of the parent in the host namespace
     mode: str | None = None  # macvlan/ipvlan mode, named as in the spec
+    vxlan: VxlanInfo | None = None
+
+
+@dataclass(frozen=True)
+class FdbInfo:
+    """A forwarding database entry of the host namespace (`bridge fdb`)."""
+
+    index: int  # the device it is on
+    mac: str
+    dst: str | None  # the remote machine, for an entry of a VXLAN device
+    master: bool  # an entry of the bridge the device is a port of (else the device's own)
+    state: int  # NUD_* bits: permanent 0x80, static (added by a user) 0x40
+
+
+@dataclass(frozen=True)
+class NeighInfo:
+    index: int
+    ip: str
+    mac: str | None
+    state: int
 
 
 @dataclass(frozen=True)
@@ -73,6 +102,10 @@ class Kernel(Protocol):
     def link_kind_supported(self, kind: str) -> bool:
         """Whether the kernel can make links of this kind, found out without
         making one."""
+    def fdb(self) -> list[FdbInfo]:
+        """The host namespace's forwarding entries (bridges' and devices' own)."""
+    def neighbours(self) -> list[NeighInfo]:
+        """The host namespace's IPv4 and IPv6 neighbour entries."""
 
     # writes
     def netns_add(self, name: str, lo_alias: str) -> None:
@@ -104,6 +137,16 @@ class Kernel(Protocol):
         mtu: int,
     ) -> None:
         """A macvlan or ipvlan link on `parent` (host namespace), made directly in ns."""
+    def vxlan_add(self, ifname: str, vni: int, local: str, port: int, mtu: int) -> None:
+        """A VXLAN device in the host namespace, learning off, ARP/ND proxy on."""
+    def fdb_add(self, ifname: str, mac: str, dst: str | None) -> None:
+        """A static entry: of the device itself to remote dst, or (dst None) of
+        the bridge the device is a port of. The all-zero MAC may have several
+        dsts; another MAC one."""
+    def fdb_del(self, ifname: str, mac: str, dst: str | None) -> None: ...
+    def neigh_add(self, ifname: str, ip: str, mac: str, replace: bool = False) -> None:
+        """A permanent neighbour entry in the host namespace."""
+    def neigh_del(self, ifname: str, ip: str) -> None: ...
     def link_del(self, ns: str, ifname: str) -> None: ...
     def addr_add(self, ns: str, ifname: str, cidr: str) -> None: ...
     def addr_del(self, ns: str, ifname: str, cidr: str) -> None: ...

@@ -24,7 +24,9 @@ from reconciler.drivers.kernel import (
     GONE,
     NETNS_DIR,
     AddrInfo,
+    FdbInfo,
     LinkInfo,
+    NeighInfo,
     RouteInfo,
 )
 from reconciler.drivers.rtnl import NetlinkError, Rtnl
@@ -183,6 +185,12 @@ class NetlinkKernel:
 
     def nft_ruleset(self) -> list[dict[str, Any]]:
         return nft.ruleset()
+
+    def fdb(self) -> list[FdbInfo]:
+        return self._call("list forwarding entries", lambda: self._sock("").fdb())
+
+    def neighbours(self) -> list[NeighInfo]:
+        return self._call("list neighbour entries", lambda: self._sock("").neighbours())
 
     def link_kind_supported(self, kind: str) -> bool:
         return self._call(
@@ -349,6 +357,35 @@ class NetlinkKernel:
             self._write(
                 what, lambda: self._sock("").sublink_add(kind, index, mode, ifname, mac, mtu, fd)
             )
+
+    def vxlan_add(self, ifname: str, vni: int, local: str, port: int, mtu: int) -> None:
+        self._write(
+            f"create vxlan {ifname} (vni {vni}, local {local}, port {port})",
+            lambda: self._sock("").vxlan_add(ifname, vni, local, port, mtu),
+        )
+
+    def fdb_add(self, ifname: str, mac: str, dst: str | None) -> None:
+        self._fdb(True, ifname, mac, dst)
+
+    def fdb_del(self, ifname: str, mac: str, dst: str | None) -> None:
+        self._fdb(False, ifname, mac, dst)
+
+    def _fdb(self, add: bool, ifname: str, mac: str, dst: str | None) -> None:
+        where = f"{ifname} to {dst}" if dst is not None else f"the bridge of {ifname}"
+        what = f"{'add' if add else 'delete'} forwarding entry {mac} on {where}"
+        index = self._index("", ifname)
+        self._write(what, lambda: self._sock("").fdb_entry(add, index, mac, dst))
+
+    def neigh_add(self, ifname: str, ip: str, mac: str, replace: bool = False) -> None:
+        index = self._index("", ifname)
+        op = "replace" if replace else "add"
+        self._write(f"{op} neighbour {ip} {mac} on {ifname}",
+                    lambda: self._sock("").neigh(op, index, ip, mac))
+
+    def neigh_del(self, ifname: str, ip: str) -> None:
+        index = self._index("", ifname)
+        self._write(f"delete neighbour {ip} on {ifname}",
+                    lambda: self._sock("").neigh("delete", index, ip))
 
     def link_del(self, ns: str, ifname: str) -> None:
         what = f"delete {ifname} in {_ns_label(ns)}"

@@ -15,16 +15,19 @@ from reconciler.errors import InternalError, KernelError
 from reconciler.resources import (
     Address,
     Bridge,
+    Fdb,
     Firewall,
     HostsFile,
     HostsTable,
     Leftover,
+    Neigh,
     Netns,
     Resource,
     Route,
     Sublink,
     Sysctl,
     Veth,
+    Vxlan,
     owner_alias,
     staging_ifname,
 )
@@ -77,6 +80,18 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
                            res.mtu)
         alias = owner_alias(project, "sublink", res.container, res.network)
         kernel.link_set(res.ns, staged, new_name=res.ifname, alias=alias, up=res.up)
+    elif isinstance(res, Vxlan):
+        staged = staging_ifname(project, res.key)
+        kernel.vxlan_add(staged, res.vni, res.local, res.port, res.mtu)
+        kernel.link_set("", staged, new_name=res.ifname,
+                        alias=owner_alias(project, "vxlan", res.network),
+                        master=res.master_ifname, up=res.up)
+        if res.isolated:
+            kernel.link_set("", res.ifname, isolated=True)
+    elif isinstance(res, Fdb):
+        kernel.fdb_add(res.ifname, res.mac, res.dst or None)
+    elif isinstance(res, Neigh):
+        kernel.neigh_add(res.ifname, res.ip, res.mac)
     elif isinstance(res, Address):
         kernel.addr_add(res.ns, res.ifname, res.cidr)
     elif isinstance(res, Route):
@@ -109,25 +124,21 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
     elif isinstance(before, Sublink) and isinstance(after, Sublink):
         _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac or None, after.mac or None, before.up, after.up)
+    elif isinstance(before, Vxlan) and isinstance(after, Vxlan):
+        _set_link(kernel, "", before.ifname, after.ifname, before.mtu, after.mtu, None, None,
+                  before.up, after.up)
+        _set_master(kernel, after.ifname, before.master, after.master, after.master_ifname)
+        _set_port_options(kernel, after.ifname, before, after, ("isolated",))
+    elif isinstance(before, Neigh) and isinstance(after, Neigh):
+        kernel.neigh_add(after.ifname, after.ip, after.mac, replace=True)
     elif isinstance(before, Veth) and isinstance(after, Veth):
         _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac, after.mac, before.up, after.up)
         _set_link(kernel, "", before.host_ifname, after.host_ifname, before.host_mtu,
                   after.host_mtu, None, None, before.host_up, after.host_up)
-        if before.master != after.master:
-            if after.master_ifname is None:
-                kernel.link_set("", after.host_ifname, nomaster=True)
-            else:
-                kernel.link_set("", after.host_ifname, master=after.master_ifname)
-        if after.master_ifname is not None:
-            # A port that changed bridges starts without options.
-            new_port = before.master != after.master
-            options = {
-                name: getattr(after, name) for name in ("isolated", "hairpin")
-                if getattr(after, name) != (getattr(before, name) and not new_port)
-            }
-            if options:
-                kernel.link_set("", after.host_ifname, **options)
+        _set_master(kernel, after.host_ifname, before.master, after.master,
+                    after.master_ifname)
+        _set_port_options(kernel, after.host_ifname, before, after, ("isolated", "hairpin"))
     elif isinstance(before, Route) and isinstance(after, Route):
         kernel.route_add(after.ns, after.dst, after.via, after.ifname, replace=True)
     elif isinstance(before, HostsTable) and isinstance(after, HostsTable):
@@ -136,6 +147,34 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
         kernel.write_link(hosts_path(after.netns), after.link)
     else:
         raise InternalError(f"no in-place update from {before!r} to {after!r}")
+
+
+def _set_port_options(
+    kernel: Kernel, ifname: str, before: Veth | Vxlan, after: Veth | Vxlan,
+    names: tuple[str, ...],
+) -> None:
+    """Bridge port flags that differ; a port that changed bridges starts
+    without any."""
+    if after.master_ifname is None:
+        return
+    new_port = before.master != after.master
+    options = {name: getattr(after, name) for name in names
+               if getattr(after, name) != (getattr(before, name) and not new_port)}
+    if options:
+        kernel.link_set("", ifname, **options)
+
+
+def _set_master(
+    kernel: Kernel, ifname: str, master: str | None, new_master: str | None,
+    new_master_ifname: str | None,
+) -> None:
+    """Move a host-namespace port to the bridge it should be on (or none)."""
+    if master == new_master:
+        return
+    if new_master_ifname is None:
+        kernel.link_set("", ifname, nomaster=True)
+    else:
+        kernel.link_set("", ifname, master=new_master_ifname)
 
 
 def _set_link(
@@ -180,8 +219,12 @@ def _delete(kernel: Kernel, res: Resource) -> None:
             kernel.link_del("", res.host_ifname)
         else:
             kernel.link_del(res.ns, res.ifname)
-    elif isinstance(res, Sublink):
+    elif isinstance(res, Sublink | Vxlan):
         kernel.link_del(res.ns, res.ifname)
+    elif isinstance(res, Fdb):
+        kernel.fdb_del(res.ifname, res.mac, res.dst or None)
+    elif isinstance(res, Neigh):
+        kernel.neigh_del(res.ifname, res.ip)
     elif isinstance(res, Address):
         kernel.addr_del(res.ns, res.ifname, res.cidr)
     elif isinstance(res, Route):

@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from reconciler.drivers.kernel import AddrInfo, LinkInfo
+from reconciler.drivers.kernel import AddrInfo, FdbInfo, LinkInfo, NeighInfo, VxlanInfo
 
 NETLINK_ROUTE = 0
 NETLINK_EXT_ACK = 11
@@ -32,6 +32,9 @@ NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+NLM_F_APPEND = 0x800
+AF_BRIDGE = 7
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINK, IFLA_MTU, IFLA_MASTER = 1, 3, 5, 4, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 18, 20, 28
@@ -42,6 +45,11 @@ IFLA_IPVLAN_MODE = 1  # u16
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}
 IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
 VETH_INFO_PEER = 1
+IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PROXY = 1, 4, 7, 11
+IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 15, 17  # PORT: big-endian u16
+NDA_DST, NDA_LLADDR, NDA_MASTER = 1, 2, 9
+NTF_SELF, NTF_MASTER = 0x02, 0x04
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 IFF_UP = 0x1
@@ -54,6 +62,8 @@ HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type
+NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+BE16 = struct.Struct("!H")
 ATTR = struct.Struct("=HH")
 U32 = struct.Struct("=I")
 U16 = struct.Struct("=H")
@@ -170,13 +180,14 @@ class Rtnl:
             _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
             ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
             isolated, hairpin, parent, mode = False, False, None, None
+            vxlan = None
             for key, value in attrs(msg, offset + IFINFO.size):
                 if key == IFLA_IFNAME:
                     ifname = _text(value)
                 elif key == IFLA_MTU:
                     mtu = U32.unpack_from(value)[0]
                 elif key == IFLA_ADDRESS:
-                    mac = ":".join(f"{b:02x}" for b in value)
+                    mac = _mac(value)
                 elif key == IFLA_IFALIAS:
                     alias = _text(value) or None
                 elif key == IFLA_MASTER:
@@ -189,6 +200,8 @@ class Rtnl:
                         kind = _text(info[IFLA_INFO_KIND])
                     if IFLA_INFO_DATA in info and kind in ("macvlan", "ipvlan"):
                         mode = _sublink_mode(kind, bytes(info[IFLA_INFO_DATA]))
+                    elif IFLA_INFO_DATA in info and kind == "vxlan":
+                        vxlan = _vxlan_info(bytes(info[IFLA_INFO_DATA]))
                     slave = info.get(IFLA_INFO_SLAVE_KIND)
                     if IFLA_INFO_SLAVE_DATA in info and slave and _text(slave) == "bridge":
                         port = dict(attrs(bytes(info[IFLA_INFO_SLAVE_DATA]), 0))
@@ -197,7 +210,7 @@ class Rtnl:
             if kind not in ("macvlan", "ipvlan"):
                 parent = None  # veths name their peer here
             found.append(LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias,
-                                  master, isolated, hairpin, parent, mode))
+                                  master, isolated, hairpin, parent, mode, vxlan))
         return found
 
     def index(self, ifname: str) -> int:
@@ -248,6 +261,37 @@ class Rtnl:
             found.append(RouteEntry(str(net), via, oif, proto, table))
         return found
 
+    def fdb(self) -> list[FdbInfo]:
+        found = []
+        for msg, offset in self._dump(RTM_GETNEIGH, NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)):
+            _family, index, state, flags, _type = NDMSG.unpack_from(msg, offset)
+            mac, dst, master = "", None, bool(flags & NTF_MASTER)
+            for key, value in attrs(msg, offset + NDMSG.size):
+                if key == NDA_LLADDR:
+                    mac = _mac(value)
+                elif key == NDA_DST:
+                    dst = str(ipaddress.ip_address(bytes(value)))
+                elif key == NDA_MASTER:  # how a dump marks the bridge's own entries
+                    master = True
+            found.append(FdbInfo(index, mac, dst, master, state))
+        return found
+
+    def neighbours(self) -> list[NeighInfo]:
+        found = []
+        for msg, offset in self._dump(RTM_GETNEIGH, NDMSG.pack(0, 0, 0, 0, 0)):
+            family, index, state, _flags, _type = NDMSG.unpack_from(msg, offset)
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip, mac = None, None
+            for key, value in attrs(msg, offset + NDMSG.size):
+                if key == NDA_DST:
+                    ip = str(ipaddress.ip_address(bytes(value)))
+                elif key == NDA_LLADDR:
+                    mac = _mac(value)
+            if ip is not None:
+                found.append(NeighInfo(index, ip, mac, state))
+        return found
+
     # ---- links ------------------------------------------------------------------------
 
     def bridge_add(self, ifname: str, mac: str) -> None:
@@ -281,6 +325,18 @@ class Rtnl:
                 + attr_u32(IFLA_NET_NS_FD, ns_fd) + attr(IFLA_LINKINFO, info))
         if mac is not None:
             body += attr(IFLA_ADDRESS, mac_bytes(mac))
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def vxlan_add(self, ifname: str, vni: int, local: str, port: int, mtu: int) -> None:
+        address = ipaddress.ip_address(local)
+        data = (attr_u32(IFLA_VXLAN_ID, vni)
+                + attr(IFLA_VXLAN_LOCAL if address.version == 4 else IFLA_VXLAN_LOCAL6,
+                       address.packed)
+                + attr(IFLA_VXLAN_PORT, BE16.pack(port))
+                + attr(IFLA_VXLAN_LEARNING, b"\0") + attr(IFLA_VXLAN_PROXY, b"\1"))
+        info = attr_str(IFLA_INFO_KIND, "vxlan") + attr(IFLA_INFO_DATA, data)
+        body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, ifname)
+                + attr_u32(IFLA_MTU, mtu) + attr(IFLA_LINKINFO, info))
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
     def kind_supported(self, kind: str, probe_name: str) -> bool:
@@ -366,6 +422,60 @@ class Rtnl:
         else:
             flags = NLM_F_CREATE | (NLM_F_REPLACE if op == "replace" else NLM_F_EXCL)
             self.request(RTM_NEWROUTE, flags, body)
+
+
+    # ---- forwarding and neighbour entries -----------------------------------------------
+
+    def fdb_entry(self, add: bool, index: int, mac: str, dst: str | None) -> None:
+        """A static entry of the device (dst: the remote machine; the all-zero MAC
+        is appended to, as it has one dst per machine) or, without dst, of the
+        bridge the device is a port of."""
+        if dst is None:
+            body = NDMSG.pack(AF_BRIDGE, index, NUD_NOARP, NTF_MASTER, 0)
+        else:
+            body = NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0)
+            body += attr(NDA_DST, ipaddress.ip_address(dst).packed)
+        body += attr(NDA_LLADDR, mac_bytes(mac))
+        if not add:
+            self.request(RTM_DELNEIGH, 0, body)
+        elif dst is not None and not any(mac_bytes(mac)):
+            self.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_APPEND, body)
+        else:
+            self.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def neigh(self, op: str, index: int, ip: str, mac: str | None = None) -> None:
+        """op: add, replace or delete a permanent neighbour entry."""
+        address = ipaddress.ip_address(ip)
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        body = NDMSG.pack(family, index, NUD_PERMANENT, 0, 0) + attr(NDA_DST, address.packed)
+        if op == "delete":
+            self.request(RTM_DELNEIGH, 0, body)
+            return
+        assert mac is not None
+        body += attr(NDA_LLADDR, mac_bytes(mac))
+        flags = NLM_F_CREATE | (NLM_F_REPLACE if op == "replace" else NLM_F_EXCL)
+        self.request(RTM_NEWNEIGH, flags, body)
+
+
+def _mac(value: memoryview) -> str:
+    return ":".join(f"{b:02x}" for b in value)
+
+
+def _vxlan_info(data: bytes) -> VxlanInfo:
+    vni, local, port, learning, proxy = 0, None, 0, True, False
+    for key, value in attrs(data, 0):
+        if key == IFLA_VXLAN_ID:
+            vni = U32.unpack_from(value)[0]
+        elif key in (IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6):
+            address = ipaddress.ip_address(bytes(value))
+            local = None if address.is_unspecified else str(address)
+        elif key == IFLA_VXLAN_PORT:
+            port = BE16.unpack_from(value)[0]
+        elif key == IFLA_VXLAN_LEARNING:
+            learning = bool(value[0])
+        elif key == IFLA_VXLAN_PROXY:
+            proxy = bool(value[0])
+    return VxlanInfo(vni, local, port, learning, proxy)
 
 
 def _sublink_mode(kind: str, data: bytes) -> str | None:

@@ -22,12 +22,14 @@ from reconciler.resources import (
     RTPROT_NETAPPLY,
     Address,
     Bridge,
+    Fdb,
     Firewall,
     HostsFile,
     HostsTable,
     Key,
     Kind,
     Leftover,
+    Neigh,
     Netns,
     Resource,
     Route,
@@ -35,6 +37,7 @@ from reconciler.resources import (
     Sublink,
     Sysctl,
     Veth,
+    Vxlan,
     canonical,
     is_staging_name,
     owner_alias,
@@ -43,6 +46,7 @@ from reconciler.resources import (
 
 RTPROT_KERNEL = 2
 UNSEEN_NS = "?"
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class Foreign:
     # Links of the host namespace that are not the project's, by name: their MTU
     # and whether they are a port of a bridge or bond (possible macvlan parents).
     host_links: tuple[tuple[str, int, bool], ...] = ()
+    # Addresses of the host namespace that are not on the project's links, and
+    # the interface each is on (where an overlay's VXLAN packets leave from).
+    host_addresses: tuple[tuple[model.IPAddress, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class _Scan:
     host_nets: list[tuple[model.IPNetwork, str]] = field(default_factory=list)
     host_names: dict[int, str] = field(default_factory=dict)
     host_links: list[tuple[str, int, bool]] = field(default_factory=list)
+    host_addresses: list[tuple[model.IPAddress, str]] = field(default_factory=list)
 
     def alias_parts(self, link: LinkInfo) -> list[str] | None:
         prefix = owner_alias(self.project) + "/"
@@ -164,6 +172,7 @@ def observe(
             routes=frozenset(scan.foreign_routes),
             host_nets=tuple(scan.host_nets),
             host_links=tuple(scan.host_links),
+            host_addresses=tuple(scan.host_addresses),
             nft_tables=nft.tables,
             nft_chains=nft.chains,
             nft_error=nft.error,
@@ -178,9 +187,13 @@ def _scan_host(scan: _Scan) -> None:
     names = {link.index: link.ifname for link in links}
     owned: dict[int, Key] = {}
     bridges: dict[int, str] = {}
+    vxlans: list[tuple[str, LinkInfo]] = []
     for link in links:
         parts = scan.alias_parts(link)
-        if parts and parts[0] == "bridge" and len(parts) == 2 and link.kind == "bridge":
+        if parts and parts[0] == "vxlan" and len(parts) == 2 and link.vxlan is not None:
+            vxlans.append((parts[1], link))
+            owned[link.index] = (Kind.VXLAN, parts[1])
+        elif parts and parts[0] == "bridge" and len(parts) == 2 and link.kind == "bridge":
             localnet = scan.kernel.sysctl_get(localnet_sysctl(link.ifname))
             bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up, localnet == "1")
             scan.resources[bridge.key] = bridge
@@ -192,15 +205,57 @@ def _scan_host(scan: _Scan) -> None:
             scan.foreign_links.add((HOST_NS, link.ifname))
             scan.host_links.append((link.ifname, link.mtu, link.master is not None))
     for end in scan.host_ends.values():
-        master = end.link.master
-        if master:
-            end.master = bridges.get(master, "?" + names.get(master, str(master)))
-            end.master_ifname = names.get(master)
+        end.master = _master(end.link, bridges, names)
+        end.master_ifname = names.get(end.link.master or 0)
     scan.host_names = names
+    if vxlans:
+        _scan_overlays(scan, vxlans, bridges, names)
     infos = scan.kernel.addresses(HOST_NS)
     _scan_addresses(scan, HOST_NS, owned, names, infos)
     ours = set(owned) | {end.link.index for end in scan.host_ends.values()}
     _scan_host_nets(scan, ours, names, infos)
+
+
+def _master(link: LinkInfo, bridges: dict[int, str], names: dict[int, str]) -> str | None:
+    """A port's bridge: an owned bridge by network name, "?name" for any other."""
+    if not link.master:
+        return None
+    return bridges.get(link.master, "?" + names.get(link.master, str(link.master)))
+
+
+def _scan_overlays(
+    scan: _Scan, vxlans: list[tuple[str, LinkInfo]], bridges: dict[int, str],
+    names: dict[int, str],
+) -> None:
+    """Owned VXLAN devices, and the static entries on them: forwarding entries
+    the device's own (to a machine) and the bridge's (to the device), and
+    permanent neighbour entries. Entries the kernel learns are not the project's."""
+    networks: dict[int, str] = {}
+    for network, link in vxlans:
+        assert link.vxlan is not None
+        info = link.vxlan
+        vxlan = Vxlan(network, link.ifname, info.vni, info.local or "", info.port, link.mtu,
+                      _master(link, bridges, names), link.up, link.isolated, info.learning,
+                      info.proxy,
+                      master_ifname=names.get(link.master or 0))
+        scan.resources[vxlan.key] = vxlan
+        networks[link.index] = network
+    for entry in scan.kernel.fdb():
+        on = networks.get(entry.index)
+        if on is None:
+            continue
+        if entry.master and entry.state == NUD_NOARP:  # static, added by a user
+            fdb = Fdb(on, entry.mac, "", names[entry.index])
+        elif not entry.master and entry.dst and entry.state & NUD_PERMANENT:
+            fdb = Fdb(on, entry.mac, entry.dst, names[entry.index])
+        else:
+            continue
+        scan.resources[fdb.key] = fdb
+    for neigh in scan.kernel.neighbours():
+        on = networks.get(neigh.index)
+        if on is not None and neigh.state & NUD_PERMANENT and neigh.mac:
+            res = Neigh(on, neigh.ip, neigh.mac, names[neigh.index])
+            scan.resources[res.key] = res
 
 
 def _scan_host_nets(
@@ -208,9 +263,12 @@ def _scan_host_nets(
 ) -> None:
     """What the machine reaches through interfaces that are not the project's."""
     for info in infos:
+        if info.index in owned:
+            continue
         iface = ipaddress.ip_interface(info.cidr)
-        if info.index not in owned and not _special(iface.network):
-            where = names.get(info.index, str(info.index))
+        where = names.get(info.index, str(info.index))
+        scan.host_addresses.append((iface.ip, where))
+        if not _special(iface.network):
             scan.host_nets.append((iface.network, f"address {iface} on {where}"))
     for route in scan.kernel.routes(HOST_NS):
         net = ipaddress.ip_network(route.dst)

@@ -174,12 +174,12 @@ def _machine_problems(
     parents = {name: (mtu, enslaved) for name, mtu, enslaved in observed.foreign.host_links}
     for network in spec.networks.values():
         kind = LINK_KINDS.get(network.driver)
-        problem = None
+        problem: tuple[tuple[str, ...], str] | None = None
         if kind is not None and network.name in in_use:
             if kind in observed.missing_kinds:
-                problem = "driver", (f"the running kernel has no {kind} driver (module {kind} is "
-                                     "neither built in nor loadable); load it or use another "
-                                     "driver")
+                problem = ("networks", network.name, "driver"), (
+                    f"the running kernel has no {kind} driver (module {kind} is neither built "
+                    "in nor loadable); load it or use another driver")
             elif network.driver == Driver.OVERLAY:
                 assert host is not None
                 problem = _underlay_problem(spec, network, host, observed.foreign, parents)
@@ -187,8 +187,7 @@ def _machine_problems(
                 problem = _parent_problem(network, kind, parents)
         if problem is not None:
             path, cause = problem
-            yield Problem(spec.locate("networks", network.name, path),
-                          f"network '{network.name}': {cause}")
+            yield Problem(spec.locate(*path), f"network '{network.name}': {cause}")
         if network.driver in BRIDGED_DRIVERS:
             yield from _overlaps(spec, network, observed.foreign.host_nets)
 
@@ -196,39 +195,43 @@ def _machine_problems(
 def _underlay_problem(
     spec: Spec, network: Network, host: str, foreign: Foreign,
     links: dict[str, tuple[int, bool]],
-) -> tuple[str, str] | None:
-    """(spec key, cause) of why this machine cannot carry the overlay's frames:
+) -> tuple[tuple[str, ...], str] | None:
+    """(spec path, cause) of why this machine cannot carry the overlay's frames:
     its host address is not here, or the interface with it is too small for
     the overlay's MTU plus the VXLAN headers."""
     address = spec.hosts[host].address
     ifname = dict(foreign.host_addresses).get(address)
     if ifname is None:
-        return "driver", (f"this machine is host '{host}', but its address {address} is not an "
-                          "address of this machine; VXLAN packets would leave with a wrong "
-                          "source")
+        return ("hosts", host, "address"), (
+            f"this machine is host '{host}', but its address {address} is not an address of "
+            "this machine; VXLAN packets would leave with a wrong source")
     overhead = VXLAN_OVERHEAD[address.version]
     mtu = links.get(ifname, (None, False))[0]
     if mtu is not None and network.mtu + overhead > mtu:
-        return "mtu", (f"mtu {network.mtu} plus {overhead} bytes of VXLAN headers is larger "
-                       f"than the mtu {mtu} of {ifname}, which has host '{host}''s address "
-                       f"{address}; set mtu to at most {mtu - overhead}")
+        return ("networks", network.name, "mtu"), (
+            f"mtu {network.mtu} plus {overhead} bytes of VXLAN headers is larger than the mtu "
+            f"{mtu} of {ifname}, which has host '{host}''s address {address}; set mtu to at "
+            f"most {mtu - overhead}")
     return None
 
 
 def _parent_problem(
     network: Network, kind: str, parents: dict[str, tuple[int, bool]],
-) -> tuple[str, str] | None:
-    """(spec key, cause) of why links of this network cannot be made here."""
+) -> tuple[tuple[str, ...], str] | None:
+    """(spec path, cause) of why links of this network cannot be made here."""
+    where = ("networks", network.name)
     found = parents.get(network.parent or "")
     if found is None:
-        return "parent", f"parent interface {network.parent} does not exist on this machine"
+        return (*where, "parent"), (f"parent interface {network.parent} does not exist on "
+                                    "this machine")
     mtu, enslaved = found
     if enslaved:
-        return "parent", (f"parent interface {network.parent} is a port of a bridge or bond, "
-                          f"which passes its traffic on before {kind} could see it")
+        return (*where, "parent"), (f"parent interface {network.parent} is a port of a bridge "
+                                    f"or bond, which passes its traffic on before {kind} "
+                                    "could see it")
     if network.mtu > mtu:
-        return "mtu", (f"mtu {network.mtu} is larger than the mtu {mtu} of parent interface "
-                       f"{network.parent}; set mtu to at most {mtu}")
+        return (*where, "mtu"), (f"mtu {network.mtu} is larger than the mtu {mtu} of parent "
+                                 f"interface {network.parent}; set mtu to at most {mtu}")
     return None
 
 

@@ -113,6 +113,10 @@ def kernel_snapshot() -> dict[str, Any]:
         snap[f"link:{ns}"] = _without_timers(ip_json(ns, "-d", "link", "show"))
         snap[f"addr:{ns}"] = ip_json(ns, "addr", "show")
         snap[f"route:{ns}"] = ip_json(ns, "route", "show", "table", "all")
+        snap[f"neigh:{ns}"] = ip_json(ns, "neigh", "show", "nud", "permanent")
+    snap["fdb"] = json.loads(subprocess.run(
+        ["bridge", "-j", "fdb", "show"], check=True, capture_output=True, text=True
+    ).stdout or "[]")
     snap["nft"] = json.loads(subprocess.run(
         ["nft", "-j", "list", "ruleset"], check=True, capture_output=True, text=True
     ).stdout)

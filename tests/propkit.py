@@ -23,7 +23,7 @@ from reconciler.resources import (
     is_staging_name,
     owner_alias,
 )
-from reconciler.state.observe import observe
+from reconciler.state.observe import NUD_NOARP, NUD_PERMANENT, observe
 from tests.strategies import PROJECT
 
 WRITES = frozenset({
@@ -131,7 +131,8 @@ def normalized(kernel: Kernel, random_macs: set[tuple[str, str]]) -> dict[str, A
             (link.ifname, link.kind, link.mtu,
              None if (ns, link.ifname) in random_macs else link.mac,
              link.up, link.alias, names.get(link.master) if link.master else None,
-             link.isolated, link.hairpin, link.mode, host_names.get(link.parent or 0))
+             link.isolated, link.hairpin, link.mode, host_names.get(link.parent or 0),
+             link.vxlan)
             for link in links
         )
         out[f"addresses {ns}"] = sorted(
@@ -142,6 +143,14 @@ def normalized(kernel: Kernel, random_macs: set[tuple[str, str]]) -> dict[str, A
             (r.dst, r.via, names.get(r.oif or 0), r.proto) for r in kernel.routes(ns)
             if r.proto != 2 and not r.dst.startswith(("fe80:", "ff00:"))
         )
+    out["fdb"] = sorted(
+        (host_names.get(e.index), e.mac, e.dst or "", e.master, e.state) for e in kernel.fdb()
+        if (e.master and e.state == NUD_NOARP) or (not e.master and e.dst)
+    )
+    out["neighbours"] = sorted(
+        (host_names.get(n.index), n.ip, n.mac, n.state) for n in kernel.neighbours()
+        if n.state == NUD_PERMANENT
+    )
     out["nft"] = nft_view(kernel, foreign_only=False)
     out["ip_forward"] = kernel.sysctl_get("net/ipv4/ip_forward")
     return out

@@ -40,6 +40,10 @@ MACS = ["02:42:ac:1e:01:02", "02:42:ac:1e:01:03", "01:00:5e:00:00:01"]
 CIDRS = ["10.1.0.2/24", "10.1.0.3/24", "10.2.0.2/24", "fd00:1::2/64", "fd00:1::3/64"]
 DESTS = ["0.0.0.0/0", "10.9.0.0/16", "::/0", "fd99::/64"]
 GATEWAYS = {4: ["10.1.0.1", "10.7.0.1"], 6: ["fd00:1::1", "fd77::1"]}
+VXLANS = ["vx1", "vx2"]
+FDB_MACS = ["00:00:00:00:00:00", "02:42:0a:c8:00:05", "02:42:0a:c8:00:06"]
+VTEPS = ["192.0.2.12", "192.0.2.13"]
+NEIGHBOURS = ["10.200.0.5", "10.200.0.6", "fd00:200::5"]
 FIREWALL_SPEC = """\
 version: 1
 project: p
@@ -82,7 +86,7 @@ def _link_set() -> st.SearchStrategy[Call]:
         st.sampled_from(MTUS).map(lambda v: ("mtu", v)),
         st.sampled_from(MACS).map(lambda v: ("mac", v)),
         st.sampled_from(ALL_LINKS).map(lambda v: ("new_name", v)),
-        st.sampled_from(BRIDGES + HOST_ENDS).map(lambda v: ("master", v)),
+        st.sampled_from(BRIDGES + HOST_ENDS + VXLANS[:1]).map(lambda v: ("master", v)),
         st.just(("nomaster", True)),
         st.sampled_from(["netapply/p/x", "someone else"]).map(lambda v: ("alias", v)),
         st.booleans().map(lambda v: ("isolated", v)),
@@ -92,7 +96,7 @@ def _link_set() -> st.SearchStrategy[Call]:
     # its IPv6 or IPv4 addresses); netapply never sets it.
     return st.builds(
         lambda ns, name, kv: Call("link_set", (ns, name), (kv,)),
-        st.sampled_from(SPACES), st.sampled_from(ALL_LINKS), change,
+        st.sampled_from(SPACES), st.sampled_from(ALL_LINKS + VXLANS), change,
     ).filter(lambda call: not (call.args[1] == "lo" and call.kwargs[0][0] == "mtu"))
 
 
@@ -158,6 +162,26 @@ def _sublink_add() -> st.SearchStrategy[Call]:
                      st.sampled_from([1400, 1500, 9000]))
 
 
+def _overlay_calls() -> st.SearchStrategy[Call]:
+    """VXLAN devices and the entries netapply puts on them (and on a missing
+    device; neighbours on a veth too)."""
+    devices = st.sampled_from([*VXLANS, "nothere"])
+    return st.one_of(
+        st.builds(lambda n, vni, port, mtu: Call("vxlan_add", (n, vni, "192.0.2.11", port, mtu)),
+                  st.sampled_from(VXLANS + BRIDGES[:1]), st.sampled_from([100, 200, 1 << 24]),
+                  st.sampled_from([4789, 8472]), st.sampled_from([1450, 50])),
+        st.builds(lambda n, mac, dst: Call("fdb_add", (n, mac, dst)), devices,
+                  st.sampled_from(FDB_MACS), st.sampled_from([*VTEPS, None])),
+        st.builds(lambda n, mac, dst: Call("fdb_del", (n, mac, dst)), devices,
+                  st.sampled_from(FDB_MACS), st.sampled_from([*VTEPS, None])),
+        st.builds(lambda n, ip, mac, r: Call("neigh_add", (n, ip, mac), (("replace", r),)),
+                  st.sampled_from([*VXLANS, "vh1", "nothere"]), st.sampled_from(NEIGHBOURS),
+                  st.sampled_from(FDB_MACS[1:]), st.booleans()),
+        st.builds(lambda n, ip: Call("neigh_del", (n, ip)), devices,
+                  st.sampled_from(NEIGHBOURS)),
+    )
+
+
 CALLS = st.one_of(
     st.sampled_from(NAMESPACES).map(lambda n: Call("netns_add", (n, f"netapply/p/netns/{n}"))),
     st.sampled_from(NAMESPACES).map(lambda n: Call("netns_del", (n,))),
@@ -180,6 +204,7 @@ CALLS = st.one_of(
         lambda commands: Call("nft_apply", (commands, "nft"))),
     _sysctl_set(),
     _sublink_add(),
+    _overlay_calls(),
 )
 
 # Calls that build a usable topology, so that generated sequences reach deep
@@ -193,6 +218,13 @@ SETUP = [
     Call("link_set", ("n1", "lo"), (("up", True),)),
     Call("addr_add", ("n1", "eth0", "10.1.0.2/24")),
     Call("addr_add", ("n1", "eth0", "fd00:1::2/64")),
+    # An overlay's device on the bridge, with its entries.
+    Call("vxlan_add", ("vx1", 100, "192.0.2.11", 4789, 1450)),
+    Call("link_set", ("", "vx1"), (("master", "br1"), ("up", True))),
+    Call("fdb_add", ("vx1", "00:00:00:00:00:00", "192.0.2.12")),
+    Call("fdb_add", ("vx1", "02:42:0a:c8:00:05", "192.0.2.12")),
+    Call("fdb_add", ("vx1", "02:42:0a:c8:00:05", None)),
+    Call("neigh_add", ("vx1", "10.200.0.5", "02:42:0a:c8:00:05")),
     # The project's table with every rule form the firewall writes.
     Call("nft_apply", ([{"add": {"table": TABLES[0]}},
                         *({"add": {"chain": c.json("netapply-p")}} for c in firewall.CHAINS),

@@ -24,6 +24,10 @@ ones that test pins down:
 - a macvlan/ipvlan link needs its driver (EOPNOTSUPP), a parent of the host
   namespace (ENODEV) that is no bridge port (EBUSY), an MTU no larger than the
   parent's (EINVAL); ipvlan links carry the parent's MAC;
+- a VXLAN device needs a vni below 2^24 (ERANGE) not yet used with its UDP
+  port (EEXIST); its own static forwarding entries stay while it lives, the
+  bridge's entries for it go when it leaves the bridge; neighbour entries
+  on a link go when it goes down or is given a MAC;
 - nftables: whole transactions or nothing; a table lists back exactly what was
   written, which the differential test checks for every rule form netapply
   writes (up to one-element lists, which nft versions print differently).
@@ -41,13 +45,25 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.drivers.kernel import ETC_NETNS_DIR, NETNS_DIR, AddrInfo, LinkInfo, RouteInfo
+from reconciler.drivers.kernel import (
+    ETC_NETNS_DIR,
+    NETNS_DIR,
+    AddrInfo,
+    FdbInfo,
+    LinkInfo,
+    NeighInfo,
+    RouteInfo,
+    VxlanInfo,
+)
 from reconciler.errors import KernelError
 from reconciler.model import IFNAMSIZ
 from reconciler.resources import RTPROT_NETAPPLY
 
 MIN_MTU, MAX_MTU = 68, 65535
-KINDS = frozenset({"bridge", "veth", "macvlan", "ipvlan"})
+KINDS = frozenset({"bridge", "veth", "macvlan", "ipvlan", "vxlan"})
+VXLAN_N_VID = 1 << 24
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+ZERO_MAC = "00:00:00:00:00:00"
 LOCALNET = "route_localnet"
 DEFAULT_MTU = 1500
 RTPROT_KERNEL = 2
@@ -71,6 +87,7 @@ class _Link:
     parent: int | None = None  # macvlan/ipvlan: the parent's index in the host namespace
     mode: str | None = None
     route_localnet: str = "0"  # the link's net/ipv4/conf/<ifname>/route_localnet
+    vxlan: VxlanInfo | None = None
 
 
 @dataclass
@@ -89,6 +106,11 @@ class _Namespace:
         default_factory=list
     )
     routes: list[_Route] = field(default_factory=list)
+    # Static forwarding entries: a VXLAN device's own, (device, MAC) -> remote
+    # machines in the order added; a bridge's, (bridge, MAC) -> port.
+    fdb_self: dict[tuple[int, str], list[str]] = field(default_factory=dict)
+    fdb_master: dict[tuple[int, str], int] = field(default_factory=dict)
+    neigh: dict[tuple[int, str], str] = field(default_factory=dict)  # (link, ip) -> MAC
 
     def by_name(self, ifname: str) -> _Link | None:
         return next((link for link in self.links.values() if link.ifname == ifname), None)
@@ -177,7 +199,7 @@ class MemoryKernel:
         return [
             LinkInfo(link.index, link.ifname, link.kind, link.mtu, link.mac, link.up,
                      link.alias, link.master, link.isolated, link.hairpin, link.parent,
-                     link.mode)
+                     link.mode, link.vxlan)
             for link in space.links.values()
         ]
 
@@ -223,6 +245,18 @@ class MemoryKernel:
 
     def link_kind_supported(self, kind: str) -> bool:
         return kind in self.kinds
+
+    def fdb(self) -> list[FdbInfo]:
+        space = self._host
+        found = [FdbInfo(index, mac, dst, False, NUD_PERMANENT)
+                 for (index, mac), dsts in space.fdb_self.items() for dst in dsts]
+        found += [FdbInfo(port, mac, None, True, NUD_NOARP)
+                  for (_bridge, mac), port in space.fdb_master.items()]
+        return found
+
+    def neighbours(self) -> list[NeighInfo]:
+        return [NeighInfo(index, ip, mac, NUD_PERMANENT)
+                for (index, ip), mac in self._host.neigh.items()]
 
     # ---- machine-wide settings ---------------------------------------------------------
 
@@ -333,7 +367,8 @@ class MemoryKernel:
                 # The one partial change: the kernel releases the port from its
                 # bridge before it finds that the new master takes no ports.
                 old = link.master
-                link.master, link.isolated, link.hairpin = None, False, False
+                link.master = None
+                self._new_port(space, link)
                 self._follow_ports(space, old)
                 raise KernelError(what, errno.EOPNOTSUPP)
             if link.kind is None:
@@ -353,6 +388,9 @@ class MemoryKernel:
         if mac is not None:
             link.mac = mac
             link.random_mac = False
+            # The kernel announces a new address even when it is the old one, and
+            # neighbour entries on the link go, permanent ones too.
+            space.neigh = {k: m for k, m in space.neigh.items() if k[0] != link.index}
         if alias is not None:
             link.alias = alias or None
         if master_link is not None:
@@ -360,7 +398,7 @@ class MemoryKernel:
         elif nomaster:
             link.master = None
         if link.master != old_master:
-            link.isolated = link.hairpin = False  # a new port, with default options
+            self._new_port(space, link)
         for bridge_index in {old_master, link.master, link.index}:
             self._follow_ports(space, bridge_index)
         if up is not None and up != link.up:
@@ -369,6 +407,13 @@ class MemoryKernel:
                 self._loopback_changed(space, link)
             if not up:
                 self._went_down(space, link)
+
+    @staticmethod
+    def _new_port(space: _Namespace, link: _Link) -> None:
+        """A link that left its bridge (for another or none): its port options
+        are back to defaults and the old bridge's entries for it are gone."""
+        link.isolated = link.hairpin = False
+        space.fdb_master = {k: p for k, p in space.fdb_master.items() if p != link.index}
 
     def _follow_ports(self, space: _Namespace, index: int | None) -> None:
         """A bridge whose MTU nobody set follows the smallest MTU of its ports
@@ -391,6 +436,8 @@ class MemoryKernel:
             (i, a) for i, a in space.addresses if not (i == link.index and a.version == 6)
         ]
         space.routes = [r for r in space.routes if r.oif != link.index]
+        # Neighbour entries go, permanent ones too; static forwarding entries stay.
+        space.neigh = {k: mac for k, mac in space.neigh.items() if k[0] != link.index}
 
     def sublink_add(
         self, kind: str, parent: str, mode: str, ns: str, ifname: str, mac: str | None,
@@ -420,6 +467,85 @@ class MemoryKernel:
                      random_mac=mac is None, parent=lower.index, mode=mode)
         space.links[link.index] = link
 
+    def vxlan_add(self, ifname: str, vni: int, local: str, port: int, mtu: int) -> None:
+        self.writes += 1
+        what = f"create vxlan {ifname}"
+        space = self._host
+        # The kernel's order: attribute policy, the driver's validation (MTU, vni),
+        # the name, then the device's configuration (a vni taken on the port).
+        _check_name_length(ifname, what)
+        if "vxlan" in self.kinds:
+            _check_mtu(mtu, what)
+            if not 0 <= vni < VXLAN_N_VID:
+                raise KernelError(what, errno.ERANGE)
+        self._check_new_name(space, ifname, what)
+        if "vxlan" not in self.kinds:
+            raise KernelError(what, errno.EOPNOTSUPP)
+        if any(link.vxlan is not None and (link.vxlan.vni, link.vxlan.port) == (vni, port)
+               for link in space.links.values()):
+            raise KernelError(what, errno.EEXIST)
+        link = _Link(next(self._index), ifname, "vxlan", mtu, self._random_mac(),
+                     random_mac=True, vxlan=VxlanInfo(vni, local, port, False, True))
+        space.links[link.index] = link
+
+    def fdb_add(self, ifname: str, mac: str, dst: str | None) -> None:
+        self.writes += 1
+        what = f"add forwarding entry {mac} on {ifname}"
+        space = self._host
+        link = self._link(space, ifname, what)
+        if dst is None:
+            bridge = space.links.get(link.master) if link.master is not None else None
+            if bridge is None or bridge.kind != "bridge" or mac == ZERO_MAC:
+                raise KernelError(what, errno.EINVAL)
+            space.fdb_master[(bridge.index, mac)] = link.index  # replaces a learned one
+            return
+        if link.vxlan is None:
+            raise KernelError(what, errno.EOPNOTSUPP)  # not modelled: only VXLAN devices
+        dsts = space.fdb_self.setdefault((link.index, mac), [])
+        if mac == ZERO_MAC:
+            if dst not in dsts:
+                dsts.append(dst)  # appended: one entry per machine
+        else:
+            dsts[:] = [dst]  # replaced
+
+    def fdb_del(self, ifname: str, mac: str, dst: str | None) -> None:
+        self.writes += 1
+        what = f"delete forwarding entry {mac} on {ifname}"
+        space = self._host
+        link = self._link(space, ifname, what)
+        if dst is None:
+            key = (link.master or 0, mac)
+            if space.fdb_master.get(key) != link.index:
+                raise KernelError(what, errno.ENOENT)
+            del space.fdb_master[key]
+            return
+        dsts = space.fdb_self.get((link.index, mac))
+        if dsts is None:
+            raise KernelError(what, errno.ENOENT)
+        if dst not in dsts:
+            return  # the kernel finds the MAC, not this remote, and calls that done
+        dsts.remove(dst)
+        if not dsts:
+            del space.fdb_self[(link.index, mac)]
+
+    def neigh_add(self, ifname: str, ip: str, mac: str, replace: bool = False) -> None:
+        self.writes += 1
+        what = f"add neighbour {ip} on {ifname}"
+        space = self._host
+        link = self._link(space, ifname, what)
+        key = (link.index, str(ipaddress.ip_address(ip)))
+        if key in space.neigh and not replace:
+            raise KernelError(what, errno.EEXIST)
+        space.neigh[key] = mac
+
+    def neigh_del(self, ifname: str, ip: str) -> None:
+        self.writes += 1
+        what = f"delete neighbour {ip} on {ifname}"
+        space = self._host
+        link = self._link(space, ifname, what)
+        if space.neigh.pop((link.index, str(ipaddress.ip_address(ip))), None) is None:
+            raise KernelError(what, errno.ENOENT)
+
     def link_del(self, ns: str, ifname: str) -> None:
         self.writes += 1
         what = f"delete {ifname} in {ns or 'host namespace'}"
@@ -433,6 +559,10 @@ class MemoryKernel:
         del space.links[link.index]
         space.addresses = [(i, a) for i, a in space.addresses if i != link.index]
         space.routes = [r for r in space.routes if r.oif != link.index]
+        space.neigh = {k: mac for k, mac in space.neigh.items() if k[0] != link.index}
+        space.fdb_self = {k: d for k, d in space.fdb_self.items() if k[0] != link.index}
+        space.fdb_master = {k: p for k, p in space.fdb_master.items()
+                            if link.index not in (k[0], p)}
         for other in space.links.values():
             if other.master == link.index:
                 other.master = None

@@ -429,7 +429,7 @@ class Rtnl:
     def fdb_entry(self, add: bool, index: int, mac: str, dst: str | None) -> None:
         """A static entry of the device (dst: the remote machine; the all-zero MAC
         is appended to, as it has one dst per machine) or, without dst, of the
-        bridge the device is a port of."""
+        bridge the device is a port of. Other entries replace one of the MAC."""
         if dst is None:
             body = NDMSG.pack(AF_BRIDGE, index, NUD_NOARP, NTF_MASTER, 0)
         else:
@@ -441,7 +441,8 @@ class Rtnl:
         elif dst is not None and not any(mac_bytes(mac)):
             self.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_APPEND, body)
         else:
-            self.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL, body)
+            # Replace what the bridge may have learned for this MAC meanwhile.
+            self.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
 
     def neigh(self, op: str, index: int, ip: str, mac: str | None = None) -> None:
         """op: add, replace or delete a permanent neighbour entry."""

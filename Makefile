@@ -6,7 +6,7 @@ SANDBOX := scripts/sandbox
 APT_PACKAGES := iproute2 iputils-ping util-linux nftables
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo test test-long lint unit bench clean
+.PHONY: all deps venv demo demo-overlay test test-long lint unit bench clean
 
 all: test
 
@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml
 
 demo: deps venv
 	$(SANDBOX) scripts/demo.sh
+
+# Three machines in one sandbox sharing overlay networks (examples/overlay).
+demo-overlay: deps venv
+	$(SANDBOX) scripts/demo-overlay.sh
 
 lint: venv
 	$(BIN)/ruff check reconciler tests bench

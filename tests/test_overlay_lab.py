@@ -27,7 +27,7 @@ hosts:
   c: {address: 192.0.2.13}
 networks:
   blue: {driver: overlay, vni: 100, subnet: 10.200.0.0/24}
-  green: {driver: overlay, vni: 200, subnet: 10.201.0.0/24}
+  green: {driver: overlay, vni: 200, subnet: 10.201.0.0/24, gateway: 10.201.0.1}
   front: {subnet: 172.30.1.0/24}
 containers:
   web: {host: a, networks: [blue, front]}
@@ -103,6 +103,9 @@ def test_containers_on_three_machines_reach_each_other_over_overlays(
         assert lab.ping("a", "web", "database")
         assert lab.ping("b", "db", "web")
         assert lab.ping("a", "eve", "spy")  # the second overlay works too
+        # green's gateway is on its bridge on every machine with members.
+        assert lab.ping("a", "eve", "10.201.0.1") and lab.ping("b", "spy", "10.201.0.1")
+        assert lab.address("a", "eve") != lab.address("b", "spy")
 
         # Isolation: another vni does not reach blue, even with an address in
         # blue's subnet; a bridge network of the same machine does not either.
@@ -129,3 +132,15 @@ def test_containers_on_three_machines_reach_each_other_over_overlays(
         assert all(lab.converged(machine, spec) for machine in ("a", "b", "c"))
     finally:
         lab.lab("down")
+
+
+def test_the_overlay_example_walkthrough_runs(sandbox: Path, have_ping: None) -> None:
+    """examples/overlay/mesh.yaml, through every step of its README
+    (scripts/demo-overlay.sh, which fails on any step that does not work)."""
+    result = subprocess.run(
+        [str(REPO / "scripts" / "demo-overlay.sh")], capture_output=True, text=True,
+        env={**os.environ, "LAB_DIR": str(sandbox / "lab")}, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "(no answer: agent is on overlay ops, db on app)" in result.stdout
+    assert result.stdout.count("No changes.") >= 3

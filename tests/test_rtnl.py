@@ -56,3 +56,48 @@ def test_reads_agree_with_pyroute2(sandbox: Path) -> None:
                           m.get("table")))
         assert {(r.dst, r.via, r.oif, r.proto, r.table) for r in ours.routes()} == expected
         assert ("10.99.0.0/16", "10.1.0.254") in {(r.dst, r.via) for r in ours.routes()}
+
+
+OVERLAY_SETUP = """\
+link add br0 type bridge
+link add vx0 type vxlan id 4097 local 192.0.2.11 dstport 8472 nolearning proxy
+link set vx0 master br0 up
+neigh add 10.200.0.5 lladdr 02:42:0a:c8:00:05 dev vx0 nud permanent
+neigh add fd00:200::5 lladdr 02:42:0a:c8:00:05 dev vx0 nud permanent
+"""
+FDB_SETUP = """\
+fdb append 00:00:00:00:00:00 dev vx0 dst 192.0.2.12 self permanent
+fdb append 00:00:00:00:00:00 dev vx0 dst 192.0.2.13 self permanent
+fdb add 02:42:0a:c8:00:05 dev vx0 dst 192.0.2.12 self permanent
+fdb add 02:42:0a:c8:00:05 dev vx0 master static
+"""
+
+
+def test_overlay_reads_agree_with_pyroute2(sandbox: Path) -> None:
+    subprocess.run(["ip", "-batch", "-"], input=OVERLAY_SETUP, text=True, check=True)
+    subprocess.run(["bridge", "-batch", "-"], input=FDB_SETUP, text=True, check=True)
+    with Rtnl() as ours, IPRoute() as theirs:
+        vxlan = next(x.vxlan for x in ours.links() if x.ifname == "vx0")
+        data = next(m for m in theirs.get_links(ifname="vx0")).get_nested(
+            "IFLA_LINKINFO", "IFLA_INFO_DATA")
+        assert vxlan is not None
+        assert (vxlan.vni, vxlan.local, vxlan.port, vxlan.learning, vxlan.proxy) == (
+            data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_LOCAL"),
+            data.get("IFLA_VXLAN_PORT"), bool(data.get("IFLA_VXLAN_LEARNING")),
+            bool(data.get("IFLA_VXLAN_PROXY")),
+        ) == (4097, "192.0.2.11", 8472, False, True)
+        fdb = sorted((e.index, e.mac, e.dst or "", e.master, e.state) for e in ours.fdb())
+        assert fdb == sorted(
+            (m["ifindex"], m.get("NDA_LLADDR"), m.get("NDA_DST") or "",
+             bool(m.get("NDA_MASTER")) or bool(m["flags"] & 0x04), m["state"])
+            for m in theirs.fdb("dump")
+        )
+        assert ("02:42:0a:c8:00:05", None, True, 0x40) in {
+            (e.mac, e.dst, e.master, e.state) for e in ours.fdb()}
+        neighbours = sorted((n.index, n.ip, n.mac or "", n.state) for n in ours.neighbours())
+        assert neighbours == sorted(
+            (m["ifindex"], m.get("NDA_DST"), m.get("NDA_LLADDR") or "", m["state"])
+            for m in theirs.get_neighbours() if m["family"] in (2, 10)
+        )
+        assert {n.ip for n in ours.neighbours() if n.state == 0x80} == {
+            "10.200.0.5", "fd00:200::5"}

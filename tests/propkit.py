@@ -24,25 +24,38 @@ from reconciler.resources import (
     owner_alias,
 )
 from reconciler.state.observe import NUD_NOARP, NUD_PERMANENT, observe
-from tests.strategies import PROJECT
+from tests.strategies import HERE, PROJECT
 
 WRITES = frozenset({
     "netns_add", "netns_del", "bridge_add", "veth_add", "link_set", "link_del", "addr_add",
     "addr_del", "route_add", "route_del", "write_file", "write_link", "remove_file",
-    "nft_apply", "sysctl_set", "sublink_add",
+    "nft_apply", "sysctl_set", "sublink_add", "vxlan_add", "fdb_add", "fdb_del", "neigh_add",
+    "neigh_del",
 })
 
 
-def converge(kernel: Kernel, spec: Spec) -> Plan:
+def host_of(spec: Spec) -> str | None:
+    """The test machine is host HERE of a spec with hosts."""
+    return HERE if spec.hosts else None
+
+
+def snapshot(kernel: Kernel, spec: Spec, destroy: bool = False) -> engine.Snapshot:
+    return engine.snapshot(kernel, spec, destroy=destroy, host=host_of(spec))
+
+
+def apply(kernel: Kernel, spec: Spec, destroy: bool = False) -> Plan:
     """Plan and apply; engine.apply re-observes and raises unless converged."""
-    snap = engine.snapshot(kernel, spec)
-    engine.apply(kernel, spec, snap.plan)
+    snap = snapshot(kernel, spec, destroy)
+    engine.apply(kernel, spec, snap.plan, destroy=destroy, host=host_of(spec))
     return snap.plan
 
 
+def converge(kernel: Kernel, spec: Spec) -> Plan:
+    return apply(kernel, spec)
+
+
 def destroy(kernel: Kernel, spec: Spec) -> None:
-    snap = engine.snapshot(kernel, spec, destroy=True)
-    engine.apply(kernel, spec, snap.plan, destroy=True)
+    apply(kernel, spec, destroy=True)
 
 
 def owned(kernel: Kernel, spec: Spec | None = None) -> dict[Key, Resource]:
@@ -257,7 +270,7 @@ class FailAt:
 
 
 def plan_for(kernel: Kernel, spec: Spec) -> Plan:
-    return engine.snapshot(kernel, spec).plan
+    return snapshot(kernel, spec).plan
 
 
 __all__ = ["planner"]

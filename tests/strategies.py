@@ -23,18 +23,25 @@ from reconciler.model import Spec
 from reconciler.resources import (
     Address,
     Bridge,
+    Fdb,
     Firewall,
     HostsFile,
     HostsTable,
+    Neigh,
     Netns,
     Resource,
     Route,
     Veth,
+    Vxlan,
 )
 
 PROJECT = "prop"
 NETWORKS = ["front", "back", "data"]
 CONTAINERS = ["alpha", "beta", "gamma", "delta", "eps"]
+# In specs with hosts, the test machine is HERE; THERE is another machine.
+HERE, THERE = "here", "there"
+HOSTS = {HERE: {"address": "198.51.100.1"}, THERE: {"address": "198.51.100.2"}}
+UNDERLAY = ("fx-ul", "198.51.100.1/24")  # the test machine's link with HERE's address
 
 
 def spec_yaml(doc: dict[str, Any]) -> str:
@@ -47,11 +54,17 @@ def load(doc: dict[str, Any]) -> Spec:
 
 
 @st.composite
-def network_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
+def network_dicts(draw: st.DrawFn, index: int, overlay: bool = False) -> dict[str, Any]:
     third = draw(st.sampled_from([0, 1]))  # changing it renumbers the network
     net: dict[str, Any] = {"subnet": f"10.{10 + index}.{third}.0/24"}
+    if overlay:
+        net["driver"] = "overlay"
+        net["vni"] = draw(st.sampled_from([100 + index, 200 + index]))
+        if draw(st.booleans()):
+            net["gateway"] = f"10.{10 + index}.{third}.1"
     if draw(st.booleans()):
-        net["mtu"] = draw(st.sampled_from([1400, 1500, 9000]))
+        # An overlay's fits the underlay's 9000 with the VXLAN headers.
+        net["mtu"] = draw(st.sampled_from([1400, 1500, 8950 if overlay else 9000]))
     if draw(st.integers(0, 3)) == 0:
         net["ip_range"] = f"10.{10 + index}.{third}.128/25"
     if draw(st.integers(0, 2)) == 0:
@@ -68,12 +81,19 @@ def network_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
 
 
 @st.composite
-def spec_dicts(draw: st.DrawFn, min_containers: int = 0) -> dict[str, Any]:
+def spec_dicts(
+    draw: st.DrawFn, min_containers: int = 0, machines: bool | None = None
+) -> dict[str, Any]:
     """Valid specs across what the engine supports: bridge networks and their
     options, containers in list and map form, explicit and automatic addresses,
-    IPv6, routes, network_mode none/host, aliases, explicit netns names."""
+    IPv6, routes, network_mode none/host, aliases, explicit netns names; and
+    (unless machines is False) specs with hosts, where containers run here
+    or on another machine, and overlay networks."""
     names = draw(st.lists(st.sampled_from(NETWORKS), min_size=1, max_size=3, unique=True))
-    networks = {name: draw(network_dicts(NETWORKS.index(name))) for name in names}
+    machines = machines is not False and draw(st.integers(0, 2)) == 0
+    overlays = {n for n in names if machines and draw(st.booleans())}
+    networks = {name: draw(network_dicts(NETWORKS.index(name), name in overlays))
+                for name in names}
     used_v4: dict[str, set[str]] = {n: set() for n in names}
     used_v6: dict[str, set[str]] = {n: set() for n in names}
     used_macs: set[str] = set()
@@ -83,12 +103,13 @@ def spec_dicts(draw: st.DrawFn, min_containers: int = 0) -> dict[str, Any]:
                            max_size=len(CONTAINERS), unique=True))
     for cname in chosen:
         mode = draw(st.sampled_from(["bridge"] * 6 + ["none", "host"]))
+        placed = {"host": draw(st.sampled_from([HERE, HERE, THERE]))} if machines else {}
         if mode != "bridge":
-            containers[cname] = {"network_mode": mode}
+            containers[cname] = {"network_mode": mode, **(placed if mode == "none" else {})}
             continue
         attached = draw(st.lists(st.sampled_from(names), min_size=1, max_size=len(names),
                                  unique=True))
-        container: dict[str, Any] = {}
+        container: dict[str, Any] = dict(placed)
         if not attached_used and draw(st.integers(0, 5)) == 0:
             container["netns_path"] = ATTACH_PATH  # one container: they would share it
             attached_used = True
@@ -104,9 +125,11 @@ def spec_dicts(draw: st.DrawFn, min_containers: int = 0) -> dict[str, Any]:
                     networks[net], net, position, used_v4[net], used_v6[net], used_macs, cname
                 ))
             container["networks"] = entries
-        outward = [n for n in attached if not networks[n].get("internal")]
+        outward = [n for n in attached if not networks[n].get("internal")
+                   and (n not in overlays or "gateway" in networks[n])]
         if outward and draw(st.integers(0, 3)) == 0:
             container["default_route"] = draw(st.sampled_from(outward))
+        outward = [n for n in outward if n not in overlays]  # ports: bridge networks only
         if draw(st.integers(0, 3)) == 0:
             subnet = ipaddress.ip_network(networks[attached[0]]["subnet"])
             container["routes"] = [{"to": "10.99.0.0/16", "via": str(subnet[254])}]
@@ -118,7 +141,8 @@ def spec_dicts(draw: st.DrawFn, min_containers: int = 0) -> dict[str, Any]:
                 {"published": published, "target": 443, "network": outward[-1]},
             ]))]
         containers[cname] = container
-    return {"version": 1, "project": PROJECT, "networks": networks, "containers": containers}
+    doc = {"version": 1, "project": PROJECT, "networks": networks, "containers": containers}
+    return {**doc, "hosts": HOSTS} if machines else doc
 
 
 @st.composite
@@ -159,7 +183,13 @@ ATTACH_PATH = f"/run/netns/{ATTACH_NETNS}"
 
 
 def attach_namespace(kernel: Kernel) -> Kernel:
+    """The machine every test kernel is: it has the namespace ATTACH_PATH, and
+    an interface with host HERE's address (a veth into that namespace)."""
     kernel.netns_add(ATTACH_NETNS, "someone else's")
+    ifname, cidr = UNDERLAY
+    kernel.veth_add(ifname, 9000, ATTACH_NETNS, "fx-ulp", "02:fa:00:00:00:0a", 9000)
+    kernel.link_set("", ifname, up=True)
+    kernel.addr_add("", ifname, cidr)
     return kernel
 
 FOREIGN_NETNS = "fx-ns"
@@ -235,6 +265,9 @@ DRIFTS: dict[type, list[str]] = {
     Veth: ["delete host end", "delete container end", "mtu", "mac", "down", "rename",
            "detach", "add address", "host end down", "host end mtu", "host end rename",
            "isolation toggled", "hairpin toggled"],
+    Vxlan: ["delete", "down", "mtu", "detach", "rename", "isolation toggled"],
+    Fdb: ["delete"],
+    Neigh: ["delete", "other mac"],
     Address: ["delete"],
     Route: ["delete"],
     HostsFile: ["delete"],
@@ -284,6 +317,23 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
             "hairpin toggled": lambda: kernel.link_set("", res.host_ifname,
                                                        hairpin=not res.hairpin),
         }[what]()
+    elif isinstance(res, Vxlan):
+        {
+            "delete": lambda: kernel.link_del("", res.ifname),
+            "down": lambda: kernel.link_set("", res.ifname, up=False),
+            "mtu": lambda: kernel.link_set("", res.ifname, mtu=1300),
+            "detach": lambda: kernel.link_set("", res.ifname, nomaster=True),
+            "rename": lambda: kernel.link_set("", res.ifname, new_name="vx-drift"),
+            "isolation toggled": lambda: kernel.link_set("", res.ifname,
+                                                         isolated=not res.isolated),
+        }[what]()
+    elif isinstance(res, Fdb):
+        kernel.fdb_del(res.ifname, res.mac, res.dst or None)
+    elif isinstance(res, Neigh):
+        if what == "delete":
+            kernel.neigh_del(res.ifname, res.ip)
+        else:
+            kernel.neigh_add(res.ifname, res.ip, "02:99:00:00:00:02", replace=True)
     elif isinstance(res, Address):
         kernel.addr_del(res.ns, res.ifname, res.cidr)
     elif isinstance(res, Route):

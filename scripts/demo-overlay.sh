@@ -13,6 +13,14 @@ cp examples/overlay/mesh.yaml "$spec"
 trap '$lab down; rm -rf "$work"' EXIT
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 machines="node-a node-b node-c"
+# netapply COMMAND on every machine, each applying its own share.
+everywhere() {
+  local m
+  for m in $machines; do
+    step "scripts/lab run $m netapply $* mesh.yaml"
+    $lab run "$m" "$netapply" "$@" "$spec"
+  done
+}
 
 step "scripts/lab up node-a 192.0.2.11/24  # and node-b .12, node-c .13"
 $lab up node-a 192.0.2.11/24
@@ -22,10 +30,7 @@ step netapply validate mesh.yaml
 $netapply validate "$spec"
 step "scripts/lab run node-a netapply plan mesh.yaml"
 $lab run node-a "$netapply" plan "$spec"
-for m in $machines; do
-  step "scripts/lab run $m netapply apply --auto-approve mesh.yaml"
-  $lab run "$m" "$netapply" apply --auto-approve "$spec"
-done
+everywhere apply --auto-approve
 step "scripts/lab run node-a ip netns exec web ping -c 1 db  # node-a -> node-b over VXLAN"
 $lab run node-a ip netns exec web ping -c 1 -W 2 db
 step "scripts/lab run node-b ip netns exec db ping -c 1 web"
@@ -42,19 +47,10 @@ $lab run node-c ip netns exec monitor ping -c 1 -W 2 agent
 
 step "sed -i 's/host: node-b/host: node-c/' mesh.yaml  # move db to node-c"
 sed -i 's/host: node-b/host: node-c/' "$spec"
-for m in $machines; do
-  step "scripts/lab run $m netapply apply --auto-approve mesh.yaml"
-  $lab run "$m" "$netapply" apply --auto-approve "$spec"
-done
+everywhere apply --auto-approve
 step "scripts/lab run node-a ip netns exec web ping -c 1 db  # now node-a -> node-c"
 $lab run node-a ip netns exec web ping -c 1 -W 2 db
 step "scripts/lab run node-a bridge fdb show | grep dst  # node-a's forwarding entries"
 $lab run node-a bridge fdb show | grep dst
-for m in $machines; do
-  step "scripts/lab run $m netapply plan --detailed-exitcode mesh.yaml"
-  $lab run "$m" "$netapply" plan --detailed-exitcode "$spec"
-done
-for m in $machines; do
-  step "scripts/lab run $m netapply destroy --auto-approve mesh.yaml"
-  $lab run "$m" "$netapply" destroy --auto-approve "$spec"
-done
+everywhere plan --detailed-exitcode
+everywhere destroy --auto-approve

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from reconciler import __version__, engine, machines, render
 from reconciler import spec as spec_mod
+from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import ApplyError, NetapplyError, SpecError
 from reconciler.executor import describe
@@ -60,7 +62,25 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
     p = on_host(command("show", "print what the project owns in the kernel"))
     p.add_argument("--output", choices=("text", "json"), default="text")
+    p = on_host(command("watch", "keep the kernel equal to the spec: apply on every spec "
+                                 "change and repair drift, until SIGTERM"))
+    p.add_argument("--resync", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="full reconcile at least this often (default 60)")
+    p.add_argument("--debounce", type=_seconds, default=0.3, metavar="SECONDS",
+                   help="events this close together make one reconcile (default 0.3)")
+    p.add_argument("--log-format", choices=("auto", "text", "json"), default="auto",
+                   help="auto: text on a terminal, JSON lines otherwise")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 86400 seconds")
+    return value
 
 
 class Cli:
@@ -72,6 +92,8 @@ class Cli:
         self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
 
     def run(self) -> int:
+        if self.args.command == "watch":
+            return self.watch()
         try:
             spec = spec_mod.load(self.args.spec)
             if self.args.command == "validate":
@@ -113,6 +135,20 @@ class Cli:
             text = f"This machine is host '{escape(chosen.host)}' ({escape(chosen.why)})."
             (self.err if getattr(self.args, "output", "text") == "json" else self.out).print(text)
         return chosen.host
+
+    def watch(self) -> int:
+        """Runs until SIGTERM; an invalid spec or a failing kernel is logged,
+        never the end of it. Only a missing privilege or spec path is."""
+        try:
+            engine.require_privileges()
+            path = Path(self.args.spec)
+            if not path.exists():
+                raise NetapplyError(f"{path}: no such file or directory")
+        except NetapplyError as e:
+            self.err.print(f"[red]error:[/red] {escape(str(e))}")
+            return EXIT_ERROR
+        return watch_mod.run(watch_mod.Options(
+            path, self.args.host, self.args.debounce, self.args.resync, self.args.log_format))
 
     def validate(self, spec: spec_mod.Spec) -> int:
         self.out.print(

@@ -82,22 +82,7 @@ class NetlinkKernel:
         return sock
 
     def _open(self, ns: str) -> Rtnl:
-        if not ns:
-            return Rtnl()
-        try:
-            target = os.open(_ns_path(ns), os.O_RDONLY)
-        except OSError as e:
-            raise KernelError(f"open {_ns_label(ns)}", e.errno or errno.ENOENT) from None
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            _setns(target, f"enter {_ns_label(ns)}")
-            try:
-                return Rtnl()
-            finally:
-                _setns(own, "return to own namespace")
-        finally:
-            os.close(target)
-            os.close(own)
+        return in_namespace(ns, Rtnl)
 
     def _forget(self, ns: str) -> None:
         sock = self._sockets.pop(ns, None)
@@ -468,6 +453,28 @@ class NetlinkKernel:
                 os.rmdir(parent)  # only when empty: other files there are not ours
 
 
+def in_namespace(ns: str, make: Callable[[], T]) -> T:
+    """make() run inside namespace ns ("" is this thread's own): sockets it
+    opens stay bound to ns. Only the calling thread enters ns, and it is back
+    in its own namespace when this returns."""
+    if not ns:
+        return make()
+    try:
+        target = os.open(_ns_path(ns), os.O_RDONLY)
+    except OSError as e:
+        raise KernelError(f"open {_ns_label(ns)}", e.errno or errno.ENOENT) from None
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        _setns(target, f"enter {_ns_label(ns)}")
+        try:
+            return make()
+        finally:
+            _setns(own, "return to own namespace")
+    finally:
+        os.close(target)
+        os.close(own)
+
+
 def ns_type(path: str) -> int | None:
     """The CLONE_NEW* type of the namespace file at path, or None if it is none."""
     try:
@@ -498,4 +505,4 @@ def _prepare_netns_dir(what: str) -> None:
     _check(_libc.mount(b"none", path, None, MS_SHARED | MS_REC, None), what)
 
 
-__all__ = ["GONE", "NetlinkKernel"]
+__all__ = ["GONE", "NetlinkKernel", "in_namespace"]

@@ -1,0 +1,240 @@
+"""Kernel notifications that may mean a project's objects changed.
+
+Netlink sockets subscribed to link, address, route and neighbour changes in
+the host namespace and in every namespace the project owns, and to nftables
+changes in the host namespace. A message only says "look again" (watch mode
+is level-based), so this module decides relevance cheaply and never what
+changed:
+- in an owned namespace, any change of a link, address or route, and of a
+  static neighbour entry (not the ones the kernel learns from traffic);
+- in the host namespace, changes of owned links (their alias says so) and of
+  addresses, routes and static neighbour or forwarding entries on them;
+- in nftables, anything touching the project's table (a `flush ruleset`
+  deletes it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import select
+import socket
+import threading
+from collections.abc import Callable, Iterable
+
+from reconciler.drivers import rtnl
+from reconciler.drivers.kernel import NETNS_DIR
+from reconciler.drivers.netlink import in_namespace
+from reconciler.errors import KernelError
+from reconciler.resources import owner_alias
+
+RTNLGRP_LINK, RTNLGRP_NEIGH = 1, 3
+RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE = 5, 7
+RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE = 9, 11
+GROUPS = (RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE,
+          RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE)
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+NFGENMSG_SIZE = 4
+NFTA_NAME = 1  # the table's name: NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, ...
+STATIC = rtnl.NUD_NOARP | rtnl.NUD_PERMANENT
+HOST = ""
+
+Notify = Callable[[str], None]
+
+
+def _subscribed(protocol: int, groups: Iterable[int]) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    mask = 0
+    for group in groups:
+        mask |= 1 << (group - 1)
+    sock.bind((0, mask))
+    sock.setblocking(False)
+    return sock
+
+
+class KernelEvents:
+    """A thread that calls notify(what) for each batch of relevant messages.
+    `watch(namespaces)` sets the owned namespaces to listen in; the thread
+    opens and closes their sockets itself, so no socket is closed under it.
+    Sockets are the only references it holds: closing one lets a namespace
+    that was deleted meanwhile go."""
+
+    def __init__(self, project: str, nft_table: str, notify: Notify):
+        self.alias_prefix = owner_alias(project) + "/"
+        self.nft_table = nft_table
+        self.notify = notify
+        self._lock = threading.Lock()
+        self._wanted: set[str] = set()
+        self._sockets: dict[str, socket.socket] = {}
+        self._identities: dict[str, tuple[int, int] | None] = {}  # of each namespace listened in
+        self._owned_host_links: set[int] = set()
+        self._nft: socket.socket | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="kernel-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def watch(self, namespaces: Iterable[str]) -> None:
+        with self._lock:
+            self._wanted = set(namespaces)
+        self._wake()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+        self._thread.join(timeout=2)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # already woken
+            os.write(self._wake_w, b"x")
+
+    # ---- the thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._sockets[HOST] = _subscribed(rtnl.NETLINK_ROUTE, GROUPS)
+            nft = self._nft = _subscribed(NETLINK_NETFILTER, (NFNLGRP_NFTABLES,))
+            self._owned_host_links = self._host_links()
+            while not self._stopping:
+                self._sync()
+                by_fd = {s.fileno(): (ns, s) for ns, s in self._sockets.items()}
+                fds: list[int] = [self._wake_r, nft.fileno(), *by_fd]
+                readable, _, _ = select.select(fds, [], [])
+                for fd in readable:
+                    if fd == self._wake_r:
+                        _drain_pipe(self._wake_r)
+                    elif fd == nft.fileno():
+                        self._read(nft, self._nft_relevant, "nftables")
+                    else:
+                        ns, sock = by_fd[fd]
+                        self._read(sock, functools.partial(self._route_relevant, ns),
+                                   f"netns {ns}" if ns else "host namespace")
+        finally:
+            for sock in self._sockets.values():
+                sock.close()
+            if self._nft is not None:
+                self._nft.close()
+
+    def _sync(self) -> None:
+        """Listen in exactly the wanted namespaces. A name whose namespace was
+        replaced (deleted and made again) gets a socket in the new one, and the
+        old socket goes, with the last reference to the old namespace."""
+        with self._lock:
+            wanted = set(self._wanted)
+        current = {ns: _identity(ns) for ns in wanted}
+        for ns in list(self._sockets):
+            if ns != HOST and (ns not in wanted or current[ns] != self._identities.get(ns)):
+                self._sockets.pop(ns).close()
+        for ns in wanted - set(self._sockets):
+            try:
+                self._sockets[ns] = in_namespace(ns, lambda: _subscribed(rtnl.NETLINK_ROUTE,
+                                                                         GROUPS))
+                self._identities[ns] = current[ns]
+            except (KernelError, OSError):
+                self.notify(f"netns {ns} is gone")  # deleted before we could listen
+
+    def _host_links(self) -> set[int]:
+        with rtnl.Rtnl() as sock:
+            return {link.index for link in sock.links()
+                    if (link.alias or "").startswith(self.alias_prefix)}
+
+    def _read(self, sock: socket.socket, relevant: Callable[[bytes, int], str | None],
+              where: str) -> None:
+        """Read everything queued; notify once if any message is relevant."""
+        found: str | None = None
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # messages were lost: look again
+                    found = found or f"{where}: notifications overflowed"
+                    continue
+                raise
+            offset = 0
+            while offset + rtnl.HEADER.size <= len(data):
+                size, kind, _flags, _seq, _pid = rtnl.HEADER.unpack_from(data, offset)
+                if size < rtnl.HEADER.size:
+                    break
+                if found is None:
+                    what = relevant(data[offset:offset + size], kind)
+                    if what is not None:
+                        found = f"{where}: {what}"
+                offset += (size + 3) & ~3
+        if found is not None:
+            self.notify(found)
+
+    def _route_relevant(self, ns: str, message: bytes, kind: int) -> str | None:
+        body = rtnl.HEADER.size
+        if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+            index = rtnl.IFINFO.unpack_from(message, body)[2]
+            attrs = dict(rtnl.attrs(message, body + rtnl.IFINFO.size))
+            alias = bytes(attrs.get(rtnl.IFLA_IFALIAS, b"")).split(b"\0", 1)[0].decode(
+                errors="replace")
+            if ns != HOST:
+                return "link changed"
+            if alias.startswith(self.alias_prefix):
+                if kind == rtnl.RTM_DELLINK:
+                    self._owned_host_links.discard(index)
+                else:
+                    self._owned_host_links.add(index)
+                return f"link {alias} changed"
+            if index in self._owned_host_links:  # its alias was cleared
+                self._owned_host_links.discard(index)
+                return "an owned link lost its mark"
+            return None
+        if kind in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
+            index = rtnl.IFADDR.unpack_from(message, body)[4]
+            return "address changed" if ns != HOST or index in self._owned_host_links else None
+        if kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+            oif = None
+            for key, value in rtnl.attrs(message, body + rtnl.RTMSG.size):
+                if key == rtnl.RTA_OIF:
+                    oif = rtnl.U32.unpack_from(value)[0]
+            return "route changed" if ns != HOST or oif in self._owned_host_links else None
+        if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
+            _family, index, state, _flags, _type = rtnl.NDMSG.unpack_from(message, body)
+            if not state & STATIC:
+                return None  # learned from traffic, never the project's
+            return "static entry changed" if ns != HOST or index in self._owned_host_links \
+                else None
+        return None
+
+    def _nft_relevant(self, message: bytes, kind: int) -> str | None:
+        if kind >> 8 != NFNL_SUBSYS_NFTABLES:
+            return None
+        for key, value in rtnl.attrs(message, rtnl.HEADER.size + NFGENMSG_SIZE):
+            if key == NFTA_NAME:
+                name = bytes(value).split(b"\0", 1)[0].decode(errors="replace")
+                return f"table {name} changed" if name == self.nft_table else None
+        return None
+
+
+def _identity(ns: str) -> tuple[int, int] | None:
+    """Which namespace /run/netns/<ns> is now (device and inode of nsfs)."""
+    try:
+        st = os.stat(os.path.join(NETNS_DIR, ns))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+__all__ = ["KernelEvents"]

@@ -1,0 +1,305 @@
+"""`netapply watch`: keep the kernel equal to the spec, unattended.
+
+Level-based, as controller-runtime's reconcile loop: a spec file event, a
+kernel notification, a timer or SIGHUP only says "look again"; every
+reconcile is the same full observe -> plan -> apply as `netapply apply`.
+The engine's own writes cause notifications too; they lead to at most one
+more reconcile, which finds nothing to do and so writes nothing.
+
+- Triggers arrive on one queue; a burst (events closer than the debounce
+  interval) makes one reconcile.
+- An invalid spec is logged, error by error, and the last good spec stays in
+  force: drift is still repaired against it, and nothing is torn down.
+- A failed reconcile is retried with capped exponential backoff; the loop
+  never dies on a kernel error.
+- SIGTERM/SIGINT stop it between two kernel writes, never in the middle of
+  one; it then exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from reconciler import engine, firewall, machines
+from reconciler import spec as spec_mod
+from reconciler.drivers.events import KernelEvents
+from reconciler.drivers.kernel import NETNS_DIR
+from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.errors import NetapplyError, SpecError
+from reconciler.model import Spec
+from reconciler.planner import Action, Change
+from reconciler.resources import Netns
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
+STOP = ("stop", "")
+
+
+def next_backoff(previous: float) -> float:
+    """Seconds to wait before retrying a failed reconcile: 1, 2, 4, ... 60."""
+    return min(max(previous * 2, BACKOFF_FIRST), BACKOFF_MAX)
+
+
+class Stopping(Exception):
+    """Raised between two kernel writes once a stop was asked for."""
+
+
+@dataclass(frozen=True)
+class Options:
+    spec: Path
+    host: str | None = None
+    debounce: float = 0.3
+    resync: float = 60.0
+    log_format: str = "auto"  # auto: text on a terminal, JSON lines otherwise
+
+
+@dataclass
+class Outcome:
+    result: str  # "converged", "invalid spec", "failed", "stopped"
+    actions: int = 0
+    errors: list[str] = field(default_factory=list)
+    detail: str = ""
+
+
+class Log:
+    """One line per event that matters: human-readable on a terminal, JSON
+    lines otherwise (or as asked)."""
+
+    def __init__(self, log_format: str):
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.json = log_format == "json" or (log_format == "auto" and not self.console.is_terminal)
+
+    def line(self, event: str, text: str, **fields: Any) -> None:
+        now = datetime.now(UTC)
+        if self.json:
+            record = {"time": now.isoformat(timespec="milliseconds"), "event": event, **fields}
+            sys.stderr.write(json.dumps(record, sort_keys=True) + "\n")
+            sys.stderr.flush()
+        else:
+            stamp = now.astimezone().strftime("%H:%M:%S")
+            self.console.print(f"[dim]{stamp}[/dim] {escape(text)}")
+
+
+class _SpecEvents(FileSystemEventHandler):
+    """Changes to the spec: the file itself (also when an editor writes it by
+    renaming a new file over it), or any *.yaml/*.yml file of a directory."""
+
+    def __init__(self, spec: Path, notify: Callable[[str], None]):
+        self.spec = spec
+        self.is_dir = spec.is_dir()
+        self.notify = notify
+
+    def _matters(self, path: str | bytes) -> bool:
+        path = os.fsdecode(path)
+        if self.is_dir:
+            return Path(path).parent == self.spec and path.endswith(SPEC_SUFFIXES)
+        return Path(path) == self.spec
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        if any(p and self._matters(p) for p in paths):
+            self.notify(f"spec {event.event_type}")
+
+
+class _NetnsEvents(FileSystemEventHandler):
+    """A named namespace disappearing (`ip netns del`)."""
+
+    def __init__(self, notify: Callable[[str], None]):
+        self.notify = notify
+        self.owned: set[str] = set()
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        name = os.path.basename(os.fsdecode(event.src_path))
+        if name in self.owned:
+            self.notify(f"netns {name} deleted")
+
+
+class Watcher:
+    def __init__(self, options: Options):
+        self.options = options
+        self.spec_path = options.spec.resolve()
+        self.log = Log(options.log_format)
+        self.triggers: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self.stopping = False
+        self.last_good: Spec | None = None
+        self.owned_netns: set[str] = set()  # as the last successful reconcile left them
+        self.reconciles = 0
+
+    # ---- triggers --------------------------------------------------------------
+
+    def _put(self, kind: str) -> Callable[[str], None]:
+        return lambda detail: self.triggers.put((kind, detail))
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # SimpleQueue.put is safe in a signal handler; nothing else is done here.
+        if signum == signal.SIGHUP:
+            self.triggers.put(("sighup", "SIGHUP"))
+        else:
+            self.stopping = True
+            self.triggers.put(STOP)
+
+    def _next_burst(self, timeout: float) -> list[tuple[str, str]] | None:
+        """The triggers of the next burst: the first one, then every one that
+        follows within the debounce interval. None when the timeout passed."""
+        try:
+            first = self.triggers.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+        burst = [first]
+        while first != STOP:
+            try:
+                item = self.triggers.get(timeout=self.options.debounce)
+            except queue.Empty:
+                break
+            burst.append(item)
+            if item == STOP:
+                break
+        return burst
+
+    # ---- the loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        observer = Observer()
+        watched = self.spec_path if self.spec_path.is_dir() else self.spec_path.parent
+        observer.schedule(_SpecEvents(self.spec_path, self._put("spec")), str(watched))
+        netns_events = _NetnsEvents(self._put("kernel"))
+        os.makedirs(NETNS_DIR, exist_ok=True)
+        observer.schedule(netns_events, NETNS_DIR)
+        observer.start()
+        kernel_events: KernelEvents | None = None
+        self.log.line("start", f"watching {self.spec_path} (debounce {self.options.debounce} s, "
+                      f"full resync every {self.options.resync} s)",
+                      spec=str(self.spec_path), pid=os.getpid())
+        try:
+            trigger = "start"
+            backoff = 0.0
+            while not self.stopping:
+                outcome = self._reconcile(trigger)
+                if outcome.result == "stopped":
+                    break
+                backoff = next_backoff(backoff) if outcome.result == "failed" else 0.0
+                if self.last_good is not None:
+                    if kernel_events is None:
+                        project = self.last_good.project
+                        kernel_events = KernelEvents(project, firewall.table_name(project),
+                                                     self._put("kernel"))
+                        kernel_events.start()
+                    netns_events.owned = set(self.owned_netns)
+                    kernel_events.watch(self.owned_netns)
+                # Every reconcile is a full one, so the resync timer starts anew.
+                wait, reason = self.options.resync, "resync"
+                if backoff and backoff < wait:
+                    wait, reason = backoff, "retry"
+                burst = self._next_burst(wait)
+                if burst is None:
+                    trigger = reason
+                elif STOP in burst:
+                    break
+                else:
+                    trigger = ",".join(sorted({kind for kind, _ in burst}))
+        finally:
+            observer.stop()
+            if kernel_events is not None:
+                kernel_events.stop()
+            observer.join(timeout=2)
+        self.log.line("stop", "stopped", reconciles=self.reconciles)
+        return 0
+
+    def _check_stop(self, _action: Action, _change: Change) -> None:
+        if self.stopping:
+            raise Stopping
+
+    def _reconcile(self, trigger: str) -> Outcome:
+        self.reconciles += 1
+        started = time.monotonic()
+        outcome = self._attempt()
+        took = time.monotonic() - started
+        text = f"reconcile ({trigger}): {outcome.result}, {outcome.actions} action(s) in " \
+               f"{took:.3f} s"
+        if outcome.detail:
+            text += f"; {outcome.detail}"
+        self.log.line("reconcile", text, trigger=trigger, result=outcome.result,
+                      actions=outcome.actions, duration_s=round(took, 4), errors=outcome.errors,
+                      detail=outcome.detail)
+        for error in outcome.errors:
+            self.log.line("error", f"  {error}", error=error)
+        return outcome
+
+    def _attempt(self) -> Outcome:
+        try:
+            spec = spec_mod.load(str(self.spec_path))
+        except SpecError as e:
+            errors = [str(p) for p in e.problems]
+            if self.last_good is None:
+                return Outcome("invalid spec", errors=errors, detail="nothing applied yet")
+            outcome = self._apply(self.last_good)
+            outcome.errors = errors + outcome.errors
+            outcome.detail = "the spec is invalid; the last good one stays in force"
+            if outcome.result == "converged":
+                outcome.result = "invalid spec"
+            return outcome
+        except NetapplyError as e:
+            return Outcome("invalid spec", errors=[str(e)])
+        if self.last_good is not None and spec.project != self.last_good.project:
+            return Outcome("invalid spec", errors=[
+                f"the project changed from '{self.last_good.project}' to '{spec.project}': "
+                "destroy the old project first, then restart watch"])
+        outcome = self._apply(spec)
+        if outcome.result == "converged":
+            self.last_good = spec
+        return outcome
+
+    def _apply(self, spec: Spec) -> Outcome:
+        kernel = NetlinkKernel()
+        done = 0
+
+        def progress(action: Action, change: Change) -> None:
+            nonlocal done
+            done += 1
+            self._check_stop(action, change)
+
+        try:
+            host = machines.select(spec, self.options.host,
+                                   engine.local_addresses(kernel)).host
+            snap = engine.snapshot(kernel, spec, host=host)
+            if not snap.plan.empty:
+                engine.apply(kernel, spec, snap.plan, progress=progress, host=host)
+            # Converged: what is owned now is what is desired.
+            self.owned_netns = {r.name for r in snap.desired.values() if isinstance(r, Netns)}
+            return Outcome("converged", done)
+        except Stopping:
+            return Outcome("stopped", done, detail="stopped between two actions")
+        except SpecError as e:  # the machine lacks something the spec needs
+            return Outcome("failed", done, [str(p) for p in e.problems])
+        except NetapplyError as e:
+            return Outcome("failed", done, [str(e)])
+        except Exception as e:  # a bug: log it, keep watching
+            lines = traceback.format_exception_only(type(e), e)
+            return Outcome("failed", done, [f"internal error: {''.join(lines).strip()}"])
+        finally:
+            kernel.close()
+
+
+def run(options: Options) -> int:
+    return Watcher(options).run()

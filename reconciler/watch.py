@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.markup import escape
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from reconciler import engine, firewall, machines
 from reconciler import spec as spec_mod
@@ -98,19 +99,18 @@ class Log:
 
 
 class _SpecEvents(FileSystemEventHandler):
-    """Changes to the spec: the file itself (also when an editor writes it by
-    renaming a new file over it), or any *.yaml/*.yml file of a directory."""
+    """Changes to the spec: the path itself (a file written in place or by
+    renaming a new one over it; a directory, or a symbolic link to one, that
+    is replaced, as git-sync swaps its link), or any *.yaml/*.yml file in it."""
 
     def __init__(self, spec: Path, notify: Callable[[str], None]):
         self.spec = spec
-        self.is_dir = spec.is_dir()
         self.notify = notify
 
     def _matters(self, path: str | bytes) -> bool:
-        path = os.fsdecode(path)
-        if self.is_dir:
-            return Path(path).parent == self.spec and path.endswith(SPEC_SUFFIXES)
-        return Path(path) == self.spec
+        found = Path(os.fsdecode(path))
+        return found == self.spec or (found.parent == self.spec
+                                      and found.suffix in SPEC_SUFFIXES)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
@@ -136,13 +136,17 @@ class _NetnsEvents(FileSystemEventHandler):
 class Watcher:
     def __init__(self, options: Options):
         self.options = options
-        self.spec_path = options.spec.resolve()
+        # Not resolved: a link to the spec directory may be swapped for another.
+        self.spec_path = Path(os.path.abspath(options.spec))
         self.log = Log(options.log_format)
         self.triggers: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.stopping = False
         self.last_good: Spec | None = None
         self.owned_netns: set[str] = set()  # as the last successful reconcile left them
         self.reconciles = 0
+        self.spec_events = _SpecEvents(self.spec_path, self._put("spec"))
+        self.dir_watch: ObservedWatch | None = None
+        self.dir_target: str | None = None
 
     # ---- triggers --------------------------------------------------------------
 
@@ -181,8 +185,8 @@ class Watcher:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         observer = Observer()
-        watched = self.spec_path if self.spec_path.is_dir() else self.spec_path.parent
-        observer.schedule(_SpecEvents(self.spec_path, self._put("spec")), str(watched))
+        observer.schedule(self.spec_events, str(self.spec_path.parent))
+        self._follow_spec_dir(observer)
         netns_events = _NetnsEvents(self._put("kernel"))
         os.makedirs(NETNS_DIR, exist_ok=True)
         observer.schedule(netns_events, NETNS_DIR)
@@ -195,6 +199,7 @@ class Watcher:
             trigger = "start"
             backoff = 0.0
             while not self.stopping:
+                self._follow_spec_dir(observer)
                 outcome = self._reconcile(trigger)
                 if outcome.result == "stopped":
                     break
@@ -225,6 +230,19 @@ class Watcher:
             observer.join(timeout=2)
         self.log.line("stop", "stopped", reconciles=self.reconciles)
         return 0
+
+    def _follow_spec_dir(self, observer: BaseObserver) -> None:
+        """Watch the spec directory the spec path leads to now: after a swap of
+        a link, the new one (the old directory's watch goes)."""
+        target = os.path.realpath(self.spec_path) if self.spec_path.is_dir() else None
+        if target == self.dir_target:
+            return
+        if self.dir_watch is not None:
+            observer.unschedule(self.dir_watch)
+            self.dir_watch = None
+        if target is not None:
+            self.dir_watch = observer.schedule(self.spec_events, str(self.spec_path))
+        self.dir_target = target
 
     def _check_stop(self, _action: Action, _change: Change) -> None:
         if self.stopping:

@@ -158,6 +158,28 @@ def test_editor_style_rename_and_bursts_make_one_reconcile(sandbox: Path) -> Non
         assert len(spec_triggered) == 1
 
 
+def test_a_spec_directory_behind_a_swapped_link_is_followed(sandbox: Path) -> None:
+    """git-sync's way: each revision is checked out into its own directory and
+    a symbolic link is swapped to it in one rename."""
+    for name, text in (("rev1", SPEC), ("rev2", SPEC + DB)):
+        (sandbox / name).mkdir()
+        (sandbox / name / "w.yaml").write_text(text)
+    current = sandbox / "current"
+    current.symlink_to("rev1")
+    log = sandbox / "watch.log"
+    watch = Watch(current, log)
+    try:
+        watch.started()
+        assert netns_list() == ["web"]
+        (sandbox / "next").symlink_to("rev2")
+        os.replace(sandbox / "next", current)
+        wait_for("rev2 is applied", lambda: sorted(netns_list()) == ["db", "web"])
+        (sandbox / "rev2" / "w.yaml").write_text(SPEC)  # edited in the new revision
+        wait_for("the edit in rev2 is applied", lambda: netns_list() == ["web"])
+    finally:
+        assert watch.stop() == 0
+
+
 def test_an_invalid_spec_changes_nothing_and_its_fix_is_applied(sandbox: Path) -> None:
     with watching(sandbox, SPEC + DB) as watch:
         watch.started()

@@ -57,3 +57,4 @@ clean:
 # Side-by-side benchmark (each measurement in its own sandbox); see bench/run.py.
 bench: deps venv
 	$(BIN)/python bench/run.py
+	$(SANDBOX) env PYTHONPATH=. $(BIN)/python bench/watch_latency.py

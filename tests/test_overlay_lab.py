@@ -103,6 +103,7 @@ def test_containers_on_three_machines_reach_each_other_over_overlays(
         assert lab.ping("a", "web", "database")
         assert lab.ping("b", "db", "web")
         assert lab.ping("a", "eve", "spy")  # the second overlay works too
+        assert lab.ping("a", "web", "solo")  # web is on bridge network front too
         # green's gateway is on its bridge on every machine with members.
         assert lab.ping("a", "eve", "10.201.0.1") and lab.ping("b", "spy", "10.201.0.1")
         assert lab.address("a", "eve") != lab.address("b", "spy")

@@ -264,6 +264,39 @@ def exits_within_a_second(watch: Watch, signum: int) -> int:
     return watch.process.returncode
 
 
+def test_a_kernel_error_is_retried_until_it_goes(sandbox: Path) -> None:
+    with watching(sandbox) as watch:
+        watch.started()
+        watch.quiet()
+        # /etc/netns read-only: writing db's hosts file fails with EROFS.
+        subprocess.run(["mount", "-o", "remount,ro", "/etc/netns"], check=True)
+        try:
+            watch.spec.write_text(SPEC + DB)
+            wait_for("a failed retry", lambda: any(
+                (r["result"], r["trigger"]) == ("failed", "retry") for r in watch.reconciles()),
+                20)
+            failed = next(r for r in watch.reconciles() if r["result"] == "failed")
+            assert "Read-only file system" in failed["errors"][0]
+            assert watch.process.poll() is None
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", "/etc/netns"], check=True)
+        # The next retry comes after the backoff so far (it doubles per failure),
+        # unless an event comes first.
+        wait_for("converged again", lambda: watch.reconciles()[-1]["result"] == "converged"
+                 and "db" in netns_list(), 20)
+
+
+def test_watch_applies_the_share_of_the_host_it_is_told(sandbox: Path) -> None:
+    spec = SPEC.replace("networks:\n  front", "hosts:\n  a: {address: 192.0.2.11}\n"
+                        "  b: {address: 192.0.2.12}\nnetworks:\n  front")
+    spec = spec.replace("  web:\n", "  web:\n    host: a\n")
+    spec += "  db: {host: b, networks: [front]}\n"
+    with watching(sandbox, spec, "--host", "a") as watch:
+        watch.started()
+        assert watch.reconciles()[0]["result"] == "converged"
+        assert netns_list() == ["web"]
+
+
 def test_sigterm_stops_at_once_with_exit_0(sandbox: Path) -> None:
     with watching(sandbox) as watch:
         watch.started()

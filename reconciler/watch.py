@@ -19,6 +19,7 @@ more reconcile, which finds nothing to do and so writes nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -96,6 +97,19 @@ class Log:
         else:
             stamp = now.astimezone().strftime("%H:%M:%S")
             self.console.print(f"[dim]{stamp}[/dim] {escape(text)}")
+
+
+class _LibraryLog(logging.Handler):
+    """Warnings of the libraries (watchdog's) as lines of our log, so that a
+    JSON log stays JSON lines."""
+
+    def __init__(self, log: Log):
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.line("library", f"{record.name}: {record.getMessage()}", logger=record.name,
+                      level=record.levelname.lower(), message=record.getMessage())
 
 
 class _SpecEvents(FileSystemEventHandler):
@@ -184,6 +198,7 @@ class Watcher:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        logging.getLogger().addHandler(_LibraryLog(self.log))
         observer = Observer()
         observer.schedule(self.spec_events, str(self.spec_path.parent))
         self._follow_spec_dir(observer)
@@ -224,6 +239,8 @@ class Watcher:
                 else:
                     trigger = ",".join(sorted({kind for kind, _ in burst}))
         finally:
+            # Its threads may still see an event while they stop, and say so.
+            logging.getLogger("watchdog").setLevel(logging.ERROR)
             observer.stop()
             if kernel_events is not None:
                 kernel_events.stop()

@@ -99,6 +99,7 @@ class Cli:
             if self.args.command == "validate":
                 return self.validate(spec)
             engine.require_privileges()
+            engine.raise_open_files_limit()
             kernel = NetlinkKernel()
             try:
                 self.host = self._which_host(spec, kernel)
@@ -141,6 +142,7 @@ class Cli:
         never the end of it. Only a missing privilege or spec path is."""
         try:
             engine.require_privileges()
+            engine.raise_open_files_limit()
             path = Path(self.args.spec)
             if not path.exists():
                 raise NetapplyError(f"{path}: no such file or directory")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from reconciler import firewall, machines
@@ -197,8 +197,14 @@ def _underlay_problem(
     links: dict[str, tuple[int, bool]],
 ) -> tuple[tuple[str, ...], str] | None:
     """(spec path, cause) of why this machine cannot carry the overlay's frames:
-    its host address is not here, or the interface with it is too small for
-    the overlay's MTU plus the VXLAN headers."""
+    another device has its vni and port, its host address is not here, or the
+    interface with that address is too small for the overlay's MTU plus the
+    VXLAN headers."""
+    for name, vni, port in foreign.vxlans:
+        if (vni, port) == (network.vni, network.port):
+            return ("networks", network.name, "vni"), (
+                f"vni {vni} on UDP port {port} is taken by vxlan device {name} of this machine, "
+                "which is not this project's; choose another vni or port")
     address = spec.hosts[host].address
     ifname = dict(foreign.host_addresses).get(address)
     if ifname is None:
@@ -564,9 +570,10 @@ def _spread(
     project: str, network: str, container: str,
     pool: ipaddress.IPv4Network | ipaddress.IPv6Network, taken: set[IPAddress],
 ) -> IPAddress | None:
-    """The first free address from a place in the pool derived from the names:
-    adding or removing a member moves another only when both names lead to the
-    same place (members are placed in name order)."""
+    """The first free address from a place in the pool derived from the names
+    (members are placed in name order). Adding or removing a member moves
+    another when the address it takes or frees lies between the other's place
+    and the other's address: only where places collide."""
     size = pool.num_addresses
     start = int.from_bytes(_digest(project, network, container)[:16], "big") % size
     for step in range(min(size, len(taken) + 1)):
@@ -574,6 +581,31 @@ def _spread(
         if ip not in taken:
             return ip
     return next((ip for ip in pool if ip not in taken), None)
+
+
+def overlay_renumbering(
+    spec: Spec, wanted: dict[Key, Resource], observed: ObservedState
+) -> list[str]:
+    """Notes for the plan: containers of this machine whose automatic address
+    on an overlay changes because a member added or removed elsewhere in the
+    pool's order took or freed its place (see allocate)."""
+    automatic = {(c.name, a.network) for c in spec.containers.values() for a in c.attachments
+                 if a.ipv4_address is None
+                 and spec.networks[a.network].driver == Driver.OVERLAY}
+
+    def ipv4(state: Iterable[Resource]) -> dict[tuple[str, str], str]:
+        return {(r.link[1], r.link[2]): r.cidr.split("/")[0] for r in state
+                if isinstance(r, Address) and r.link[0] == Kind.VETH
+                and (r.link[1], r.link[2]) in automatic and ":" not in r.cidr}
+
+    before, after = ipv4(observed.resources.values()), ipv4(wanted.values())
+    return [
+        f"container '{container}' moves from {before[key]} to {after[key]} on overlay "
+        f"'{network}': a member added or removed before it took or freed its place (overlay "
+        "addresses come from the spec alone); set ipv4_address to keep an address"
+        for key in sorted(before.keys() & after.keys()) if before[key] != after[key]
+        for container, network in [key]
+    ]
 
 
 # ---- foreign objects --------------------------------------------------------------

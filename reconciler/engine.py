@@ -3,9 +3,11 @@ apply, verify. No output here: callers decide how to show things."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import os
+import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +38,16 @@ def require_privileges() -> None:
             f"netapply needs {' and '.join(missing)} to read and change network namespaces: "
             "run it as root (for example with sudo)"
         )
+
+
+def raise_open_files_limit() -> None:
+    """netlink keeps a socket per namespace for a run (and watch one more per
+    namespace to listen in), so a machine with hundreds of containers needs
+    more descriptors than the usual soft limit of 1024: take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _has_capability(bit: int) -> bool:
@@ -96,6 +108,7 @@ def plan_from(
         )
         if note is not None:
             notes.append(note)
+        notes.extend(desired_mod.overlay_renumbering(spec, wanted, observed))
         return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), tuple(notes))
 
 

@@ -3,8 +3,9 @@
 Level-based, as controller-runtime's reconcile loop: a spec file event, a
 kernel notification, a timer or SIGHUP only says "look again"; every
 reconcile is the same full observe -> plan -> apply as `netapply apply`.
-The engine's own writes cause notifications too; they lead to at most one
-more reconcile, which finds nothing to do and so writes nothing.
+The engine's own writes cause notifications too (and the kernel's own
+follow-ups, such as IPv6 addresses becoming usable); they lead to a few more
+reconciles, which find nothing to do and so write nothing.
 
 - Triggers arrive on one queue; a burst (events closer than the debounce
   interval) makes one reconcile.
@@ -18,12 +19,14 @@ more reconcile, which finds nothing to do and so writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -47,10 +50,11 @@ from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import NetapplyError, SpecError
 from reconciler.model import Spec
 from reconciler.planner import Action, Change
-from reconciler.resources import Netns
+from reconciler.resources import Netns, Sublink, Veth
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
+BURST_MAX = 5.0  # a burst longer than this is reconciled anyway
 STOP = ("stop", "")
 
 
@@ -87,8 +91,13 @@ class Log:
     def __init__(self, log_format: str):
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.json = log_format == "json" or (log_format == "auto" and not self.console.is_terminal)
+        self.lock = threading.Lock()  # lines come from the loop and from listener threads
 
     def line(self, event: str, text: str, **fields: Any) -> None:
+        with self.lock:
+            self._line(event, text, **fields)
+
+    def _line(self, event: str, text: str, **fields: Any) -> None:
         now = datetime.now(UTC)
         if self.json:
             record = {"time": now.isoformat(timespec="milliseconds"), "event": event, **fields}
@@ -160,7 +169,8 @@ class Watcher:
         self.reconciles = 0
         self.spec_events = _SpecEvents(self.spec_path, self._put("spec"))
         self.dir_watch: ObservedWatch | None = None
-        self.dir_target: str | None = None
+        self.dir_target: tuple[str, int] | None = None
+        self.host_said: str | None = None
 
     # ---- triggers --------------------------------------------------------------
 
@@ -175,23 +185,35 @@ class Watcher:
             self.stopping = True
             self.triggers.put(STOP)
 
-    def _next_burst(self, timeout: float) -> list[tuple[str, str]] | None:
-        """The triggers of the next burst: the first one, then every one that
-        follows within the debounce interval. None when the timeout passed."""
-        try:
-            first = self.triggers.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return None
-        burst = [first]
-        while first != STOP:
+    def _wait(self, timeout: float, reason: str, backing_off: bool) -> str | None:
+        """What triggers the next reconcile: the first trigger to arrive and the
+        rest of its burst (each within the debounce interval of the one before,
+        for at most BURST_MAX), or `reason` when timeout passes; None to stop.
+        While backing off, kernel events wait for the retry: a failing
+        reconcile's own partial writes must not make it fail again at once.
+        The spec and SIGHUP go through at once."""
+        deadline = time.monotonic() + timeout
+        kinds: set[str] = set()
+        while True:
             try:
-                item = self.triggers.get(timeout=self.options.debounce)
+                item = self.triggers.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                return ",".join(sorted(kinds | {reason}))
+            if item == STOP:
+                return None
+            kinds.add(item[0])
+            if not (backing_off and item[0] == "kernel"):
+                break
+        burst_end = time.monotonic() + BURST_MAX
+        while (left := min(self.options.debounce, burst_end - time.monotonic())) > 0:
+            try:
+                item = self.triggers.get(timeout=left)
             except queue.Empty:
                 break
-            burst.append(item)
             if item == STOP:
-                break
-        return burst
+                return None
+            kinds.add(item[0])
+        return ",".join(sorted(kinds))
 
     # ---- the loop ------------------------------------------------------------------
 
@@ -200,44 +222,43 @@ class Watcher:
             signal.signal(signum, self._on_signal)
         logging.getLogger().addHandler(_LibraryLog(self.log))
         observer = Observer()
-        observer.schedule(self.spec_events, str(self.spec_path.parent))
-        self._follow_spec_dir(observer)
         netns_events = _NetnsEvents(self._put("kernel"))
-        os.makedirs(NETNS_DIR, exist_ok=True)
-        observer.schedule(netns_events, NETNS_DIR)
+        try:
+            observer.schedule(self.spec_events, str(self.spec_path.parent))
+            os.makedirs(NETNS_DIR, exist_ok=True)
+            observer.schedule(netns_events, NETNS_DIR)
+        except OSError as e:  # e.g. the machine's limit of inotify watches
+            text = f"cannot watch files ({e}); changes are seen at the next resync"
+            self.log.line("error", text, error=text)
+        self._follow_spec_dir(observer)
         observer.start()
         kernel_events: KernelEvents | None = None
         self.log.line("start", f"watching {self.spec_path} (debounce {self.options.debounce} s, "
                       f"full resync every {self.options.resync} s)",
                       spec=str(self.spec_path), pid=os.getpid())
         try:
-            trigger = "start"
+            trigger: str | None = "start"
             backoff = 0.0
-            while not self.stopping:
+            while trigger is not None and not self.stopping:
                 self._follow_spec_dir(observer)
                 outcome = self._reconcile(trigger)
                 if outcome.result == "stopped":
                     break
                 backoff = next_backoff(backoff) if outcome.result == "failed" else 0.0
                 if self.last_good is not None:
-                    if kernel_events is None:
+                    if kernel_events is None or not kernel_events.alive():
                         project = self.last_good.project
-                        kernel_events = KernelEvents(project, firewall.table_name(project),
-                                                     self._put("kernel"))
+                        kernel_events = KernelEvents(
+                            project, firewall.table_name(project), self._put("kernel"),
+                            lambda text: self.log.line("error", text, error=text))
                         kernel_events.start()
-                    netns_events.owned = set(self.owned_netns)
+                    netns_events.owned = {ns for ns in self.owned_netns if "/" not in ns}
                     kernel_events.watch(self.owned_netns)
                 # Every reconcile is a full one, so the resync timer starts anew.
                 wait, reason = self.options.resync, "resync"
                 if backoff and backoff < wait:
                     wait, reason = backoff, "retry"
-                burst = self._next_burst(wait)
-                if burst is None:
-                    trigger = reason
-                elif STOP in burst:
-                    break
-                else:
-                    trigger = ",".join(sorted({kind for kind, _ in burst}))
+                trigger = self._wait(wait, reason, backing_off=bool(backoff))
         finally:
             # Its threads may still see an event while they stop, and say so.
             logging.getLogger("watchdog").setLevel(logging.ERROR)
@@ -249,17 +270,25 @@ class Watcher:
         return 0
 
     def _follow_spec_dir(self, observer: BaseObserver) -> None:
-        """Watch the spec directory the spec path leads to now: after a swap of
-        a link, the new one (the old directory's watch goes)."""
-        target = os.path.realpath(self.spec_path) if self.spec_path.is_dir() else None
+        """Watch the spec directory the spec path leads to now: after a link is
+        swapped, or the directory is made anew, the new one (the old one's
+        watch goes). Failing that, the resync still comes."""
+        target = None
+        with contextlib.suppress(OSError):
+            if self.spec_path.is_dir():
+                target = (os.path.realpath(self.spec_path), os.stat(self.spec_path).st_ino)
         if target == self.dir_target:
             return
-        if self.dir_watch is not None:
-            observer.unschedule(self.dir_watch)
-            self.dir_watch = None
-        if target is not None:
-            self.dir_watch = observer.schedule(self.spec_events, str(self.spec_path))
-        self.dir_target = target
+        try:
+            if self.dir_watch is not None:
+                observer.unschedule(self.dir_watch)
+                self.dir_watch = None
+            if target is not None:
+                self.dir_watch = observer.schedule(self.spec_events, str(self.spec_path))
+            self.dir_target = target
+        except (OSError, KeyError) as e:
+            text = f"cannot watch {self.spec_path} ({e}); changes are seen at the next resync"
+            self.log.line("error", text, error=text)
 
     def _check_stop(self, _action: Action, _change: Change) -> None:
         if self.stopping:
@@ -306,7 +335,7 @@ class Watcher:
         return outcome
 
     def _apply(self, spec: Spec) -> Outcome:
-        kernel = NetlinkKernel()
+        kernel: NetlinkKernel | None = None
         done = 0
 
         def progress(action: Action, change: Change) -> None:
@@ -315,13 +344,21 @@ class Watcher:
             self._check_stop(action, change)
 
         try:
-            host = machines.select(spec, self.options.host,
-                                   engine.local_addresses(kernel)).host
+            kernel = NetlinkKernel()
+            chosen = machines.select(spec, self.options.host, engine.local_addresses(kernel))
+            host = chosen.host
+            if host is not None and host != self.host_said:
+                self.log.line("host", f"this machine is host '{host}' ({chosen.why})",
+                              host=host, why=chosen.why)
+                self.host_said = host
             snap = engine.snapshot(kernel, spec, host=host)
             if not snap.plan.empty:
                 engine.apply(kernel, spec, snap.plan, progress=progress, host=host)
-            # Converged: what is owned now is what is desired.
+            # Converged: the namespaces with the project's links are the desired
+            # ones (made, or attached to by netns_path).
             self.owned_netns = {r.name for r in snap.desired.values() if isinstance(r, Netns)}
+            self.owned_netns |= {r.ns for r in snap.desired.values()
+                                 if isinstance(r, Veth | Sublink) and r.ns.startswith("/")}
             return Outcome("converged", done)
         except Stopping:
             return Outcome("stopped", done, detail="stopped between two actions")
@@ -333,7 +370,8 @@ class Watcher:
             lines = traceback.format_exception_only(type(e), e)
             return Outcome("failed", done, [f"internal error: {''.join(lines).strip()}"])
         finally:
-            kernel.close()
+            if kernel is not None:
+                kernel.close()
 
 
 def run(options: Options) -> int:

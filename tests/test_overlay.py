@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from reconciler import desired, planner
+from reconciler import desired, engine, planner
 from reconciler.errors import MachineError
 from reconciler.planner import Action
 from reconciler.resources import (
@@ -166,6 +166,11 @@ def test_a_changed_vni_replaces_the_device_and_its_entries() -> None:
         host_addresses=((ipaddress.ip_address("192.0.2.11"), "eth0"),))),
      f"mesh.yaml:8:3: network 'blue': vxlan interface {desired.vxlan_ifname('mesh', 'blue')} "
      "exists and is not owned by project 'mesh'"),
+    (ObservedState({}, Foreign(
+        vxlans=(("flannel.1", 100, 4789),),
+        host_addresses=((ipaddress.ip_address("192.0.2.11"), "eth0"),))),
+     "mesh.yaml:8:27: network 'blue': vni 100 on UDP port 4789 is taken by vxlan device "
+     "flannel.1 of this machine, which is not this project's; choose another vni or port"),
 ])
 def test_what_a_machine_lacks_for_an_overlay_is_refused(
     observed: ObservedState, message: str
@@ -217,3 +222,37 @@ def test_planning_one_machine_of_a_100_machine_5000_container_spec() -> None:
     # Applied, it plans nothing more.
     assert planner.plan(desired.build(spec, ObservedState(state, observed.foreign), "h007"),
                         state).empty
+
+
+RUN = """\
+version: 1
+project: mesh
+hosts:
+  a: {address: 192.0.2.11}
+  b: {address: 192.0.2.12}
+networks:
+  blue: {driver: overlay, vni: 100, subnet: 10.200.0.0/24}
+containers:
+  n800: {host: b, networks: [blue]}
+  n993: {host: b, networks: [blue]}
+"""
+
+
+def test_a_member_whose_place_is_taken_moves_and_the_plan_says_so() -> None:
+    """n800 and n993 both start at .3, so n993 has .4; n217 starts at .4 and
+    comes first in name order: it takes .4, and n993 moves on to .5."""
+    before = build(RUN, "b")
+    assert own_address(before, "n993", "blue") == "10.200.0.4"
+    grown = RUN + "  n217: {host: a, networks: [blue]}\n"
+    snap = engine.plan_from(load_text(grown, "mesh.yaml"), machine("b", before), host="b")
+    assert own_address(snap.desired, "n993", "blue") == "10.200.0.5"
+    assert own_address(snap.desired, "n800", "blue") == "10.200.0.3"
+    assert list(snap.notes) == [
+        "container 'n993' moves from 10.200.0.4 to 10.200.0.5 on overlay 'blue': a member "
+        "added or removed before it took or freed its place (overlay addresses come from the "
+        "spec alone); set ipv4_address to keep an address"]
+    pinned = grown.replace("n993: {host: b, networks: [blue]}",
+                           "n993: {host: b, networks: {blue: {ipv4_address: 10.200.0.4}}}")
+    snap = engine.plan_from(load_text(pinned, "mesh.yaml"), machine("b", before), host="b")
+    assert own_address(snap.desired, "n993", "blue") == "10.200.0.4"
+    assert list(snap.notes) == []

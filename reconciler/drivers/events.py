@@ -19,7 +19,7 @@ import contextlib
 import errno
 import functools
 import os
-import select
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -42,6 +42,7 @@ NFGENMSG_SIZE = 4
 NFTA_NAME = 1  # the table's name: NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, ...
 STATIC = rtnl.NUD_NOARP | rtnl.NUD_PERMANENT
 HOST = ""
+NFT = "\0nftables"  # the nftables socket's key among the namespaces' ones
 
 Notify = Callable[[str], None]
 
@@ -59,35 +60,41 @@ def _subscribed(protocol: int, groups: Iterable[int]) -> socket.socket:
 
 class KernelEvents:
     """A thread that calls notify(what) for each batch of relevant messages.
-    `watch(namespaces)` sets the owned namespaces to listen in; the thread
+    `watch(namespaces)` sets the project's namespaces to listen in; the thread
     opens and closes their sockets itself, so no socket is closed under it.
     Sockets are the only references it holds: closing one lets a namespace
-    that was deleted meanwhile go."""
+    that was deleted meanwhile go. If the thread fails, it says so through
+    on_error, asks for a reconcile, and starts over with new sockets."""
 
-    def __init__(self, project: str, nft_table: str, notify: Notify):
+    def __init__(self, project: str, nft_table: str, notify: Notify, on_error: Notify):
         self.alias_prefix = owner_alias(project) + "/"
         self.nft_table = nft_table
         self.notify = notify
+        self.on_error = on_error
         self._lock = threading.Lock()
         self._wanted: set[str] = set()
+        self._changed = True  # the wanted namespaces changed since the last sync
         self._sockets: dict[str, socket.socket] = {}
         self._identities: dict[str, tuple[int, int] | None] = {}  # of each namespace listened in
         self._owned_host_links: set[int] = set()
-        self._nft: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stopping = False
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kernel-events", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def watch(self, namespaces: Iterable[str]) -> None:
         with self._lock:
             self._wanted = set(namespaces)
+            self._changed = True
         self._wake()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         self._wake()
         self._thread.join(timeout=2)
         os.close(self._wake_r)
@@ -100,47 +107,74 @@ class KernelEvents:
     # ---- the thread -----------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            self._sockets[HOST] = _subscribed(rtnl.NETLINK_ROUTE, GROUPS)
-            nft = self._nft = _subscribed(NETLINK_NETFILTER, (NFNLGRP_NFTABLES,))
+        while not self._stopping.is_set():
+            try:
+                self._listen()
+            except Exception as e:  # a bug or a kernel surprise: start over, never go quiet
+                self.on_error(f"kernel notifications failed ({type(e).__name__}: {e}); "
+                              "listening again")
+                self.notify("kernel notifications restarted")
+                self._stopping.wait(1.0)
+            finally:
+                self._close_all()
+
+    def _close_all(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        self._identities.clear()
+        with self._lock:
+            self._changed = True
+
+    def _listen(self) -> None:
+        # epoll, not select: a machine with many namespaces has descriptors
+        # beyond select's limit of 1024.
+        with selectors.DefaultSelector() as selector:
+            host = self._sockets[HOST] = _subscribed(rtnl.NETLINK_ROUTE, GROUPS)
+            nft = self._sockets[NFT] = _subscribed(NETLINK_NETFILTER, (NFNLGRP_NFTABLES,))
             self._owned_host_links = self._host_links()
-            while not self._stopping:
-                self._sync()
-                by_fd = {s.fileno(): (ns, s) for ns, s in self._sockets.items()}
-                fds: list[int] = [self._wake_r, nft.fileno(), *by_fd]
-                readable, _, _ = select.select(fds, [], [])
-                for fd in readable:
-                    if fd == self._wake_r:
+            selector.register(self._wake_r, selectors.EVENT_READ, None)
+            selector.register(host, selectors.EVENT_READ, HOST)
+            selector.register(nft, selectors.EVENT_READ, NFT)
+            while not self._stopping.is_set():
+                for key, _ in selector.select():
+                    ns = key.data
+                    if ns is None:
                         _drain_pipe(self._wake_r)
-                    elif fd == nft.fileno():
+                        self._sync(selector)
+                    elif ns == NFT:
                         self._read(nft, self._nft_relevant, "nftables")
                     else:
-                        ns, sock = by_fd[fd]
-                        self._read(sock, functools.partial(self._route_relevant, ns),
+                        self._read(self._sockets[ns], functools.partial(self._route_relevant, ns),
                                    f"netns {ns}" if ns else "host namespace")
-        finally:
-            for sock in self._sockets.values():
-                sock.close()
-            if self._nft is not None:
-                self._nft.close()
 
-    def _sync(self) -> None:
+    def _sync(self, selector: selectors.BaseSelector) -> None:
         """Listen in exactly the wanted namespaces. A name whose namespace was
         replaced (deleted and made again) gets a socket in the new one, and the
-        old socket goes, with the last reference to the old namespace."""
+        old socket goes, with the last reference to the old namespace. Runs
+        when watch() asked for it, not on every message."""
         with self._lock:
-            wanted = set(self._wanted)
+            if not self._changed:
+                return
+            wanted, self._changed = set(self._wanted), False
         current = {ns: _identity(ns) for ns in wanted}
         for ns in list(self._sockets):
-            if ns != HOST and (ns not in wanted or current[ns] != self._identities.get(ns)):
-                self._sockets.pop(ns).close()
+            if ns not in (HOST, NFT) and (ns not in wanted
+                                          or current[ns] != self._identities.get(ns)):
+                sock = self._sockets.pop(ns)
+                selector.unregister(sock)
+                sock.close()
         for ns in wanted - set(self._sockets):
+            if ns in self._identities and self._identities[ns] == current[ns]:
+                continue  # could not listen there before either: said so then
+            self._identities[ns] = current[ns]
             try:
-                self._sockets[ns] = in_namespace(ns, lambda: _subscribed(rtnl.NETLINK_ROUTE,
-                                                                         GROUPS))
-                self._identities[ns] = current[ns]
+                sock = in_namespace(ns, lambda: _subscribed(rtnl.NETLINK_ROUTE, GROUPS))
             except (KernelError, OSError):
                 self.notify(f"netns {ns} is gone")  # deleted before we could listen
+                continue
+            self._sockets[ns] = sock
+            selector.register(sock, selectors.EVENT_READ, ns)
 
     def _host_links(self) -> set[int]:
         with rtnl.Rtnl() as sock:
@@ -203,11 +237,14 @@ class KernelEvents:
                     oif = rtnl.U32.unpack_from(value)[0]
             return "route changed" if ns != HOST or oif in self._owned_host_links else None
         if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
-            _family, index, state, _flags, _type = rtnl.NDMSG.unpack_from(message, body)
-            if not state & STATIC:
-                return None  # learned from traffic, never the project's
-            return "static entry changed" if ns != HOST or index in self._owned_host_links \
-                else None
+            # The project's entries are all on owned devices of the host namespace:
+            # permanent neighbour entries, and static forwarding entries (bridge
+            # family). What the kernel makes by itself (learned, NOARP) is not.
+            family, index, state, _flags, _type = rtnl.NDMSG.unpack_from(message, body)
+            ours = STATIC if family == rtnl.AF_BRIDGE else rtnl.NUD_PERMANENT
+            if ns == HOST and state & ours and index in self._owned_host_links:
+                return "static entry changed"
+            return None
         return None
 
     def _nft_relevant(self, message: bytes, kind: int) -> str | None:

@@ -78,6 +78,7 @@ class Foreign:
     # Addresses of the host namespace that are not on the project's links, and
     # the interface each is on (where an overlay's VXLAN packets leave from).
     host_addresses: tuple[tuple[model.IPAddress, str], ...] = ()
+    vxlans: tuple[tuple[str, int, int], ...] = ()  # other VXLAN devices: name, vni, port
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class _Scan:
     host_names: dict[int, str] = field(default_factory=dict)
     host_links: list[tuple[str, int, bool]] = field(default_factory=list)
     host_addresses: list[tuple[model.IPAddress, str]] = field(default_factory=list)
+    vxlans: list[tuple[str, int, int]] = field(default_factory=list)
 
     def alias_parts(self, link: LinkInfo) -> list[str] | None:
         prefix = owner_alias(self.project) + "/"
@@ -173,6 +175,7 @@ def observe(
             host_nets=tuple(scan.host_nets),
             host_links=tuple(scan.host_links),
             host_addresses=tuple(scan.host_addresses),
+            vxlans=tuple(scan.vxlans),
             nft_tables=nft.tables,
             nft_chains=nft.chains,
             nft_error=nft.error,
@@ -204,6 +207,8 @@ def _scan_host(scan: _Scan) -> None:
         elif not scan.leftover(HOST_NS, link, owned_ns=False):
             scan.foreign_links.add((HOST_NS, link.ifname))
             scan.host_links.append((link.ifname, link.mtu, link.master is not None))
+            if link.vxlan is not None:
+                scan.vxlans.append((link.ifname, link.vxlan.vni, link.vxlan.port))
     for end in scan.host_ends.values():
         end.master = _master(end.link, bridges, names)
         end.master_ifname = names.get(end.link.master or 0)

@@ -495,7 +495,9 @@ class MemoryKernel:
         link = self._link(space, ifname, what)
         if dst is None:
             bridge = space.links.get(link.master) if link.master is not None else None
-            if bridge is None or bridge.kind != "bridge" or mac == ZERO_MAC:
+            if bridge is None or bridge.kind != "bridge":
+                raise KernelError(what, errno.EOPNOTSUPP)  # no bridge to take the entry
+            if mac == ZERO_MAC:
                 raise KernelError(what, errno.EINVAL)
             space.fdb_master[(bridge.index, mac)] = link.index  # replaces a learned one
             return

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from reconciler import __version__, engine, machines, render
+from reconciler import __version__, engine, lock, machines, render
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = on_host(command(name, text))
         p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
+        lock_timeout(p)
     p = on_host(command("show", "print what the project owns in the kernel"))
     p.add_argument("--output", choices=("text", "json"), default="text")
     p = on_host(command("watch", "keep the kernel equal to the spec: apply on every spec "
@@ -70,7 +71,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="events this close together make one reconcile (default 0.3)")
     p.add_argument("--log-format", choices=("auto", "text", "json"), default="auto",
                    help="auto: text on a terminal, JSON lines otherwise")
+    lock_timeout(p)
     return parser
+
+
+def lock_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="how long to wait for another run changing the project on this "
+                        "machine (default 30)")
 
 
 def _seconds(text: str) -> float:
@@ -150,7 +158,8 @@ class Cli:
             self.err.print(f"[red]error:[/red] {escape(str(e))}")
             return EXIT_ERROR
         return watch_mod.run(watch_mod.Options(
-            path, self.args.host, self.args.debounce, self.args.resync, self.args.log_format))
+            path, self.args.host, self.args.debounce, self.args.resync, self.args.log_format,
+            self.args.lock_timeout))
 
     def validate(self, spec: spec_mod.Spec) -> int:
         self.out.print(
@@ -177,6 +186,11 @@ class Cli:
         return self._change(spec, kernel, destroy=True)
 
     def _change(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool) -> int:
+        # From the observation the plan is made of until the kernel is verified.
+        with lock.project_lock(spec.project, self.args.lock_timeout):
+            return self._change_locked(spec, kernel, destroy)
+
+    def _change_locked(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool) -> int:
         snap = engine.snapshot(kernel, spec, destroy=destroy, host=self.host)
         self.out.print(render.plan_text(snap.plan, spec.project, snap.notes))
         if snap.plan.empty:

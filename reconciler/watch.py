@@ -42,7 +42,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from reconciler import engine, firewall, machines
+from reconciler import engine, firewall, lock, machines
 from reconciler import spec as spec_mod
 from reconciler.drivers.events import KernelEvents
 from reconciler.drivers.kernel import NETNS_DIR
@@ -74,6 +74,7 @@ class Options:
     debounce: float = 0.3
     resync: float = 60.0
     log_format: str = "auto"  # auto: text on a terminal, JSON lines otherwise
+    lock_timeout: float = 30.0
 
 
 @dataclass
@@ -351,9 +352,10 @@ class Watcher:
                 self.log.line("host", f"this machine is host '{host}' ({chosen.why})",
                               host=host, why=chosen.why)
                 self.host_said = host
-            snap = engine.snapshot(kernel, spec, host=host)
-            if not snap.plan.empty:
-                engine.apply(kernel, spec, snap.plan, progress=progress, host=host)
+            with lock.project_lock(spec.project, self.options.lock_timeout):
+                snap = engine.snapshot(kernel, spec, host=host)
+                if not snap.plan.empty:
+                    engine.apply(kernel, spec, snap.plan, progress=progress, host=host)
             # Converged: the namespaces with the project's links are the desired
             # ones (made, or attached to by netns_path).
             self.owned_netns = {r.name for r in snap.desired.values() if isinstance(r, Netns)}

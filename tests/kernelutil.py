@@ -6,7 +6,9 @@ import ctypes
 import errno
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,7 +64,7 @@ def private_namespace() -> Iterator[None]:
     try:
         _single_threaded(lambda: _libc.unshare(CLONE_NEWNET | CLONE_NEWNS), "unshare")
         _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-        for path in (b"/run/netns", b"/etc/netns"):
+        for path in (b"/run/netns", b"/etc/netns", b"/run/netapply"):
             _check(_libc.mount(b"tmpfs", path, b"tmpfs", 0, b"mode=0755"), "mount tmpfs")
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
         yield
@@ -136,3 +138,26 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 def in_ns(ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True)
+
+
+REPO = Path(__file__).resolve().parent.parent
+HOLD = """\
+import sys, time
+from reconciler.lock import project_lock
+with project_lock(sys.argv[1], 5, sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@contextmanager
+def lock_held(project: str, directory: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the project's lock; it is killed (SIGKILL) at the end."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD, project, directory],
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        yield child
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()

@@ -20,7 +20,7 @@ import pytest
 
 from reconciler import watch as watch_mod
 from reconciler.drivers.rtnl import Rtnl
-from tests.kernelutil import addresses, in_ns, netns_list
+from tests.kernelutil import addresses, in_ns, lock_held, netns_list
 
 pytestmark = pytest.mark.kernel
 
@@ -392,3 +392,15 @@ def test_many_cycles_leave_descriptors_and_memory_flat(sandbox: Path) -> None:
         assert _fds(pid) == fds
         # Flat, up to the allocator's noise: no growth per cycle.
         assert _rss_kib(pid) - rss < 4096, (rss, _rss_kib(pid))
+
+
+def test_a_reconcile_waits_for_another_run_holding_the_lock(sandbox: Path) -> None:
+    with lock_held("w", "/run/netapply") as holder, \
+            watching(sandbox, SPEC, "--lock-timeout", "0.2") as watch:
+        watch.started()
+        first = watch.reconciles()[0]
+        assert first["result"] == "failed"
+        assert f"another netapply run (PID {holder.pid}" in first["errors"][0]
+        assert netns_list() == []
+        holder.send_signal(signal.SIGKILL)
+        wait_for("converged once the holder is gone", lambda: "web" in netns_list(), 5)

@@ -1,0 +1,81 @@
+"""One change of a project at a time on a machine.
+
+apply, destroy and each reconcile of watch hold an exclusive flock(2) on
+/run/netapply/<project>.lock from the observation they plan from until the
+kernel is verified. A second run waits up to its --lock-timeout, then fails
+naming the holder's PID. The kernel releases the lock when the holder exits,
+even by SIGKILL, so a crash never leaves the project locked. The directory is
+0700 and the file 0600: nobody else can take, hold or forge the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+
+from reconciler.errors import NetapplyError
+
+LOCK_DIR = "/run/netapply"
+POLL = 0.05
+
+
+class LockError(NetapplyError):
+    """Another netapply run is changing the project on this machine. Wait for it
+    to finish, or stop the process named in the message."""
+
+
+def lock_path(project: str, directory: str = LOCK_DIR) -> str:
+    return os.path.join(directory, f"{project}.lock")
+
+
+@contextlib.contextmanager
+def project_lock(project: str, timeout: float, directory: str = LOCK_DIR) -> Iterator[None]:
+    path = lock_path(project, directory)
+    fd = _open(path, directory)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _holder(fd)
+                    raise LockError(
+                        f"project '{project}' is being changed by another netapply run "
+                        f"({holder}, lock {path}); waited {timeout:g} s (--lock-timeout)"
+                    ) from None
+                time.sleep(POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open(path: str, directory: str) -> int:
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        st = os.lstat(directory)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+            os.chmod(directory, 0o700)  # made by an older version or by hand: tighten it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise LockError(f"cannot open the lock {path}: {e.strerror}") from None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o600)
+    return fd
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError as e:
+        if e.errno != errno.EBADF:
+            raise
+        text = ""
+    return f"PID {text}" if text.isdigit() else "a process that has not written its PID yet"

@@ -120,6 +120,8 @@ class Cli:
             self.err.print(f"{len(e.problems)} problem(s); nothing was changed.")
         except ApplyError as e:
             self.err.print(f"[red]error:[/red] {escape(str(e))}")
+            if e.hint:
+                self.err.print(f"What to do: {escape(e.hint)}.")
             if e.done:
                 self.err.print(f"Already done ({len(e.done)} step(s)), left in place:")
                 for text in e.done:
@@ -131,6 +133,9 @@ class Cli:
             )
         except NetapplyError as e:
             self.err.print(f"[red]error:[/red] {escape(str(e))}")
+            hint = getattr(e, "hint", "")
+            if hint:
+                self.err.print(f"What to do: {escape(hint)}.")
         except KeyboardInterrupt:
             self.err.print("interrupted")
             return 130

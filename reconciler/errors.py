@@ -59,6 +59,33 @@ class PrivilegeError(NetapplyError):
     """The process lacks a capability. The user must run it as root (or with CAP_NET_ADMIN)."""
 
 
+PRIVILEGE_HINT = ("run netapply as root, with CAP_NET_ADMIN and CAP_SYS_ADMIN (in a container: "
+                  "--privileged, or --cap-add NET_ADMIN --cap-add SYS_ADMIN); a security module "
+                  "(SELinux, AppArmor) may also refuse it")
+# What the operator can do about each errno the kernel gives netapply.
+HINTS = {
+    errno_mod.EEXIST: "something else made an object with that name after netapply looked; "
+                      "run plan to see it, remove or rename it, then apply again",
+    errno_mod.ENODEV: "an interface it needs is gone (deleted meanwhile, or a parent interface "
+                      "that vanished); check `ip link`, then apply again: the plan shows what "
+                      "is missing",
+    errno_mod.ENOENT: "something it needs is gone (deleted meanwhile); apply again: the plan "
+                      "shows what is missing",
+    errno_mod.EBUSY: "the device is in use (a port of a bridge or bond, or held by another "
+                     "tool); free it, then apply again",
+    errno_mod.EPERM: PRIVILEGE_HINT,
+    errno_mod.EACCES: PRIVILEGE_HINT,
+    errno_mod.ENOSPC: "a kernel limit is reached: for namespaces, user.max_net_namespaces "
+                      "(sysctl); raise it, or remove namespaces that are not used",
+    errno_mod.ENOMEM: "the kernel is out of memory; free some, then apply again",
+    errno_mod.EOPNOTSUPP: "the running kernel cannot do this (a missing module or option); "
+                          "load the module, or change the spec",
+    errno_mod.EROFS: "the file system is mounted read-only; remount it read-write",
+    errno_mod.EADDRINUSE: "the address or port is used by something else on this machine; "
+                          "free it or change the spec",
+}
+
+
 class KernelError(NetapplyError):
     """The kernel refused an action. The operator must read the reason and act on the machine."""
 
@@ -69,6 +96,11 @@ class KernelError(NetapplyError):
         name = errno_mod.errorcode.get(err, "")
         super().__init__(f"{what}: {reason}" + (f" ({name})" if name else ""))
 
+    @property
+    def hint(self) -> str:
+        """What to do, in words; "" where there is nothing general to say."""
+        return HINTS.get(self.errno, "")
+
 
 class ApplyError(NetapplyError):
     """An action failed mid-apply. The next apply converges from where it stopped."""
@@ -78,6 +110,10 @@ class ApplyError(NetapplyError):
         self.cause = cause
         self.done = list(done)
         super().__init__(f"failed: {action_text}: {cause}")
+
+    @property
+    def hint(self) -> str:
+        return self.cause.hint if isinstance(self.cause, KernelError) else ""
 
 
 class ConvergenceError(NetapplyError):

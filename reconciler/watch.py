@@ -367,7 +367,8 @@ class Watcher:
         except SpecError as e:  # the machine lacks something the spec needs
             return Outcome("failed", done, [str(p) for p in e.problems])
         except NetapplyError as e:
-            return Outcome("failed", done, [str(e)])
+            hint = getattr(e, "hint", "")
+            return Outcome("failed", done, [f"{e}; what to do: {hint}" if hint else str(e)])
         except Exception as e:  # a bug: log it, keep watching
             lines = traceback.format_exception_only(type(e), e)
             return Outcome("failed", done, [f"internal error: {''.join(lines).strip()}"])

@@ -270,12 +270,63 @@ def test_kernel_error_mid_apply_reports_and_next_apply_converges(
     lines = err.splitlines()
     assert lines[0].startswith("error: failed: create ")
     assert lines[0].endswith("No space left on device (ENOSPC)")
-    assert lines[1].startswith("Already done (")
+    assert lines[1] == ("What to do: a kernel limit is reached: for namespaces, "
+                        "user.max_net_namespaces (sysctl); raise it, or remove namespaces that "
+                        "are not used.")
+    assert lines[2].startswith("Already done (")
     assert "Fix the cause and run apply again" in err
     monkeypatch.undo()
     code, _, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
     assert code == 0, err
     assert converge(SEED) == 0
+
+
+@pytest.mark.parametrize(("code", "reason", "hint"), [
+    (errno.EEXIST, "File exists", "something else made an object with that name after"),
+    (errno.ENODEV, "No such device", "an interface it needs is gone (deleted meanwhile, or a "
+                                     "parent interface that vanished)"),
+    (errno.EBUSY, "Device or resource busy", "the device is in use (a port of a bridge or bond"),
+    (errno.EPERM, "Operation not permitted", "run netapply as root, with CAP_NET_ADMIN and "
+                                             "CAP_SYS_ADMIN"),
+])
+def test_kernel_errors_name_the_action_the_reason_and_what_to_do(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    code: int, reason: str, hint: str,
+) -> None:
+    class Refusing(FailingKernel):
+        def _fail(self, what: str) -> None:
+            if self.writes + 1 == self.fail_at:
+                self.writes += 1
+                raise KernelError(what, code)
+
+    monkeypatch.setattr(cli, "NetlinkKernel", Refusing)
+    status, _, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
+    lines = err.splitlines()
+    name = errno.errorcode[code]
+    assert status == 1
+    assert lines[0].startswith("error: failed: create ") and lines[0].endswith(
+        f": {reason} ({name})"), lines[0]
+    assert lines[1].startswith(f"What to do: {hint}"), lines[1]
+
+
+def test_a_parent_interface_that_vanishes_mid_apply_is_named(sandbox: Path) -> None:
+    subprocess.run(["ip", "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p"],
+                   check=True)
+    spec = spec_mod.load_text(
+        "version: 1\nproject: shop\nnetworks:\n  lan: {driver: macvlan, parent: lan0, "
+        "subnet: 192.168.50.0/24}\ncontainers:\n  web: {networks: [lan]}\n", "shop.yaml")
+    kernel = NetlinkKernel()
+    try:
+        snap = engine.snapshot(kernel, spec)
+        subprocess.run(["ip", "link", "del", "lan0"], check=True)  # between plan and apply
+        with pytest.raises(ApplyError) as caught:
+            engine.apply(kernel, spec, snap.plan)
+    finally:
+        kernel.close()
+    assert str(caught.value).startswith("failed: create macvlan eth0 on lan0 (container web, "
+                                         "network lan): look up lan0 in host namespace: No "
+                                         "such device (ENODEV)")
+    assert caught.value.hint.startswith("an interface it needs is gone")
 
 
 @pytest.mark.parametrize("fail_at", range(1, SEED_WRITES + 1))

@@ -28,6 +28,8 @@ SECTIONS = {"hosts": "host", "networks": "network", "containers": "container"}
 
 # A document that expands to more values than this is an alias bomb, not a spec.
 MAX_VALUES = 200_000
+# A spec file larger than this is not read at all (10,000 containers take about 1 MiB).
+MAX_FILE_BYTES = 16 << 20
 
 
 @dataclass
@@ -291,11 +293,15 @@ def _read_directory(directory: str) -> tuple[list[Document], list[Problem]]:
 def read_file(file: str) -> tuple[Document, list[Problem]]:
     try:
         with open(file, "rb") as stream:
-            raw = stream.read()
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         return Document(file, ok=False), [
             Problem(None, f"spec: cannot read {file}: {err.strerror}")
         ]
+    if len(raw) > MAX_FILE_BYTES:
+        return Document(file, ok=False), [Problem(
+            Where(file, 1, 1), f"spec: the file is larger than {MAX_FILE_BYTES >> 20} MiB, "
+            "more than any spec needs; it is not read")]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

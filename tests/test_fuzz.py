@@ -1,0 +1,122 @@
+"""Hostile and broken input: validate either accepts a spec or lists its
+problems, each with file:line:col; it never crashes, and nothing that is
+rejected reaches the kernel."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
+
+from reconciler import cli, yamlsource
+from reconciler.errors import SpecError
+from reconciler.spec import load, load_text
+from tests.kernelutil import kernel_snapshot, private_namespace, require_sandbox
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((REPO / "specs" / "netapply.schema.json").read_text())
+EXAMPLES = [p.read_text() for p in sorted(REPO.glob("examples/**/*.yaml"))]
+FILE = "fuzz.yaml"
+# What YAML gives meaning to, and what names and addresses are made of.
+ALPHABET = st.sampled_from([*":{}[],&*!|>'\"%@`#-?\n\t 0123456789abcdefxyz./", "\u00e9", "\u2028"])
+
+
+def outcome(text: str) -> str:
+    """Load text as a spec: "ok", or "rejected" after checking every problem is
+    a sentence at a position in the file. Anything else raised fails the test."""
+    try:
+        load_text(text, FILE)
+    except SpecError as e:
+        assert e.problems
+        for problem in e.problems:
+            assert problem.where is not None and problem.where.file == FILE, str(problem)
+            assert problem.where.line >= 1 and problem.where.col >= 1
+            assert problem.message and "Traceback" not in problem.message
+        return "rejected"
+    return "ok"
+
+
+@settings(suppress_health_check=list(HealthCheck), deadline=None)
+@given(from_schema(SCHEMA))
+def test_documents_the_schema_allows_are_accepted_or_explained(doc: dict[str, Any]) -> None:
+    outcome(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> str:
+    text = draw(st.sampled_from(EXAMPLES))
+    for _ in range(draw(st.integers(1, 4))):
+        where = draw(st.integers(0, len(text)))
+        kind = draw(st.sampled_from(["delete", "insert", "duplicate line", "swap lines"]))
+        if kind == "delete":
+            text = text[:where] + text[where + draw(st.integers(1, 20)):]
+        elif kind == "insert":
+            text = text[:where] + draw(st.text(ALPHABET, min_size=1, max_size=8)) + text[where:]
+        else:
+            lines = text.split("\n")
+            i, j = draw(st.integers(0, len(lines) - 1)), draw(st.integers(0, len(lines) - 1))
+            if kind == "duplicate line":
+                lines.insert(i, lines[j])
+            else:
+                lines[i], lines[j] = lines[j], lines[i]
+            text = "\n".join(lines)
+    return text
+
+
+@given(mutated())
+def test_mutations_of_valid_specs_are_accepted_or_explained(text: str) -> None:
+    outcome(text)
+
+
+def test_an_alias_bomb_fails_fast_with_a_clear_error(tmp_path: Path) -> None:
+    lines = ["version: 1", "project: p", 'a: &a ["x", "x", "x", "x", "x", "x", "x", "x"]']
+    previous = "a"
+    for name in "bcdefghij":  # 8^10 values once expanded
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 8)}]")
+        previous = name
+    started = time.monotonic()
+    assert [str(p) for p in problems("\n".join(lines))] == [
+        f"{FILE}:1:1: YAML: the document expands to too many values"]
+    assert time.monotonic() - started < 30  # a guard against hanging, not a timing claim
+
+
+def test_deep_nesting_and_huge_files_are_refused(tmp_path: Path) -> None:
+    deep = "version: 1\nproject: p\nnetworks: " + "[" * 20000 + "]" * 20000 + "\n"
+    assert [str(p) for p in problems(deep)] == [
+        f"{FILE}:1:1: YAML: the document is nested too deeply"]
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("version: 1\nproject: p\n#" + "x" * yamlsource.MAX_FILE_BYTES + "\n")
+    with pytest.raises(SpecError) as caught:
+        load(str(huge))
+    assert [str(p) for p in caught.value.problems] == [
+        f"{huge}:1:1: spec: the file is larger than 16 MiB, more than any spec needs; "
+        "it is not read"]
+
+
+def problems(text: str) -> list[Any]:
+    with pytest.raises(SpecError) as caught:
+        load_text(text, FILE)
+    return list(caught.value.problems)
+
+
+@pytest.mark.kernel
+@settings(max_examples=20, deadline=None)
+@given(mutated())
+def test_a_rejected_spec_changes_nothing_in_the_kernel(text: str) -> None:
+    require_sandbox()
+    if outcome(text) == "ok":
+        return
+    with private_namespace(), tempfile.TemporaryDirectory() as work:
+        spec = Path(work, FILE)
+        spec.write_text(text)
+        before = kernel_snapshot()
+        assert cli.main(["--no-color", "apply", "--auto-approve", str(spec)]) == 1
+        assert kernel_snapshot() == before

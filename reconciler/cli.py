@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,9 +20,9 @@ from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import ApplyError, NetapplyError, SpecError
-from reconciler.executor import describe
-from reconciler.planner import Action, Change
-from reconciler.resources import fields_json, is_shared
+from reconciler.executor import Result, describe
+from reconciler.planner import Action, Change, Plan
+from reconciler.resources import Key, Resource, fields_json, is_shared
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -61,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
         p = on_host(command(name, text))
         p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
         lock_timeout(p)
+        if name == "apply":
+            p.add_argument(
+                "--rollback-on-failure", action=argparse.BooleanOptionalAction, default=None,
+                help="when an action fails, restore what the project had before this apply "
+                     "(default: on when run from a terminal, off otherwise)")
+            p.add_argument(
+                "--confirm-timeout", type=_seconds, default=None, metavar="SECONDS",
+                help="after applying, roll back unless `netapply confirm SPEC` is run within "
+                     "SECONDS (as netplan try does)")
+    command("confirm", "keep what an apply --confirm-timeout is waiting to roll back")
     p = on_host(command("show", "print what the project owns in the kernel"))
     p.add_argument("--output", choices=("text", "json"), default="text")
     p = on_host(command("watch", "keep the kernel equal to the spec: apply on every spec "
@@ -102,6 +115,8 @@ class Cli:
     def run(self) -> int:
         if self.args.command == "watch":
             return self.watch()
+        if self.args.command == "confirm":
+            return self.confirm_pending()
         try:
             spec = spec_mod.load(self.args.spec)
             if self.args.command == "validate":
@@ -119,9 +134,7 @@ class Cli:
                 self.err.print(f"[red]error:[/red] {escape(str(problem))}")
             self.err.print(f"{len(e.problems)} problem(s); nothing was changed.")
         except ApplyError as e:
-            self.err.print(f"[red]error:[/red] {escape(str(e))}")
-            if e.hint:
-                self.err.print(f"What to do: {escape(e.hint)}.")
+            self._report_failure(e)
             if e.done:
                 self.err.print(f"Already done ({len(e.done)} step(s)), left in place:")
                 for text in e.done:
@@ -203,7 +216,87 @@ class Cli:
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
             self.err.print("Cancelled; nothing was changed.")
             return EXIT_ERROR
-        steps = sum(1 for _ in snap.plan.steps())
+        before = engine.restorable(snap.observed)
+        rollback = not destroy and self._rollback_on_failure()
+        try:
+            result = self._execute(spec, kernel, snap.plan, destroy)
+        except ApplyError as e:
+            if not rollback:
+                raise
+            self._report_failure(e)
+            return self._roll_back(spec, kernel, before, "an action failed")
+        outcome = (
+            f"nothing owned by project '{escape(spec.project)}' is left"
+            if destroy
+            else "the kernel matches the spec"
+        )
+        what = "Destroy" if destroy else "Apply"
+        self.out.print(f"[green]{what} complete:[/green] {len(result.done)} step(s); {outcome}.")
+        timeout = getattr(self.args, "confirm_timeout", None)
+        if timeout is not None and not self._confirmed(spec.project, timeout):
+            return self._roll_back(spec, kernel, before, f"not confirmed within {timeout:g} s")
+        return EXIT_OK
+
+    def _rollback_on_failure(self) -> bool:
+        """--rollback-on-failure, by default on for interactive use."""
+        chosen: bool | None = self.args.rollback_on_failure
+        return sys.stdin.isatty() if chosen is None else chosen
+
+    def _roll_back(self, spec: spec_mod.Spec, kernel: NetlinkKernel,
+                   before: dict[Key, Resource], why: str) -> int:
+        self.err.print(f"Rolling back ({why}): restoring what project "
+                       f"'{escape(spec.project)}' had before this apply.")
+        result = engine.rollback(kernel, spec, before, self.host)
+        self.err.print(f"Rolled back: {len(result.done)} step(s); the project's objects are as "
+                       "they were before this apply (IPv4 forwarding, once on, stays on).")
+        return EXIT_ERROR
+
+    def _confirmed(self, project: str, timeout: float) -> bool:
+        """Wait for `netapply confirm` (which removes the pending file)."""
+        pending = lock.pending_path(project)
+        lock.write_private(pending, f"{os.getpid()}\n")
+        self.out.print(f"Run [bold]netapply confirm {escape(self.args.spec)}[/bold] within "
+                       f"{timeout:g} s to keep this; otherwise it is rolled back.")
+        deadline = time.monotonic() + timeout
+        try:
+            while os.path.exists(pending):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pending)
+        self.out.print("[green]Confirmed:[/green] the change is kept.")
+        return True
+
+    def confirm_pending(self) -> int:
+        try:
+            spec = spec_mod.load(self.args.spec)
+            engine.require_privileges()
+            pending = lock.pending_path(spec.project)
+            try:
+                os.unlink(pending)
+            except FileNotFoundError:
+                raise NetapplyError(f"no apply of project '{spec.project}' is waiting for "
+                                    "confirmation on this machine") from None
+        except SpecError as e:
+            for problem in e.problems:
+                self.err.print(f"[red]error:[/red] {escape(str(problem))}")
+            return EXIT_ERROR
+        except NetapplyError as e:
+            self.err.print(f"[red]error:[/red] {escape(str(e))}")
+            return EXIT_ERROR
+        self.out.print(f"Confirmed: the apply of project '{escape(spec.project)}' is kept.")
+        return EXIT_OK
+
+    def _report_failure(self, e: ApplyError) -> None:
+        self.err.print(f"[red]error:[/red] {escape(str(e))}")
+        if e.hint:
+            self.err.print(f"What to do: {escape(e.hint)}.")
+
+    def _execute(self, spec: spec_mod.Spec, kernel: NetlinkKernel, plan: Plan,
+                 destroy: bool) -> Result:
+        steps = sum(1 for _ in plan.steps())
         if self.out.is_terminal:
             with Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -214,20 +307,12 @@ class Cli:
                 def advance(action: Action, change: Change) -> None:
                     bar.update(task, advance=1, description=escape(describe(action, change)))
 
-                result = engine.apply(kernel, spec, snap.plan, destroy, advance, self.host)
-        else:
-            def log(action: Action, change: Change) -> None:
-                self.out.print(f"  done: {escape(describe(action, change))}")
+                return engine.apply(kernel, spec, plan, destroy, advance, self.host)
 
-            result = engine.apply(kernel, spec, snap.plan, destroy, log, self.host)
-        outcome = (
-            f"nothing owned by project '{escape(spec.project)}' is left"
-            if destroy
-            else "the kernel matches the spec"
-        )
-        what = "Destroy" if destroy else "Apply"
-        self.out.print(f"[green]{what} complete:[/green] {len(result.done)} step(s); {outcome}.")
-        return EXIT_OK
+        def log(action: Action, change: Change) -> None:
+            self.out.print(f"  done: {escape(describe(action, change))}")
+
+        return engine.apply(kernel, spec, plan, destroy, log, self.host)
 
     def _confirm(self, project: str, destroy: bool) -> bool:
         if not sys.stdin.isatty():

@@ -19,8 +19,18 @@ from reconciler.errors import ConvergenceError, PrivilegeError
 from reconciler.executor import Progress, Result, execute
 from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
-from reconciler.resources import HOST_NS, Firewall, Key, Kind, Resource, Sysctl
-from reconciler.state.observe import ObservedState, observe
+from reconciler.resources import (
+    HOST_NS,
+    Firewall,
+    Key,
+    Kind,
+    Leftover,
+    Resource,
+    Sysctl,
+    Veth,
+    is_shared,
+)
+from reconciler.state.observe import UNSEEN_NS, ObservedState, observe
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -141,4 +151,33 @@ def apply(
         raise ConvergenceError(
             "the kernel did not converge after apply; still different:\n" + "\n".join(lines)
         )
+    return result
+
+
+def restorable(observed: ObservedState) -> dict[Key, Resource]:
+    """What a rollback restores: the project's objects as observed before an
+    apply. Not the machine-wide settings netapply never reverts (IPv4
+    forwarding), not leftovers of interrupted applies, and not veth pairs
+    that were already broken (a missing end cannot be made as it was)."""
+    return {
+        key: res for key, res in observed.resources.items()
+        if not is_shared(res) and not isinstance(res, Leftover)
+        and not (isinstance(res, Veth) and (res.ns == UNSEEN_NS or not res.host_ifname))
+    }
+
+
+def rollback(
+    kernel: Kernel, spec: Spec, before: dict[Key, Resource], host: str | None = None,
+    progress: Progress | None = None,
+) -> Result:
+    """Make the project's objects what they were (`before`, from restorable()),
+    then verify that they are."""
+    now = observe_project(kernel, spec, host).resources
+    result = execute(kernel, spec.project, planner.plan(before, now), progress)
+    after = observe_project(kernel, spec, host).resources
+    left = planner.plan(before, after)
+    if not left.empty:
+        lines = [f"  {c.action} {c.title()}: {c.reason}" for c in left.changes]
+        raise ConvergenceError("the rollback did not restore the state before the apply; "
+                               "still different:\n" + "\n".join(lines))
     return result

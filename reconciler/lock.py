@@ -32,6 +32,26 @@ def lock_path(project: str, directory: str = LOCK_DIR) -> str:
     return os.path.join(directory, f"{project}.lock")
 
 
+def pending_path(project: str, directory: str = LOCK_DIR) -> str:
+    """Exists while an apply --confirm-timeout waits; `netapply confirm` removes it."""
+    return os.path.join(directory, f"{project}.confirm")
+
+
+def write_private(path: str, content: str) -> None:
+    """A file only root can read or write, in the lock directory."""
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o600)
+    except OSError as e:
+        raise LockError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        os.write(fd, content.encode())
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def project_lock(project: str, timeout: float, directory: str = LOCK_DIR) -> Iterator[None]:
     path = lock_path(project, directory)

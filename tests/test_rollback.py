@@ -1,0 +1,128 @@
+"""apply --rollback-on-failure and apply --confirm-timeout / netapply confirm:
+the project's objects end up as they were before the apply."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler import engine, lock
+from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.resources import Key, Resource
+from reconciler.state.observe import observe
+from tests.kernelutil import netns_list, run_cli
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = (REPO / "examples" / "seed.yaml").read_text()
+GROWN = SEED + """\
+  container3:
+    networks: [alpine-net]
+"""
+
+
+def owned() -> dict[Key, Resource]:
+    kernel = NetlinkKernel()
+    try:
+        return engine.restorable(observe(kernel, "seed"))
+    finally:
+        kernel.close()
+
+
+def start(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, dict[Key, Resource]]:
+    spec = sandbox / "seed.yaml"
+    spec.write_text(SEED)
+    assert run_cli(capsys, "apply", "--auto-approve", str(spec))[0] == 0
+    spec.write_text(GROWN)
+    return spec, owned()
+
+
+def test_a_failed_apply_is_rolled_back_on_request(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, before = start(sandbox, capsys)
+    subprocess.run(["mount", "-o", "remount,ro", "/etc/netns"], check=True)
+    try:
+        code, out, err = run_cli(capsys, "apply", "--auto-approve", "--rollback-on-failure",
+                                 str(spec))
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", "/etc/netns"], check=True)
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("error: failed: ") and "(EROFS)" in lines[0]
+    assert lines[1] == "What to do: the file system is mounted read-only; remount it read-write."
+    assert lines[2] == ("Rolling back (an action failed): restoring what project 'seed' had "
+                        "before this apply.")
+    assert lines[3].startswith("Rolled back: ")
+    assert "done: create netns container3" in out  # it had got that far
+    assert owned() == before
+    assert "container3" not in netns_list()
+
+
+def test_without_a_terminal_a_failed_apply_stays_where_it_stopped(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, before = start(sandbox, capsys)
+    subprocess.run(["mount", "-o", "remount,ro", "/etc/netns"], check=True)
+    try:
+        code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", "/etc/netns"], check=True)
+    assert code == 1
+    assert "Rolling back" not in err and "Fix the cause and run apply again" in err
+    assert owned() != before and "container3" in netns_list()
+
+
+def test_an_apply_not_confirmed_in_time_is_rolled_back(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, before = start(sandbox, capsys)
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", "--confirm-timeout", "0.5",
+                             str(spec))
+    assert code == 1
+    assert f"Run netapply confirm {spec} within 0.5 s to keep this" in out
+    assert "Rolling back (not confirmed within 0.5 s)" in err
+    assert owned() == before
+    assert not os.path.exists(lock.pending_path("seed"))
+
+
+def test_a_confirmed_apply_is_kept(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec, _ = start(sandbox, capsys)
+    apply = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "--no-color", "apply", "--auto-approve",
+         "--confirm-timeout", "60", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(lock.pending_path("seed")):
+        assert apply.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    assert run_cli(capsys, "confirm", str(spec))[:2] == (
+        0, "Confirmed: the apply of project 'seed' is kept.\n")
+    out, err = apply.communicate(timeout=30)
+    assert apply.returncode == 0, err
+    assert "Confirmed: the change is kept." in out
+    assert run_cli(capsys, "plan", "--detailed-exitcode", str(spec))[0] == 0
+    assert run_cli(capsys, "confirm", str(spec))[:3] == (
+        1, "", "error: no apply of project 'seed' is waiting for confirmation on this machine\n")
+
+
+def test_on_a_terminal_rollback_is_the_default(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_apply import _on_terminal
+
+    spec, before = start(sandbox, capsys)
+    subprocess.run(["mount", "-o", "remount,ro", "/etc/netns"], check=True)
+    try:
+        code, output = _on_terminal(["--no-color", "apply", str(spec)], "yes")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", "/etc/netns"], check=True)
+    assert code == 1
+    assert "Rolling back (an action failed)" in output
+    assert owned() == before

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,16 @@ GROWN = SEED + """\
   container3:
     networks: [alpine-net]
 """
+
+
+@contextmanager
+def read_only_etc_netns() -> Iterator[None]:
+    """Writing hosts files fails (EROFS), after the links of an apply are made."""
+    subprocess.run(["mount", "-o", "remount,ro", "/etc/netns"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", "/etc/netns"], check=True)
 
 
 def owned() -> dict[Key, Resource]:
@@ -47,12 +59,9 @@ def test_a_failed_apply_is_rolled_back_on_request(
     sandbox: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec, before = start(sandbox, capsys)
-    subprocess.run(["mount", "-o", "remount,ro", "/etc/netns"], check=True)
-    try:
+    with read_only_etc_netns():
         code, out, err = run_cli(capsys, "apply", "--auto-approve", "--rollback-on-failure",
                                  str(spec))
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", "/etc/netns"], check=True)
     assert code == 1
     lines = err.splitlines()
     assert lines[0].startswith("error: failed: ") and "(EROFS)" in lines[0]
@@ -69,11 +78,8 @@ def test_without_a_terminal_a_failed_apply_stays_where_it_stopped(
     sandbox: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spec, before = start(sandbox, capsys)
-    subprocess.run(["mount", "-o", "remount,ro", "/etc/netns"], check=True)
-    try:
+    with read_only_etc_netns():
         code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", "/etc/netns"], check=True)
     assert code == 1
     assert "Rolling back" not in err and "Fix the cause and run apply again" in err
     assert owned() != before and "container3" in netns_list()
@@ -118,11 +124,8 @@ def test_on_a_terminal_rollback_is_the_default(
     from tests.test_apply import _on_terminal
 
     spec, before = start(sandbox, capsys)
-    subprocess.run(["mount", "-o", "remount,ro", "/etc/netns"], check=True)
-    try:
+    with read_only_etc_netns():
         code, output = _on_terminal(["--no-color", "apply", str(spec)], "yes")
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", "/etc/netns"], check=True)
     assert code == 1
     assert "Rolling back (an action failed)" in output
     assert owned() == before

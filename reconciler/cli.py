@@ -233,8 +233,10 @@ class Cli:
         what = "Destroy" if destroy else "Apply"
         self.out.print(f"[green]{what} complete:[/green] {len(result.done)} step(s); {outcome}.")
         timeout = getattr(self.args, "confirm_timeout", None)
-        if timeout is not None and not self._confirmed(spec.project, timeout):
-            return self._roll_back(spec, kernel, before, f"not confirmed within {timeout:g} s")
+        if timeout is not None:
+            unconfirmed = self._unconfirmed(spec.project, timeout)
+            if unconfirmed:
+                return self._roll_back(spec, kernel, before, unconfirmed)
         return EXIT_OK
 
     def _rollback_on_failure(self) -> bool:
@@ -251,8 +253,9 @@ class Cli:
                        "they were before this apply (IPv4 forwarding, once on, stays on).")
         return EXIT_ERROR
 
-    def _confirmed(self, project: str, timeout: float) -> bool:
-        """Wait for `netapply confirm` (which removes the pending file)."""
+    def _unconfirmed(self, project: str, timeout: float) -> str:
+        """Wait for `netapply confirm` (which removes the pending file); why it
+        did not come, or "" when it did."""
         pending = lock.pending_path(project)
         lock.write_private(pending, f"{os.getpid()}\n")
         self.out.print(f"Run [bold]netapply confirm {escape(self.args.spec)}[/bold] within "
@@ -261,24 +264,27 @@ class Cli:
         try:
             while os.path.exists(pending):
                 if time.monotonic() >= deadline:
-                    return False
+                    return f"not confirmed within {timeout:g} s"
                 time.sleep(0.05)
+        except KeyboardInterrupt:
+            return "interrupted before it was confirmed"
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(pending)
         self.out.print("[green]Confirmed:[/green] the change is kept.")
-        return True
+        return ""
 
     def confirm_pending(self) -> int:
         try:
             spec = spec_mod.load(self.args.spec)
             engine.require_privileges()
             pending = lock.pending_path(spec.project)
-            try:
-                os.unlink(pending)
-            except FileNotFoundError:
+            waiting = lock.pending_waiter(pending)
+            if waiting is None:
                 raise NetapplyError(f"no apply of project '{spec.project}' is waiting for "
-                                    "confirmation on this machine") from None
+                                    "confirmation on this machine")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pending)
         except SpecError as e:
             for problem in e.problems:
                 self.err.print(f"[red]error:[/red] {escape(str(problem))}")

@@ -37,6 +37,25 @@ def pending_path(project: str, directory: str = LOCK_DIR) -> str:
     return os.path.join(directory, f"{project}.confirm")
 
 
+def pending_waiter(path: str) -> int | None:
+    """The PID of the apply waiting for confirmation, if it still runs (a
+    pending file left by a killed apply waits for nothing)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it exists
+    return pid
+
+
 def write_private(path: str, content: str) -> None:
     """A file only root can read or write, in the lock directory."""
     directory = os.path.dirname(path)

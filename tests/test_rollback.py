@@ -4,6 +4,7 @@ the project's objects end up as they were before the apply."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -129,3 +130,33 @@ def test_on_a_terminal_rollback_is_the_default(
     assert code == 1
     assert "Rolling back (an action failed)" in output
     assert owned() == before
+
+
+def test_confirm_refuses_a_pending_file_whose_apply_is_gone(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    lock.write_private(lock.pending_path("seed"), f"{gone.pid}\n")
+    assert run_cli(capsys, "confirm", str(REPO / "examples" / "seed.yaml"))[:3] == (
+        1, "", "error: no apply of project 'seed' is waiting for confirmation on this machine\n")
+
+
+def test_ctrl_c_while_waiting_for_confirmation_rolls_back(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, before = start(sandbox, capsys)
+    apply = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "--no-color", "apply", "--auto-approve",
+         "--confirm-timeout", "60", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(lock.pending_path("seed")):
+        assert apply.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    apply.send_signal(signal.SIGINT)
+    _, err = apply.communicate(timeout=30)
+    assert apply.returncode == 1
+    assert "Rolling back (interrupted before it was confirmed)" in err
+    assert owned() == before
+

@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,10 +21,11 @@ from reconciler import __version__, engine, lock, machines, render
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
-from reconciler.errors import ApplyError, NetapplyError, SpecError
+from reconciler.errors import ApplyError, ConvergenceError, NetapplyError, SpecError
 from reconciler.executor import Result, describe
 from reconciler.planner import Action, Change, Plan
-from reconciler.resources import Key, Resource, fields_json, is_shared
+from reconciler.resources import fields_json, is_shared
+from reconciler.state.observe import ObservedState
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -216,15 +219,29 @@ class Cli:
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
             self.err.print("Cancelled; nothing was changed.")
             return EXIT_ERROR
-        before = engine.restorable(snap.observed)
-        rollback = not destroy and self._rollback_on_failure()
-        try:
+        timeout = None if destroy else self.args.confirm_timeout
+        if destroy or not (self._rollback_on_failure() or timeout is not None):
             result = self._execute(spec, kernel, snap.plan, destroy)
-        except ApplyError as e:
-            if not rollback:
-                raise
-            self._report_failure(e)
-            return self._roll_back(spec, kernel, before, "an action failed")
+            self._complete(spec, result, destroy)
+            return EXIT_OK
+        # From here on a hang-up (the operator's session gone) or SIGTERM is an
+        # interruption like Ctrl-C: the apply is rolled back.
+        with _signals_interrupt():
+            try:
+                result = self._execute(spec, kernel, snap.plan, destroy)
+                self._complete(spec, result, destroy)
+                why = self._unconfirmed(spec.project, timeout) if timeout is not None else ""
+            except ApplyError as e:
+                self._report_failure(e)
+                why = "an action failed"
+            except ConvergenceError as e:
+                self.err.print(f"[red]error:[/red] {escape(str(e))}")
+                why = "the kernel did not converge"
+        if not why:
+            return EXIT_OK
+        return self._roll_back(spec, kernel, snap.observed, why)
+
+    def _complete(self, spec: spec_mod.Spec, result: Result, destroy: bool) -> None:
         outcome = (
             f"nothing owned by project '{escape(spec.project)}' is left"
             if destroy
@@ -232,59 +249,67 @@ class Cli:
         )
         what = "Destroy" if destroy else "Apply"
         self.out.print(f"[green]{what} complete:[/green] {len(result.done)} step(s); {outcome}.")
-        timeout = getattr(self.args, "confirm_timeout", None)
-        if timeout is not None:
-            unconfirmed = self._unconfirmed(spec.project, timeout)
-            if unconfirmed:
-                return self._roll_back(spec, kernel, before, unconfirmed)
-        return EXIT_OK
 
     def _rollback_on_failure(self) -> bool:
-        """--rollback-on-failure, by default on for interactive use."""
+        """--rollback-on-failure, by default on for interactive use (and always
+        with --confirm-timeout)."""
         chosen: bool | None = self.args.rollback_on_failure
         return sys.stdin.isatty() if chosen is None else chosen
 
     def _roll_back(self, spec: spec_mod.Spec, kernel: NetlinkKernel,
-                   before: dict[Key, Resource], why: str) -> int:
+                   before: ObservedState, why: str) -> int:
         self.err.print(f"Rolling back ({why}): restoring what project "
                        f"'{escape(spec.project)}' had before this apply.")
-        result = engine.rollback(kernel, spec, before, self.host)
+        with _signals_ignored():  # a rollback is not to be interrupted half-way
+            try:
+                result = engine.rollback(kernel, spec, before, self.host)
+            except NetapplyError as e:
+                raise NetapplyError(
+                    f"the rollback failed too ({e}); the project's objects are partly "
+                    "restored: fix the cause, then apply the spec you want") from None
         self.err.print(f"Rolled back: {len(result.done)} step(s); the project's objects are as "
                        "they were before this apply (IPv4 forwarding, once on, stays on).")
         return EXIT_ERROR
 
     def _unconfirmed(self, project: str, timeout: float) -> str:
-        """Wait for `netapply confirm` (which removes the pending file); why it
-        did not come, or "" when it did."""
+        """Wait for `netapply confirm`, which removes the pending file; why it
+        did not come, or "" when it did. Whoever removes the file decides, so a
+        confirm at the last moment either keeps the change or is told it is
+        too late, never both."""
         pending = lock.pending_path(project)
-        lock.write_private(pending, f"{os.getpid()}\n")
-        self.out.print(f"Run [bold]netapply confirm {escape(self.args.spec)}[/bold] within "
-                       f"{timeout:g} s to keep this; otherwise it is rolled back.")
         deadline = time.monotonic() + timeout
+        why = f"not confirmed within {timeout:g} s"
         try:
-            while os.path.exists(pending):
-                if time.monotonic() >= deadline:
-                    return f"not confirmed within {timeout:g} s"
+            lock.write_private(pending, f"{os.getpid()}\n")
+            self.out.print(f"Run [bold]netapply confirm {escape(self.args.spec)}[/bold] within "
+                           f"{timeout:g} s to keep this; otherwise it is rolled back.")
+            while os.path.exists(pending) and time.monotonic() < deadline:
                 time.sleep(0.05)
         except KeyboardInterrupt:
-            return "interrupted before it was confirmed"
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(pending)
-        self.out.print("[green]Confirmed:[/green] the change is kept.")
-        return ""
+            why = "interrupted before it was confirmed"
+        try:
+            os.unlink(pending)  # claim it: not confirmed
+        except FileNotFoundError:
+            self.out.print("[green]Confirmed:[/green] the change is kept.")
+            return ""
+        return why
 
     def confirm_pending(self) -> int:
         try:
             spec = spec_mod.load(self.args.spec)
             engine.require_privileges()
             pending = lock.pending_path(spec.project)
-            waiting = lock.pending_waiter(pending)
-            if waiting is None:
-                raise NetapplyError(f"no apply of project '{spec.project}' is waiting for "
-                                    "confirmation on this machine")
-            with contextlib.suppress(FileNotFoundError):
+            nothing = f"no apply of project '{spec.project}' is waiting for confirmation on " \
+                      "this machine"
+            # The waiting apply holds the project's lock: a pending file without
+            # it is a leftover of an apply that was killed.
+            if not os.path.exists(pending) or not lock.is_held(spec.project):
+                raise NetapplyError(nothing)
+            try:
                 os.unlink(pending)
+            except FileNotFoundError:
+                raise NetapplyError(f"too late: the apply of project '{spec.project}' stopped "
+                                    "waiting and rolls back") from None
         except SpecError as e:
             for problem in e.problems:
                 self.err.print(f"[red]error:[/red] {escape(str(problem))}")
@@ -344,6 +369,32 @@ class Cli:
         else:
             self.out.print(render.state_text(owned, spec.project))
         return EXIT_OK
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGHUP and SIGTERM raise KeyboardInterrupt, as SIGINT does."""
+    old = {n: signal.signal(n, _interrupt) for n in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for n, handler in old.items():
+            signal.signal(n, handler)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    old = {n: signal.signal(n, signal.SIG_IGN)
+           for n in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for n, handler in old.items():
+            signal.signal(n, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

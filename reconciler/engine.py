@@ -22,12 +22,14 @@ from reconciler.planner import Plan
 from reconciler.resources import (
     HOST_NS,
     Firewall,
+    HostsFile,
     Key,
     Kind,
     Leftover,
     Resource,
     Sysctl,
     Veth,
+    Vxlan,
     is_shared,
 )
 from reconciler.state.observe import UNSEEN_NS, ObservedState, observe
@@ -154,28 +156,46 @@ def apply(
     return result
 
 
-def restorable(observed: ObservedState) -> dict[Key, Resource]:
-    """What a rollback restores: the project's objects as observed before an
-    apply. Not the machine-wide settings netapply never reverts (IPv4
-    forwarding), not leftovers of interrupted applies, and not veth pairs
-    that were already broken (a missing end cannot be made as it was)."""
-    return {
-        key: res for key, res in observed.resources.items()
-        if not is_shared(res) and not isinstance(res, Leftover)
-        and not (isinstance(res, Veth) and (res.ns == UNSEEN_NS or not res.host_ifname))
-    }
+def _restorable(res: Resource) -> bool:
+    """Whether a rollback can make res again as it was. Not: the machine-wide
+    settings netapply never reverts (IPv4 forwarding), leftovers of interrupted
+    applies, veth pairs that were already broken (a missing end cannot be made
+    as it was), hosts files of an older format, VXLAN devices with flags
+    netapply does not set."""
+    if is_shared(res) or isinstance(res, Leftover):
+        return False
+    if isinstance(res, Veth):
+        return res.ns != UNSEEN_NS and bool(res.host_ifname)
+    if isinstance(res, HostsFile):
+        return bool(res.link)
+    if isinstance(res, Vxlan):
+        return not res.learning and res.proxy
+    return True
+
+
+def rollback_target(before: dict[Key, Resource], now: dict[Key, Resource]) -> dict[Key, Resource]:
+    """The project's objects as they were before an apply; what cannot be made
+    again as it was stays as it is now."""
+    target: dict[Key, Resource] = {}
+    for key, res in before.items():
+        if _restorable(res):
+            target[key] = res
+        elif key in now:
+            target[key] = now[key]
+    return target
 
 
 def rollback(
-    kernel: Kernel, spec: Spec, before: dict[Key, Resource], host: str | None = None,
+    kernel: Kernel, spec: Spec, before: ObservedState, host: str | None = None,
     progress: Progress | None = None,
 ) -> Result:
-    """Make the project's objects what they were (`before`, from restorable()),
-    then verify that they are."""
+    """Make the project's objects what they were (before: the observation the
+    apply planned from), then verify that they are."""
     now = observe_project(kernel, spec, host).resources
-    result = execute(kernel, spec.project, planner.plan(before, now), progress)
+    plan = planner.plan(rollback_target(before.resources, now), now)
+    result = execute(kernel, spec.project, plan, progress)
     after = observe_project(kernel, spec, host).resources
-    left = planner.plan(before, after)
+    left = planner.plan(rollback_target(before.resources, after), after)
     if not left.empty:
         lines = [f"  {c.action} {c.title()}: {c.reason}" for c in left.changes]
         raise ConvergenceError("the rollback did not restore the state before the apply; "

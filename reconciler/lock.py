@@ -37,23 +37,19 @@ def pending_path(project: str, directory: str = LOCK_DIR) -> str:
     return os.path.join(directory, f"{project}.confirm")
 
 
-def pending_waiter(path: str) -> int | None:
-    """The PID of the apply waiting for confirmation, if it still runs (a
-    pending file left by a killed apply waits for nothing)."""
+def is_held(project: str, directory: str = LOCK_DIR) -> bool:
+    """Whether a run holds the project's lock now."""
     try:
-        with open(path, encoding="ascii") as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
+        fd = os.open(lock_path(project, directory), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # it exists
-    return pid
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def write_private(path: str, content: str) -> None:

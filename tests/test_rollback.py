@@ -3,6 +3,7 @@ the project's objects end up as they were before the apply."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import engine, lock
+from reconciler import cli, engine, lock
 from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.errors import KernelError
 from reconciler.resources import Key, Resource
 from reconciler.state.observe import observe
 from tests.kernelutil import netns_list, run_cli
@@ -43,7 +45,8 @@ def read_only_etc_netns() -> Iterator[None]:
 def owned() -> dict[Key, Resource]:
     kernel = NetlinkKernel()
     try:
-        return engine.restorable(observe(kernel, "seed"))
+        now = observe(kernel, "seed").resources
+        return engine.rollback_target(now, now)
     finally:
         kernel.close()
 
@@ -142,9 +145,11 @@ def test_confirm_refuses_a_pending_file_whose_apply_is_gone(
         1, "", "error: no apply of project 'seed' is waiting for confirmation on this machine\n")
 
 
-def test_ctrl_c_while_waiting_for_confirmation_rolls_back(
-    sandbox: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM])
+def test_an_interruption_while_waiting_for_confirmation_rolls_back(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], signum: int
 ) -> None:
+    """Ctrl-C, the operator's session hanging up, or systemctl stop."""
     spec, before = start(sandbox, capsys)
     apply = subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "--no-color", "apply", "--auto-approve",
@@ -154,9 +159,59 @@ def test_ctrl_c_while_waiting_for_confirmation_rolls_back(
     while not os.path.exists(lock.pending_path("seed")):
         assert apply.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
-    apply.send_signal(signal.SIGINT)
+    apply.send_signal(signum)
     _, err = apply.communicate(timeout=30)
     assert apply.returncode == 1
     assert "Rolling back (interrupted before it was confirmed)" in err
     assert owned() == before
+
+
+BASE = """\
+version: 1
+project: seed
+networks:
+  front: {subnet: 172.30.1.0/24, interface: br-front}
+  back: {subnet: 172.30.2.0/24, mtu: 1400}
+containers:
+  web:
+    networks: [front, back]
+    ports: ["8080:80"]
+  db: {networks: [back]}
+"""
+
+
+class FailsOnce(NetlinkKernel):
+    """The real kernel, except that the first hosts file link fails: the last
+    kind of write of an apply, after every link, address and table change."""
+
+    failed = False
+
+    def write_link(self, path: str, target: str) -> None:
+        if not FailsOnce.failed:
+            FailsOnce.failed = True
+            raise KernelError(f"link {path}", errno.ENOSPC)
+        super().write_link(path, target)
+
+
+def test_a_rollback_restores_what_was_changed_and_deleted_too(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = sandbox / "seed.yaml"
+    spec.write_text(BASE)
+    assert run_cli(capsys, "apply", "--auto-approve", str(spec))[0] == 0
+    before = owned()
+    # An MTU changed, a port moved (the firewall), db removed, cache added.
+    spec.write_text(BASE.replace("mtu: 1400", "mtu: 1450").replace("8080:80", "8081:80")
+                    .replace("  db: {networks: [back]}", "  cache: {networks: [front]}"))
+    monkeypatch.setattr(cli, "NetlinkKernel", FailsOnce)
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", "--rollback-on-failure",
+                             str(spec))
+    assert code == 1
+    assert "failed: create hosts file /etc/netns/cache/hosts" in err
+    for step in ("delete netns db", "update in place bridge", "nftables table",
+                 "create netns cache"):
+        assert step in out, step
+    assert "Rolled back: " in err
+    assert owned() == before
+    assert run_cli(capsys, "plan", "--detailed-exitcode", str(spec))[0] == 2
 

@@ -59,9 +59,9 @@ class PrivilegeError(NetapplyError):
     """The process lacks a capability. The user must run it as root (or with CAP_NET_ADMIN)."""
 
 
-PRIVILEGE_HINT = ("run netapply as root, with CAP_NET_ADMIN and CAP_SYS_ADMIN (in a container: "
-                  "--privileged, or --cap-add NET_ADMIN --cap-add SYS_ADMIN); a security module "
-                  "(SELinux, AppArmor) may also refuse it")
+PRIVILEGE_HINT = ("netapply needs CAP_NET_ADMIN and CAP_SYS_ADMIN (as root, or in a container "
+                  "with --privileged or --cap-add NET_ADMIN --cap-add SYS_ADMIN); if it has "
+                  "them, a security module (SELinux, AppArmor) or a seccomp profile refuses it")
 # What the operator can do about each errno the kernel gives netapply.
 HINTS = {
     errno_mod.EEXIST: "something else made an object with that name after netapply looked; "
@@ -75,8 +75,9 @@ HINTS = {
                      "tool); free it, then apply again",
     errno_mod.EPERM: PRIVILEGE_HINT,
     errno_mod.EACCES: PRIVILEGE_HINT,
-    errno_mod.ENOSPC: "a kernel limit is reached: for namespaces, user.max_net_namespaces "
-                      "(sysctl); raise it, or remove namespaces that are not used",
+    errno_mod.ENOSPC: "a limit is reached: when making a namespace, the kernel's "
+                      "user.max_net_namespaces (sysctl); when writing a file, the disk is full; "
+                      "raise the limit or free space, then apply again",
     errno_mod.ENOMEM: "the kernel is out of memory; free some, then apply again",
     errno_mod.EOPNOTSUPP: "the running kernel cannot do this (a missing module or option); "
                           "load the module, or change the spec",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ SECTIONS = {"hosts": "host", "networks": "network", "containers": "container"}
 MAX_VALUES = 200_000
 # A spec file larger than this is not read at all (10,000 containers take about 1 MiB).
 MAX_FILE_BYTES = 16 << 20
+MAX_FILES = 1000  # spec files read from one directory
 
 
 @dataclass
@@ -281,6 +283,9 @@ def _read_directory(directory: str) -> tuple[list[Document], list[Problem]]:
         raise SpecError([Problem(None, f"spec: cannot read {directory}: {err.strerror}")]) from None
     if not names:
         raise SpecError([Problem(None, f"spec: {directory} contains no *.yaml or *.yml files")])
+    if len(names) > MAX_FILES:
+        raise SpecError([Problem(None, f"spec: {directory} has {len(names)} spec files, more "
+                                       f"than the {MAX_FILES} netapply reads")])
     docs: list[Document] = []
     problems: list[Problem] = []
     for name in names:
@@ -292,7 +297,12 @@ def _read_directory(directory: str) -> tuple[list[Document], list[Problem]]:
 
 def read_file(file: str) -> tuple[Document, list[Problem]]:
     try:
-        with open(file, "rb") as stream:
+        # O_NONBLOCK: a FIFO given as the spec must not block the open.
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return Document(file, ok=False), [
+                    Problem(None, f"spec: {file} is not a regular file")]
             raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         return Document(file, ok=False), [

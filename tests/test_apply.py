@@ -270,9 +270,9 @@ def test_kernel_error_mid_apply_reports_and_next_apply_converges(
     lines = err.splitlines()
     assert lines[0].startswith("error: failed: create ")
     assert lines[0].endswith("No space left on device (ENOSPC)")
-    assert lines[1] == ("What to do: a kernel limit is reached: for namespaces, "
-                        "user.max_net_namespaces (sysctl); raise it, or remove namespaces that "
-                        "are not used.")
+    assert lines[1] == ("What to do: a limit is reached: when making a namespace, the kernel's "
+                        "user.max_net_namespaces (sysctl); when writing a file, the disk is "
+                        "full; raise the limit or free space, then apply again.")
     assert lines[2].startswith("Already done (")
     assert "Fix the cause and run apply again" in err
     monkeypatch.undo()
@@ -286,8 +286,7 @@ def test_kernel_error_mid_apply_reports_and_next_apply_converges(
     (errno.ENODEV, "No such device", "an interface it needs is gone (deleted meanwhile, or a "
                                      "parent interface that vanished)"),
     (errno.EBUSY, "Device or resource busy", "the device is in use (a port of a bridge or bond"),
-    (errno.EPERM, "Operation not permitted", "run netapply as root, with CAP_NET_ADMIN and "
-                                             "CAP_SYS_ADMIN"),
+    (errno.EPERM, "Operation not permitted", "netapply needs CAP_NET_ADMIN and CAP_SYS_ADMIN"),
 ])
 def test_kernel_errors_name_the_action_the_reason_and_what_to_do(
     sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

@@ -95,9 +95,15 @@ def test_nothing_is_run_from_spec_values() -> None:
     """netapply runs exactly one program, nft, with a fixed argument list and
     the rules as JSON on stdin; never a shell, never eval/exec."""
     found = []
+    importers = set()
     for path in sorted((REPO / "reconciler").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [
+                    node.module or ""]
+                if any(m.split(".")[0] in ("subprocess", "pty", "shlex") for m in modules):
+                    importers.add(f"{path.name}: {', '.join(modules)}")
             if not isinstance(node, ast.Call):
                 continue
             func = node.func
@@ -110,4 +116,5 @@ def test_nothing_is_run_from_spec_values() -> None:
                 fixed = isinstance(argv, ast.List) and isinstance(argv.elts[0], ast.Name)
                 found.append(f"{path.name}: {func.value.id}.{func.attr} shell={shell} "
                              f"fixed_program={fixed}")
+    assert importers == {"nft.py: subprocess"}  # no other way to start a program
     assert found == ["nft.py: subprocess.run shell=False fixed_program=True"]

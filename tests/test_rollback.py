@@ -102,8 +102,8 @@ def test_an_apply_not_confirmed_in_time_is_rolled_back(
     assert not os.path.exists(lock.pending_path("seed"))
 
 
-def test_a_confirmed_apply_is_kept(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec, _ = start(sandbox, capsys)
+def waiting_apply(spec: Path) -> subprocess.Popen[str]:
+    """An apply --confirm-timeout that has applied and waits for confirm."""
     apply = subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "--no-color", "apply", "--auto-approve",
          "--confirm-timeout", "60", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -112,6 +112,12 @@ def test_a_confirmed_apply_is_kept(sandbox: Path, capsys: pytest.CaptureFixture[
     while not os.path.exists(lock.pending_path("seed")):
         assert apply.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
+    return apply
+
+
+def test_a_confirmed_apply_is_kept(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec, _ = start(sandbox, capsys)
+    apply = waiting_apply(spec)
     assert run_cli(capsys, "confirm", str(spec))[:2] == (
         0, "Confirmed: the apply of project 'seed' is kept.\n")
     out, err = apply.communicate(timeout=30)
@@ -151,14 +157,7 @@ def test_an_interruption_while_waiting_for_confirmation_rolls_back(
 ) -> None:
     """Ctrl-C, the operator's session hanging up, or systemctl stop."""
     spec, before = start(sandbox, capsys)
-    apply = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "--no-color", "apply", "--auto-approve",
-         "--confirm-timeout", "60", str(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=REPO)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(lock.pending_path("seed")):
-        assert apply.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    apply = waiting_apply(spec)
     apply.send_signal(signum)
     _, err = apply.communicate(timeout=30)
     assert apply.returncode == 1

@@ -516,7 +516,10 @@ class MemoryKernel:
         space = self._host
         link = self._link(space, ifname, what)
         if dst is None:
-            key = (link.master or 0, mac)
+            bridge = space.links.get(link.master) if link.master is not None else None
+            if bridge is None or bridge.kind != "bridge":
+                raise KernelError(what, errno.EOPNOTSUPP)  # no bridge to take it from
+            key = (bridge.index, mac)
             if space.fdb_master.get(key) != link.index:
                 raise KernelError(what, errno.ENOENT)
             del space.fdb_master[key]

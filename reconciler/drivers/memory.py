@@ -488,15 +488,22 @@ class MemoryKernel:
                      random_mac=True, vxlan=VxlanInfo(vni, local, port, False, True))
         space.links[link.index] = link
 
+    @staticmethod
+    def _bridge_of(space: _Namespace, link: _Link, what: str) -> _Link:
+        """The bridge a port's entries belong to; EOPNOTSUPP for a link that is
+        no bridge port (the request has nowhere to go)."""
+        bridge = space.links.get(link.master) if link.master is not None else None
+        if bridge is None or bridge.kind != "bridge":
+            raise KernelError(what, errno.EOPNOTSUPP)
+        return bridge
+
     def fdb_add(self, ifname: str, mac: str, dst: str | None) -> None:
         self.writes += 1
         what = f"add forwarding entry {mac} on {ifname}"
         space = self._host
         link = self._link(space, ifname, what)
         if dst is None:
-            bridge = space.links.get(link.master) if link.master is not None else None
-            if bridge is None or bridge.kind != "bridge":
-                raise KernelError(what, errno.EOPNOTSUPP)  # no bridge to take the entry
+            bridge = self._bridge_of(space, link, what)
             if mac == ZERO_MAC:
                 raise KernelError(what, errno.EINVAL)
             space.fdb_master[(bridge.index, mac)] = link.index  # replaces a learned one
@@ -516,10 +523,7 @@ class MemoryKernel:
         space = self._host
         link = self._link(space, ifname, what)
         if dst is None:
-            bridge = space.links.get(link.master) if link.master is not None else None
-            if bridge is None or bridge.kind != "bridge":
-                raise KernelError(what, errno.EOPNOTSUPP)  # no bridge to take it from
-            key = (bridge.index, mac)
+            key = (self._bridge_of(space, link, what).index, mac)
             if space.fdb_master.get(key) != link.index:
                 raise KernelError(what, errno.ENOENT)
             del space.fdb_master[key]

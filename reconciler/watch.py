@@ -42,7 +42,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from reconciler import engine, firewall, lock, machines
+from reconciler import engine, firewall, lock, machines, yamlsource
 from reconciler import spec as spec_mod
 from reconciler.drivers.events import KernelEvents
 from reconciler.drivers.kernel import NETNS_DIR
@@ -52,7 +52,6 @@ from reconciler.model import Spec
 from reconciler.planner import Action, Change
 from reconciler.resources import Netns, Sublink, Veth
 
-SPEC_SUFFIXES = (".yaml", ".yml")
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 BURST_MAX = 5.0  # a burst longer than this is reconciled anyway
 STOP = ("stop", "")
@@ -134,7 +133,7 @@ class _SpecEvents(FileSystemEventHandler):
     def _matters(self, path: str | bytes) -> bool:
         found = Path(os.fsdecode(path))
         return found == self.spec or (found.parent == self.spec
-                                      and found.suffix in SPEC_SUFFIXES)
+                                      and found.suffix in yamlsource.SPEC_SUFFIXES)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):

@@ -7,7 +7,7 @@ import errno
 from typing import Any
 
 from reconciler import engine, firewall, planner
-from reconciler.drivers.kernel import ETC_NETNS_DIR, Kernel
+from reconciler.drivers.kernel import ETC_NETNS_DIR, NUD_NOARP, NUD_PERMANENT, Kernel
 from reconciler.errors import KernelError
 from reconciler.model import Spec
 from reconciler.planner import Action, Plan
@@ -23,7 +23,7 @@ from reconciler.resources import (
     is_staging_name,
     owner_alias,
 )
-from reconciler.state.observe import NUD_NOARP, NUD_PERMANENT, observe
+from reconciler.state.observe import observe
 from tests.strategies import HERE, PROJECT
 
 WRITES = frozenset({

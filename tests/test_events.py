@@ -10,6 +10,7 @@ import threading
 
 from reconciler.drivers import rtnl
 from reconciler.drivers.events import HOST, KernelEvents
+from reconciler.drivers.kernel import NUD_NOARP, NUD_PERMANENT
 
 
 def test_a_failing_listener_says_so_asks_for_a_reconcile_and_listens_again() -> None:
@@ -46,12 +47,12 @@ def test_only_the_projects_kind_of_neighbour_entries_count() -> None:
     events = KernelEvents("p", "netapply-p", lambda _: None, lambda _: None)
     events._owned_host_links = {7}
     relevant = events._route_relevant
-    assert relevant(HOST, *_neigh(rtnl.AF_BRIDGE, 7, rtnl.NUD_NOARP))  # a static fdb entry
-    assert relevant(HOST, *_neigh(2, 7, rtnl.NUD_PERMANENT))  # a permanent neighbour
-    assert not relevant(HOST, *_neigh(2, 7, rtnl.NUD_NOARP))  # the kernel's own
+    assert relevant(HOST, *_neigh(rtnl.AF_BRIDGE, 7, NUD_NOARP))  # a static fdb entry
+    assert relevant(HOST, *_neigh(2, 7, NUD_PERMANENT))  # a permanent neighbour
+    assert not relevant(HOST, *_neigh(2, 7, NUD_NOARP))  # the kernel's own
     assert not relevant(HOST, *_neigh(rtnl.AF_BRIDGE, 7, 0x02))  # learned from traffic
-    assert not relevant(HOST, *_neigh(2, 8, rtnl.NUD_PERMANENT))  # not on an owned link
-    assert not relevant("web", *_neigh(2, 3, rtnl.NUD_PERMANENT))  # none in containers
+    assert not relevant(HOST, *_neigh(2, 8, NUD_PERMANENT))  # not on an owned link
+    assert not relevant("web", *_neigh(2, 3, NUD_PERMANENT))  # none in containers
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from reconciler.drivers import rtnl
-from reconciler.drivers.kernel import NETNS_DIR
+from reconciler.drivers.kernel import NETNS_DIR, NUD_NOARP, NUD_PERMANENT
 from reconciler.drivers.netlink import in_namespace
 from reconciler.errors import KernelError
 from reconciler.resources import owner_alias
@@ -40,7 +40,7 @@ NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
 NFGENMSG_SIZE = 4
 NFTA_NAME = 1  # the table's name: NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, ...
-STATIC = rtnl.NUD_NOARP | rtnl.NUD_PERMANENT
+STATIC = NUD_NOARP | NUD_PERMANENT
 HOST = ""
 NFT = "\0nftables"  # the nftables socket's key among the namespaces' ones
 
@@ -241,7 +241,7 @@ class KernelEvents:
             # permanent neighbour entries, and static forwarding entries (bridge
             # family). What the kernel makes by itself (learned, NOARP) is not.
             family, index, state, _flags, _type = rtnl.NDMSG.unpack_from(message, body)
-            ours = STATIC if family == rtnl.AF_BRIDGE else rtnl.NUD_PERMANENT
+            ours = STATIC if family == rtnl.AF_BRIDGE else NUD_PERMANENT
             if ns == HOST and state & ours and index in self._owned_host_links:
                 return "static entry changed"
             return None

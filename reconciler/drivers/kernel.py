@@ -45,6 +45,11 @@ class LinkInfo:
     vxlan: VxlanInfo | None = None
 
 
+# Neighbour states (NUD_*) of the entries netapply makes: a bridge's "static"
+# forwarding entries, a device's own ones and neighbour entries "permanent".
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
+
+
 @dataclass(frozen=True)
 class FdbInfo:
     """A forwarding database entry of the host namespace (`bridge fdb`)."""
@@ -53,7 +58,7 @@ class FdbInfo:
     mac: str
     dst: str | None  # the remote machine, for an entry of a VXLAN device
     master: bool  # an entry of the bridge the device is a port of (else the device's own)
-    state: int  # NUD_* bits: permanent 0x80, static (added by a user) 0x40
+    state: int  # NUD_* bits: NUD_PERMANENT, or NUD_NOARP ("static", added by a user)
 
 
 @dataclass(frozen=True)

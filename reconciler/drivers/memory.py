@@ -48,6 +48,8 @@ from typing import Any
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
     NETNS_DIR,
+    NUD_NOARP,
+    NUD_PERMANENT,
     AddrInfo,
     FdbInfo,
     LinkInfo,
@@ -57,13 +59,11 @@ from reconciler.drivers.kernel import (
 )
 from reconciler.errors import KernelError
 from reconciler.model import IFNAMSIZ
-from reconciler.resources import RTPROT_NETAPPLY
+from reconciler.resources import RTPROT_NETAPPLY, ZERO_MAC
 
 MIN_MTU, MAX_MTU = 68, 65535
 KINDS = frozenset({"bridge", "veth", "macvlan", "ipvlan", "vxlan"})
 VXLAN_N_VID = 1 << 24
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
-ZERO_MAC = "00:00:00:00:00:00"
 LOCALNET = "route_localnet"
 DEFAULT_MTU = 1500
 RTPROT_KERNEL = 2

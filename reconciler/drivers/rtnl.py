@@ -18,7 +18,15 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from reconciler.drivers.kernel import AddrInfo, FdbInfo, LinkInfo, NeighInfo, VxlanInfo
+from reconciler.drivers.kernel import (
+    NUD_NOARP,
+    NUD_PERMANENT,
+    AddrInfo,
+    FdbInfo,
+    LinkInfo,
+    NeighInfo,
+    VxlanInfo,
+)
 
 NETLINK_ROUTE = 0
 NETLINK_EXT_ACK = 11
@@ -49,7 +57,6 @@ IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PROXY = 1, 4, 7
 IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 15, 17  # PORT: big-endian u16
 NDA_DST, NDA_LLADDR, NDA_MASTER = 1, 2, 9
 NTF_SELF, NTF_MASTER = 0x02, 0x04
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 IFF_UP = 0x1

@@ -13,7 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from reconciler import firewall, model
-from reconciler.drivers.kernel import ETC_NETNS_DIR, AddrInfo, Kernel, LinkInfo
+from reconciler.drivers.kernel import (
+    ETC_NETNS_DIR,
+    NUD_NOARP,
+    NUD_PERMANENT,
+    AddrInfo,
+    Kernel,
+    LinkInfo,
+)
 from reconciler.drivers.ops import LOOPBACK, hosts_path, localnet_sysctl
 from reconciler.errors import KernelError
 from reconciler.resources import (
@@ -46,7 +53,6 @@ from reconciler.resources import (
 
 RTPROT_KERNEL = 2
 UNSEEN_NS = "?"
-NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 
 
 @dataclass(frozen=True)

@@ -148,11 +148,7 @@ def apply(
     that shows what still differs."""
     result = execute(kernel, spec.project, plan, progress)
     after = snapshot(kernel, spec, destroy=destroy, host=host)
-    if not after.plan.empty:
-        lines = [f"  {c.action} {c.title()}: {c.reason}" for c in after.plan.changes]
-        raise ConvergenceError(
-            "the kernel did not converge after apply; still different:\n" + "\n".join(lines)
-        )
+    _verify(after.plan, "the kernel did not converge after apply")
     return result
 
 
@@ -196,8 +192,13 @@ def rollback(
     result = execute(kernel, spec.project, plan, progress)
     after = observe_project(kernel, spec, host).resources
     left = planner.plan(rollback_target(before.resources, after), after)
+    _verify(left, "the rollback did not restore the state before the apply")
+    return result
+
+
+def _verify(left: Plan, failure: str) -> None:
+    """A plan that should be empty after changing the kernel: if it is not,
+    the error shows what still differs."""
     if not left.empty:
         lines = [f"  {c.action} {c.title()}: {c.reason}" for c in left.changes]
-        raise ConvergenceError("the rollback did not restore the state before the apply; "
-                               "still different:\n" + "\n".join(lines))
-    return result
+        raise ConvergenceError(f"{failure}; still different:\n" + "\n".join(lines))

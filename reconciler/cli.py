@@ -118,13 +118,13 @@ class Cli:
     def run(self) -> int:
         if self.args.command == "watch":
             return self.watch()
-        if self.args.command == "confirm":
-            return self.confirm_pending()
         try:
             spec = spec_mod.load(self.args.spec)
             if self.args.command == "validate":
                 return self.validate(spec)
             engine.require_privileges()
+            if self.args.command == "confirm":
+                return self.confirm_pending(spec)
             engine.raise_open_files_limit()
             kernel = NetlinkKernel()
             try:
@@ -294,29 +294,18 @@ class Cli:
             return ""
         return why
 
-    def confirm_pending(self) -> int:
+    def confirm_pending(self, spec: spec_mod.Spec) -> int:
+        pending = lock.pending_path(spec.project)
+        # The waiting apply holds the project's lock: a pending file without it
+        # is a leftover of an apply that was killed.
+        if not os.path.exists(pending) or not lock.is_held(spec.project):
+            raise NetapplyError(f"no apply of project '{spec.project}' is waiting for "
+                                "confirmation on this machine")
         try:
-            spec = spec_mod.load(self.args.spec)
-            engine.require_privileges()
-            pending = lock.pending_path(spec.project)
-            nothing = f"no apply of project '{spec.project}' is waiting for confirmation on " \
-                      "this machine"
-            # The waiting apply holds the project's lock: a pending file without
-            # it is a leftover of an apply that was killed.
-            if not os.path.exists(pending) or not lock.is_held(spec.project):
-                raise NetapplyError(nothing)
-            try:
-                os.unlink(pending)
-            except FileNotFoundError:
-                raise NetapplyError(f"too late: the apply of project '{spec.project}' stopped "
-                                    "waiting and rolls back") from None
-        except SpecError as e:
-            for problem in e.problems:
-                self.err.print(f"[red]error:[/red] {escape(str(problem))}")
-            return EXIT_ERROR
-        except NetapplyError as e:
-            self.err.print(f"[red]error:[/red] {escape(str(e))}")
-            return EXIT_ERROR
+            os.unlink(pending)
+        except FileNotFoundError:
+            raise NetapplyError(f"too late: the apply of project '{spec.project}' stopped "
+                                "waiting and rolls back") from None
         self.out.print(f"Confirmed: the apply of project '{escape(spec.project)}' is kept.")
         return EXIT_OK
 

@@ -11,7 +11,6 @@ even by SIGKILL, so a crash never leaves the project locked. The directory is
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import time
@@ -54,13 +53,7 @@ def is_held(project: str, directory: str = LOCK_DIR) -> bool:
 
 def write_private(path: str, content: str) -> None:
     """A file only root can read or write, in the lock directory."""
-    directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600)
-    except OSError as e:
-        raise LockError(f"cannot write {path}: {e.strerror}") from None
+    fd = _open_private(path, os.O_WRONLY | os.O_TRUNC, "write")
     try:
         os.write(fd, content.encode())
     finally:
@@ -70,7 +63,7 @@ def write_private(path: str, content: str) -> None:
 @contextlib.contextmanager
 def project_lock(project: str, timeout: float, directory: str = LOCK_DIR) -> Iterator[None]:
     path = lock_path(project, directory)
-    fd = _open(path, directory)
+    fd = _open_private(path, os.O_RDWR, "open the lock")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -92,25 +85,24 @@ def project_lock(project: str, timeout: float, directory: str = LOCK_DIR) -> Ite
         os.close(fd)  # releases the lock
 
 
-def _open(path: str, directory: str) -> int:
+def _open_private(path: str, flags: int, what: str) -> int:
+    """Open (making it) a 0600 file in a 0700 directory, never through a link."""
+    directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         st = os.lstat(directory)
         if st.st_uid == os.geteuid() and st.st_mode & 0o077:
             os.chmod(directory, 0o700)  # made by an older version or by hand: tighten it
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as e:
-        raise LockError(f"cannot open the lock {path}: {e.strerror}") from None
+        raise LockError(f"cannot {what} {path}: {e.strerror}") from None
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o600)
     return fd
 
 
 def _holder(fd: int) -> str:
-    try:
+    text = ""
+    with contextlib.suppress(OSError):
         text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    except OSError as e:
-        if e.errno != errno.EBADF:
-            raise
-        text = ""
     return f"PID {text}" if text.isdigit() else "a process that has not written its PID yet"

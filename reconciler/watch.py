@@ -290,10 +290,6 @@ class Watcher:
             text = f"cannot watch {self.spec_path} ({e}); changes are seen at the next resync"
             self.log.line("error", text, error=text)
 
-    def _check_stop(self, _action: Action, _change: Change) -> None:
-        if self.stopping:
-            raise Stopping
-
     def _reconcile(self, trigger: str) -> Outcome:
         self.reconciles += 1
         started = time.monotonic()
@@ -338,10 +334,12 @@ class Watcher:
         kernel: NetlinkKernel | None = None
         done = 0
 
-        def progress(action: Action, change: Change) -> None:
+        def progress(_action: Action, _change: Change) -> None:
+            """Counts what is done, and stops between two actions once asked to."""
             nonlocal done
             done += 1
-            self._check_stop(action, change)
+            if self.stopping:
+                raise Stopping
 
         try:
             kernel = NetlinkKernel()

@@ -29,6 +29,13 @@ class Driver(StrEnum):
     IPVLAN = "ipvlan"
 
 
+class Runtime(StrEnum):
+    """Container engines whose running containers a spec can name (`runtime`)."""
+
+    DOCKER = "docker"
+    PODMAN = "podman"
+
+
 class NetworkMode(StrEnum):
     BRIDGE = "bridge"
     HOST = "host"
@@ -114,6 +121,14 @@ class Container:
     default_route: str | None = None  # filled with the first listed non-internal network
     routes: tuple[Route, ...] = ()
     ports: tuple[Port, ...] = ()
+    runtime: Runtime | None = None  # a container of this engine, found by runtime_name
+    runtime_name: str | None = None  # the engine's name for it; default: the container's name
+    # Filled by runtimes.resolve for a runtime container that is running: its
+    # namespace goes in netns_path, and this is the hosts file the engine gave it.
+    hosts_path: str | None = None
+    # False for a runtime container that is not running (or not resolved yet):
+    # it keeps its addresses and DNS names, but nothing is made for it.
+    running: bool = True
 
     @property
     def ns(self) -> str | None:
@@ -121,6 +136,11 @@ class Container:
         if self.network_mode == NetworkMode.HOST:
             return None
         return self.netns_path or self.netns
+
+    @property
+    def engine_name(self) -> str:
+        """The name a runtime container has in its engine."""
+        return self.runtime_name or self.name
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,10 @@ class _Placed:
 
 
 MODE_CONFLICTS = {
-    NetworkMode.HOST: ("networks", "ports", "default_route", "routes", "netns", "netns_path"),
+    NetworkMode.HOST: (
+        "networks", "ports", "default_route", "routes", "netns", "netns_path", "runtime",
+        "runtime_name",
+    ),
     NetworkMode.NONE: ("networks", "ports", "default_route", "routes"),
 }
 DRIVER_ONLY = {
@@ -322,12 +325,17 @@ class Builder:
                     (*base, key), f"{what}: network_mode {mode} cannot be combined with {key}"
                 )
         netns, netns_path = self._namespace(base, what, name, mode, raw)
+        runtime = self._runtime(base, what, raw)
         container = model.Container(
             name=name,
             network_mode=mode,
-            netns=netns,
+            netns=None if runtime else netns,
             netns_path=netns_path,
             host=self._host_ref(base, what, mode, raw),
+            runtime=runtime,
+            runtime_name=raw.get("runtime_name"),
+            # Unknown until runtimes.resolve has asked the engine.
+            running=runtime is None,
         )
         if mode != NetworkMode.BRIDGE:
             return container
@@ -362,6 +370,20 @@ class Builder:
         if netns_path is not None:
             return None, netns_path
         return netns or name, None
+
+    def _runtime(self, base: Path, what: str, raw: dict[str, Any]) -> model.Runtime | None:
+        """`runtime`, which names the namespace in place of netns and netns_path."""
+        runtime = raw.get("runtime")
+        if runtime is None:
+            if "runtime_name" in raw:
+                self.report((*base, "runtime_name"),
+                            f"{what}: runtime_name needs runtime (docker or podman)")
+            return None
+        for key in ("netns", "netns_path"):
+            if key in raw:
+                self.report((*base, key), f"{what}: runtime {runtime} and {key} cannot both be "
+                            "set (the engine's container has its own namespace)")
+        return model.Runtime(runtime)
 
     def _host_ref(
         self, base: Path, what: str, mode: NetworkMode, raw: dict[str, Any]
@@ -682,12 +704,26 @@ class Builder:
             if owner != name:
                 cause = f"netns '{container.netns}' is already used by container '{owner}'"
                 self.report(("containers", name, "netns"), f"container '{name}': {cause}")
+        engine_owners: dict[tuple[str | None, str, str], str] = {}
+        for name, container in containers.items():
+            if container.runtime is None:
+                continue
+            ref = (container.host, container.runtime, container.engine_name)
+            owner = engine_owners.setdefault(ref, name)
+            if owner != name:
+                cause = (f"{container.runtime} container '{container.engine_name}' is already "
+                         f"used by container '{owner}'")
+                path = "runtime_name" if container.runtime_name else "runtime"
+                self.report(("containers", name, path), f"container '{name}': {cause}")
         interfaces: dict[tuple[str | None, str, str], _Placed] = {}
         for placed in self.attachments:
             container = containers[placed.container]
-            if container.ns is None:
+            ns = container.ns
+            if container.runtime is not None:
+                ns = f"{container.runtime}:{container.engine_name}"
+            if ns is None:
                 continue
-            key = (container.host, container.ns, placed.value.interface)
+            key = (container.host, ns, placed.value.interface)
             first = interfaces.setdefault(key, placed)
             if first is placed:
                 continue

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -17,12 +18,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from reconciler import __version__, engine, lock, machines, render
+from reconciler import __version__, engine, lock, machines, render, runtimes
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import ApplyError, ConvergenceError, NetapplyError, SpecError
 from reconciler.executor import Result, describe
+from reconciler.model import Runtime
 from reconciler.planner import Action, Change, Plan
 from reconciler.resources import fields_json, is_shared
 from reconciler.state.observe import ObservedState
@@ -52,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
             help="in a spec with hosts, the machine this is (default: the host whose address "
                  "is an address of this machine)",
         )
+        p.add_argument(
+            "--docker-host", metavar="URL",
+            help="Docker's API socket for `runtime: docker` containers (default: $DOCKER_HOST, "
+                 "else unix:///var/run/docker.sock)")
+        p.add_argument(
+            "--podman-host", metavar="URL",
+            help="Podman's API socket for `runtime: podman` containers (default: "
+                 "$CONTAINER_HOST, else unix:///run/podman/podman.sock)")
         return p
 
     p = on_host(command("plan", "show what apply would change"))
@@ -111,6 +121,7 @@ class Cli:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.host: str | None = None
+        self.resolution = runtimes.Resolution(spec_mod.Spec("", {}, {}), {})
         no_color = bool(args.no_color)
         self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
@@ -127,10 +138,15 @@ class Cli:
                 return self.confirm_pending(spec)
             engine.raise_open_files_limit()
             kernel = NetlinkKernel()
+            resolver = runtimes.Resolver(self._engine_urls())
             try:
                 self.host = self._which_host(spec, kernel)
-                return getattr(self, self.args.command)(spec, kernel)  # type: ignore[no-any-return]
+                resolved = resolver.resolve(spec, self.host)
+                self.resolution = resolved
+                return getattr(self, self.args.command)(  # type: ignore[no-any-return]
+                    resolved.spec, kernel)
             finally:
+                resolver.close()
                 kernel.close()
         except SpecError as e:
             for problem in e.problems:
@@ -157,6 +173,16 @@ class Cli:
             return 130
         return EXIT_ERROR
 
+    def _engine_urls(self) -> dict[Runtime, str | None]:
+        return {Runtime.DOCKER: getattr(self.args, "docker_host", None),
+                Runtime.PODMAN: getattr(self.args, "podman_host", None)}
+
+    def _snapshot(self, spec: spec_mod.Spec, kernel: NetlinkKernel,
+                  destroy: bool = False) -> engine.Snapshot:
+        """Observe and plan, with a note for each runtime container skipped."""
+        snap = engine.snapshot(kernel, spec, destroy=destroy, host=self.host)
+        return replace(snap, notes=(*self.resolution.notes, *snap.notes))
+
     def _which_host(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> str | None:
         """Which of a spec's hosts this machine is (it applies only its share);
         says which."""
@@ -180,7 +206,7 @@ class Cli:
             return EXIT_ERROR
         return watch_mod.run(watch_mod.Options(
             path, self.args.host, self.args.debounce, self.args.resync, self.args.log_format,
-            self.args.lock_timeout))
+            self.args.lock_timeout, self._engine_urls()))
 
     def validate(self, spec: spec_mod.Spec) -> int:
         self.out.print(
@@ -190,12 +216,13 @@ class Cli:
         return EXIT_OK
 
     def plan(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
-        snap = engine.snapshot(kernel, spec, host=self.host)
+        snap = self._snapshot(kernel=kernel, spec=spec)
         if self.args.output == "json":
             doc = {**snap.plan.to_json(spec.project), "notes": list(snap.notes)}
             print(json.dumps(doc, indent=2, sort_keys=True))
         else:
-            self.out.print(render.plan_text(snap.plan, spec.project, snap.notes))
+            self.out.print(render.plan_text(snap.plan, spec.project, snap.notes,
+                                            self.resolution.labels()))
         if self.args.detailed_exitcode and not snap.plan.empty:
             return EXIT_CHANGES
         return EXIT_OK
@@ -212,8 +239,9 @@ class Cli:
             return self._change_locked(spec, kernel, destroy)
 
     def _change_locked(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool) -> int:
-        snap = engine.snapshot(kernel, spec, destroy=destroy, host=self.host)
-        self.out.print(render.plan_text(snap.plan, spec.project, snap.notes))
+        snap = self._snapshot(spec, kernel, destroy=destroy)
+        self.out.print(render.plan_text(snap.plan, spec.project, snap.notes,
+                                        self.resolution.labels()))
         if snap.plan.empty:
             return EXIT_OK
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
@@ -352,11 +380,15 @@ class Cli:
                 {"kind": str(r.kind), "key": list(r.key), **fields_json(r)} for r in owned
             ]
             print(json.dumps(
-                {"project": spec.project, "resources": resources},
+                {"project": spec.project, "resources": resources,
+                 "runtime_containers": self.resolution.to_json()},
                 indent=2, sort_keys=True,
             ))
         else:
-            self.out.print(render.state_text(owned, spec.project))
+            self.out.print(render.state_text(owned, spec.project, self.resolution.labels()))
+            runtimes_text = render.runtimes_text(self.resolution.to_json())
+            if runtimes_text:
+                self.out.print(runtimes_text)
         return EXIT_OK
 
 

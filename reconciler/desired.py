@@ -27,12 +27,15 @@ from reconciler.model import (
     default_mac,
 )
 from reconciler.resources import (
+    DOCKER_USER_CHAIN,
+    DOCKER_USER_TABLE,
     HOST_NS,
     HOSTS_HEADER,
     ZERO_MAC,
     Address,
     Bridge,
     Fdb,
+    HostsBlock,
     HostsFile,
     HostsTable,
     Key,
@@ -110,10 +113,18 @@ def build(spec: Spec, observed: ObservedState, host: str | None = None) -> dict[
     if problems:
         raise MachineError(problems)
     everywhere = allocate(whole, observed, host)
-    endpoints = [ep for ep in everywhere if machines.runs_here(ep.container, host)]
+    # A runtime container that is not running keeps its addresses and names
+    # (peers still list it), but nothing is made for it until it runs.
+    endpoints = [ep for ep in everywhere
+                 if machines.runs_here(ep.container, host) and ep.container.running]
     published = list(_published(spec, endpoints))
     table, forwarding = firewall.build(spec.project, spec.networks.values(), published)
     resources: list[Resource] = [r for r in (table, forwarding) if r is not None]
+    resources.extend(firewall.docker_user(
+        spec.project, spec.networks.values(),
+        (c.family for c in observed.foreign.nft_chains
+         if (c.table, c.name) == (DOCKER_USER_TABLE, DOCKER_USER_CHAIN)
+         and c.family in ("ip", "ip6"))))
     if table is not None and observed.foreign.nft_error:
         raise MachineError([Problem(
             None, "bridge networks need nftables for isolation, masquerade and published "
@@ -132,7 +143,7 @@ def build(spec: Spec, observed: ObservedState, host: str | None = None) -> dict[
     # Members on other machines are named too: an overlay spans the machines.
     tables = HostsTables(spec.project, hosts_lines(everywhere))
     for container in spec.containers.values():
-        if container.network_mode == NetworkMode.HOST:
+        if container.network_mode == NetworkMode.HOST or not container.running:
             continue
         own = by_container.get(container.name, [])
         resources.extend(_container(spec, container, own, tables))
@@ -329,6 +340,9 @@ def _container(
         table = tables.of(container)
         yield table
         yield HostsFile(container.netns, f"../{tables_dir(spec.project)}/{table.name}")
+    if container.hosts_path:
+        yield HostsBlock(spec.project, container.name, tables.names_of(container), ns,
+                         container.hosts_path)
     for ep in own:
         link: Veth | Sublink
         if ep.network.driver in SUBLINK_DRIVERS:
@@ -437,11 +451,21 @@ class HostsTables:
         self.lines = lines
         self.made: dict[tuple[str, ...], HostsTable] = {}
 
-    def of(self, container: Container) -> HostsTable:
-        networks = tuple(sorted(
+    @staticmethod
+    def _networks(container: Container) -> tuple[str, ...]:
+        return tuple(sorted(
             {a.network for a in container.attachments}
             if container.network_mode == NetworkMode.BRIDGE else set()
         ))
+
+    def names_of(self, container: Container) -> str:
+        """The lines naming the container and its peers, without the table's
+        header and localhost (for an engine's hosts file, which has those)."""
+        return "".join(line + "\n" for network in self._networks(container)
+                       for line in self.lines.get(network, []))
+
+    def of(self, container: Container) -> HostsTable:
+        networks = self._networks(container)
         table = self.made.get(networks)
         if table is None:
             table = self.made[networks] = self._make(networks)

@@ -82,6 +82,13 @@ def netns_paths(spec: Spec) -> list[str]:
     return sorted({c.netns_path for c in spec.containers.values() if c.netns_path})
 
 
+def hosts_blocks(spec: Spec) -> dict[str, tuple[str, str]]:
+    """Container name -> (its engine's hosts file, its namespace) for the
+    resolved runtime containers of the spec."""
+    return {c.name: (c.hosts_path, c.netns_path) for c in spec.containers.values()
+            if c.hosts_path and c.netns_path and c.running}
+
+
 @dataclass(frozen=True)
 class Snapshot:
     observed: ObservedState
@@ -129,7 +136,8 @@ def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> Obse
     share = machines.share(spec, host)
     with no_gc_pauses():
         return observe(
-            kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share)
+            kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share),
+            hosts_blocks(share),
         )
 
 

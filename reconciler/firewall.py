@@ -36,7 +36,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.model import Driver, IPAddress, Network, Port
-from reconciler.resources import Firewall, Rule, Sysctl, canonical
+from reconciler.resources import (
+    DOCKER_USER_CHAIN,
+    DOCKER_USER_TABLE,
+    DockerUser,
+    Firewall,
+    Rule,
+    Sysctl,
+    canonical,
+    docker_user_comment,
+)
 
 FAMILY = "inet"
 IP_FORWARD = "net/ipv4/ip_forward"
@@ -110,6 +119,44 @@ def build(
             IP_FORWARD, "1", why="IPv4 forwarding, for network " + ", ".join(routed)
         )
     return firewall, forwarding
+
+
+def docker_user(
+    project: str, networks: Iterable[Network], families: Iterable[str]
+) -> list[DockerUser]:
+    """Where Docker's chain DOCKER-USER exists (`families`: "ip", "ip6"), the
+    project's rules there: accept what enters or leaves its bridges, so that
+    Docker's FORWARD policy drop (and br_netfilter, which hands bridged frames
+    to the same hook) leaves the project's traffic to the project's own table.
+    Docker's documented way to coexist ("Docker and iptables": DOCKER-USER)."""
+    bridges = [n for n in networks if n.driver in (Driver.BRIDGE, Driver.OVERLAY)]
+    if not bridges:
+        return []
+    rules: list[Rule] = []
+    for net in bridges:
+        for key, way in (("iifname", "from"), ("oifname", "to")):
+            rules.append(Rule.of(
+                DOCKER_USER_CHAIN, docker_user_comment(project, f"{net.name}: {way} its bridge"),
+                [_meta(key, net.interface), ACCEPT]))
+    return [DockerUser(family, tuple(rules)) for family in sorted(set(families))]
+
+
+def docker_user_commands(
+    before: DockerUser | None, after: DockerUser | None
+) -> list[dict[str, Any]]:
+    """One transaction: the project's old rules out (by handle), the new ones in
+    at the top of the chain, before Docker's own RETURN."""
+    out: list[dict[str, Any]] = []
+    res = after or before
+    assert res is not None
+    where = {"family": res.family, "table": DOCKER_USER_TABLE, "chain": DOCKER_USER_CHAIN}
+    for handle in before.handles if before else ():
+        out.append({"delete": {"rule": {**where, "handle": handle}}})
+    # Each insert goes to the top: insert in reverse to keep the rules' order.
+    for rule in reversed(after.rules if after else ()):
+        out.append({"insert": {"rule": {**where, "expr": rule.to_json()["expr"],
+                                        "comment": rule.comment}}})
+    return out
 
 
 def localnet_bridges(published: Iterable[Published]) -> set[str]:

@@ -5,6 +5,7 @@ same packets: a drop in any table is final, whatever netapply's table accepts.
 
 from __future__ import annotations
 
+from reconciler.resources import DOCKER_USER_CHAIN, DOCKER_USER_TABLE
 from reconciler.state.observe import Foreign, NftChain
 
 # (manager, table names that are its own, chain name prefixes it uses)
@@ -51,7 +52,14 @@ def notes(foreign: Foreign, filtering: bool) -> list[str]:
         f"{', '.join(sorted(tables))}); a drop there is final, whatever netapply accepts"
         for manager, tables in sorted(seen.items())
     ]
-    out.extend(_policy_note(c) for c in foreign.nft_chains if _drops_forwarding(c))
+    # Where Docker's DOCKER-USER chain is beside a dropping FORWARD chain, the
+    # project's own accept rules there let its bridges through (desired.py).
+    user = {c.family for c in foreign.nft_chains
+            if (c.table, c.name) == (DOCKER_USER_TABLE, DOCKER_USER_CHAIN)}
+    for c in foreign.nft_chains:
+        if _drops_forwarding(c):
+            out.append(_docker_user_note(c) if c.table == DOCKER_USER_TABLE
+                       and c.family in user else _policy_note(c))
     return out
 
 
@@ -69,6 +77,14 @@ def forwarding_note(observed_value: str | None, wanted: bool) -> str | None:
         "IPv4 forwarding is off on this machine and apply switches it on for good; from then "
         "on the machine also routes between its other interfaces unless a firewall drops "
         "that traffic (Docker sets its FORWARD policy to drop for this reason)"
+    )
+
+
+def _docker_user_note(chain: NftChain) -> str:
+    return (
+        f"chain {chain.family} {chain.table} {chain.name} drops forwarded packets by default "
+        f"(Docker's policy); netapply lets the project's bridges through with its own accept "
+        f"rules in {DOCKER_USER_CHAIN}, the chain Docker keeps for users"
     )
 
 

@@ -35,8 +35,9 @@ from reconciler.resources import (
 # comes first so that isolation holds before any link exists, and forwarding is
 # switched on only once the firewall is in place; on removal the table goes last.
 KIND_ORDER = (
-    Kind.FIREWALL, Kind.SYSCTL, Kind.NETNS, Kind.BRIDGE, Kind.VETH, Kind.SUBLINK, Kind.VXLAN,
-    Kind.FDB, Kind.NEIGH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS_TABLE, Kind.HOSTS, Kind.LEFTOVER,
+    Kind.FIREWALL, Kind.DOCKER_USER, Kind.SYSCTL, Kind.NETNS, Kind.BRIDGE, Kind.VETH,
+    Kind.SUBLINK, Kind.VXLAN, Kind.FDB, Kind.NEIGH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS_TABLE,
+    Kind.HOSTS, Kind.HOSTS_BLOCK, Kind.LEFTOVER,
 )
 RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
 

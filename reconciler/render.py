@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from rich.markup import escape
 
@@ -39,7 +39,10 @@ def notes_text(notes: Iterable[str]) -> str:
     return "\n".join(f"[yellow]note:[/yellow] {escape(note)}" for note in notes)
 
 
-def plan_text(plan: Plan, project: str, notes: Iterable[str] = ()) -> str:
+def plan_text(plan: Plan, project: str, notes: Iterable[str] = (),
+              labels: Mapping[str, str] | None = None) -> str:
+    """The plan grouped by namespace; `labels` names namespaces better than
+    their path (a runtime container's /proc/PID/ns/net)."""
     shown = notes_text(notes)
     if plan.empty:
         return (shown + "\n" if shown else "") + (
@@ -49,7 +52,7 @@ def plan_text(plan: Plan, project: str, notes: Iterable[str] = ()) -> str:
     lines = [shown, ""] if shown else []
     lines += [f"netapply will perform these actions for project '{escape(project)}':", ""]
     for ns, changes in _grouped(plan.changes).items():
-        lines.append(f"  [bold]# {escape(ns_label(ns))}[/bold]")
+        lines.append(f"  [bold]# {escape(_label(ns, labels))}[/bold]")
         for change in changes:
             symbol, colour = SYMBOL[change.action]
             lines.append(
@@ -69,7 +72,13 @@ def plan_text(plan: Plan, project: str, notes: Iterable[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def state_text(resources: Iterable[Resource], project: str) -> str:
+def _label(ns: str, labels: Mapping[str, str] | None) -> str:
+    label = (labels or {}).get(ns)
+    return f"{label}, {ns}" if label else ns_label(ns)
+
+
+def state_text(resources: Iterable[Resource], project: str,
+               labels: Mapping[str, str] | None = None) -> str:
     items = [r for r in resources if not is_shared(r)]
     if not items:
         return f"Project '{escape(project)}' owns nothing on this machine."
@@ -78,7 +87,7 @@ def state_text(resources: Iterable[Resource], project: str) -> str:
         groups.setdefault(res.ns, []).append(res)
     lines = [f"Owned by project '{escape(project)}':"]
     for ns in sorted(groups, key=_group_order):
-        lines.append(f"  [bold]# {escape(ns_label(ns))}[/bold]")
+        lines.append(f"  [bold]# {escape(_label(ns, labels))}[/bold]")
         for res in sorted(groups[ns], key=lambda r: (RANK[r.kind], r.key)):
             lines.append(f"    {escape(res.title())}{_details(res)}")
     return "\n".join(lines)
@@ -96,3 +105,17 @@ def _details(res: Resource) -> str:
         if f.compare and f.name in SHOWN_FIELDS:
             shown.append(f"{f.name}={getattr(res, f.name)}")
     return f"  [dim]{escape(' '.join(shown))}[/dim]" if shown else ""
+
+
+def runtimes_text(entries: Iterable[Mapping[str, object]]) -> str:
+    """The spec's runtime containers: engine, name, short id, or why skipped."""
+    lines = []
+    for e in entries:
+        where = f"{e['runtime']} container {e['name']}"
+        if e["attached"]:
+            lines.append(f"  {escape(str(e['container']))}: {escape(where)} "
+                         f"({escape(str(e['id']))}), attached at {escape(str(e['netns_path']))}")
+        else:
+            lines.append(f"  {escape(str(e['container']))}: [yellow]{escape(str(e['why']))}"
+                         "[/yellow]")
+    return "Runtime containers:\n" + "\n".join(lines) if lines else ""

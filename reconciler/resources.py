@@ -25,6 +25,7 @@ HOSTS_HEADER = "# managed by netapply project "
 
 class Kind(StrEnum):
     FIREWALL = "firewall"
+    DOCKER_USER = "docker-user"
     SYSCTL = "sysctl"
     NETNS = "netns"
     BRIDGE = "bridge"
@@ -37,6 +38,7 @@ class Kind(StrEnum):
     ROUTE = "route"
     HOSTS_TABLE = "hosts-table"
     HOSTS = "hosts"
+    HOSTS_BLOCK = "hosts-block"
     LEFTOVER = "leftover"
 
 
@@ -427,6 +429,75 @@ class HostsFile:
         return f"hosts file /etc/netns/{self.netns}/hosts"
 
 
+def hosts_block_markers(project: str) -> tuple[str, str]:
+    """The first and last line of a project's block in an engine's hosts file."""
+    return (f"# BEGIN netapply project {project} (managed: changes here are overwritten)",
+            f"# END netapply project {project}")
+
+
+def splice_hosts_block(text: str, project: str, lines: str | None) -> str:
+    """text with the project's block replaced by `lines` (appended when there was
+    none; removed when lines is None). What the engine wrote stays as it was."""
+    begin, end = hosts_block_markers(project)
+    kept: list[str] = []
+    inside = False
+    for line in text.splitlines(keepends=True):
+        bare = line.rstrip("\n")
+        if bare == begin:
+            inside = True
+        elif inside and bare == end:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    out = "".join(kept)
+    if out and not out.endswith("\n"):
+        out += "\n"
+    if lines is not None:
+        out += f"{begin}\n{lines}{end}\n"
+    return out
+
+
+def hosts_block_of(text: str, project: str) -> str | None:
+    """The lines of the project's block in text, None when it has none."""
+    begin, end = hosts_block_markers(project)
+    found: list[str] | None = None
+    for line in text.splitlines(keepends=True):
+        bare = line.rstrip("\n")
+        if found is None:
+            if bare == begin:
+                found = []
+        elif bare == end:
+            return "".join(found)
+        else:
+            found.append(line)
+    return None  # no block, or one cut short: rewritten whole
+
+
+@dataclass(frozen=True)
+class HostsBlock:
+    """The DNS names of a runtime container (and its peers), as a marked block in
+    the hosts file its engine gave it (Docker's and Podman's `HostsPath`), which
+    the engine bind-mounts by inode: written in place, the engine's lines kept."""
+
+    kind: ClassVar[Kind] = Kind.HOSTS_BLOCK
+    project: str
+    container: str
+    content: str  # the lines between the markers
+    ns: str = field(compare=False)  # the container's namespace (for grouping in plans)
+    path: str = field(compare=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.container)
+
+    @property
+    def deps(self) -> tuple[Dep, ...]:
+        return ()
+
+    def title(self) -> str:
+        return f"hosts block in {self.path}"
+
+
 @dataclass(frozen=True)
 class Leftover:
     """An unmarked link under the project's staging prefix: a create that was
@@ -505,6 +576,37 @@ class Firewall(_HostWide):
         return f"nftables table inet {self.table} ({len(self.rules)} rules)"
 
 
+DOCKER_USER_TABLE = "filter"
+DOCKER_USER_CHAIN = "DOCKER-USER"
+
+
+def docker_user_comment(project: str, what: str) -> str:
+    """The mark of a project's rule in DOCKER-USER: `netapply/<project>: <what>`."""
+    return f"{ALIAS_PREFIX}/{project}: {what}"[:COMMENT_MAX]
+
+
+@dataclass(frozen=True)
+class DockerUser(_HostWide):
+    """The project's accept rules in Docker's DOCKER-USER chain (nftables table
+    `<family> filter`, as iptables-nft makes it), the chain Docker reserves for
+    users' rules: where Docker's FORWARD policy drops, they let the project's
+    bridges forward, and the project's own table does the filtering. Each rule's
+    comment marks it as the project's; nothing else of Docker's is touched."""
+
+    kind: ClassVar[Kind] = Kind.DOCKER_USER
+    family: str  # "ip", or "ip6" where Docker made that chain too
+    rules: tuple[Rule, ...]
+    handles: tuple[int, ...] = field(default=(), compare=False)  # as observed
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.family)
+
+    def title(self) -> str:
+        return (f"{len(self.rules)} accept rule(s) in {DOCKER_USER_CHAIN} "
+                f"({self.family} {DOCKER_USER_TABLE})")
+
+
 @dataclass(frozen=True)
 class Sysctl(_HostWide):
     """A machine-wide setting the spec needs. Shared with everything else on the
@@ -526,8 +628,8 @@ class Sysctl(_HostWide):
 
 
 Resource = (
-    Firewall | Sysctl | Netns | Bridge | Veth | Sublink | Vxlan | Fdb | Neigh | Address | Route
-    | HostsTable | HostsFile | Leftover
+    Firewall | DockerUser | Sysctl | Netns | Bridge | Veth | Sublink | Vxlan | Fdb | Neigh
+    | Address | Route | HostsTable | HostsFile | HostsBlock | Leftover
 )
 State = Mapping[Key, Resource]
 

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,13 +42,13 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from reconciler import engine, firewall, lock, machines, yamlsource
+from reconciler import engine, firewall, lock, machines, runtimes, yamlsource
 from reconciler import spec as spec_mod
 from reconciler.drivers.events import KernelEvents
 from reconciler.drivers.kernel import NETNS_DIR
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import NetapplyError, SpecError
-from reconciler.model import Spec
+from reconciler.model import Runtime, Spec
 from reconciler.planner import Action, Change
 from reconciler.resources import Netns, Sublink, Veth
 
@@ -74,6 +74,7 @@ class Options:
     resync: float = 60.0
     log_format: str = "auto"  # auto: text on a terminal, JSON lines otherwise
     lock_timeout: float = 30.0
+    engine_urls: Mapping[Runtime, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,6 +172,12 @@ class Watcher:
         self.dir_watch: ObservedWatch | None = None
         self.dir_target: tuple[str, int] | None = None
         self.host_said: str | None = None
+        self.resolver = runtimes.Resolver(options.engine_urls)
+        self.engine_events = runtimes.EngineEvents(
+            self.resolver.urls, self._put("engine"),
+            lambda text: self.log.line("error", text, error=text),
+            lambda text: self.log.line("engine", text))
+        self.notes_said: tuple[str, ...] = ()
 
     # ---- triggers --------------------------------------------------------------
 
@@ -254,6 +261,7 @@ class Watcher:
                         kernel_events.start()
                     netns_events.owned = {ns for ns in self.owned_netns if "/" not in ns}
                     kernel_events.watch(self.owned_netns)
+                    self.engine_events.follow(runtime_names(self.last_good))
                 # Every reconcile is a full one, so the resync timer starts anew.
                 wait, reason = self.options.resync, "resync"
                 if backoff and backoff < wait:
@@ -265,6 +273,8 @@ class Watcher:
             observer.stop()
             if kernel_events is not None:
                 kernel_events.stop()
+            self.engine_events.stop()
+            self.resolver.close()
             observer.join(timeout=2)
         self.log.line("stop", "stopped", reconciles=self.reconciles)
         return 0
@@ -349,6 +359,12 @@ class Watcher:
                 self.log.line("host", f"this machine is host '{host}' ({chosen.why})",
                               host=host, why=chosen.why)
                 self.host_said = host
+            resolution = self.resolver.resolve(spec, host)
+            if resolution.notes != self.notes_said:
+                for note in resolution.notes:
+                    self.log.line("runtime", note, note=note)
+                self.notes_said = resolution.notes
+            spec = resolution.spec
             with lock.project_lock(spec.project, self.options.lock_timeout):
                 snap = engine.snapshot(kernel, spec, host=host)
                 if not snap.plan.empty:
@@ -372,6 +388,15 @@ class Watcher:
         finally:
             if kernel is not None:
                 kernel.close()
+
+
+def runtime_names(spec: Spec) -> dict[Runtime, frozenset[str]]:
+    """The engines' names of the spec's runtime containers, by engine."""
+    names: dict[Runtime, set[str]] = {}
+    for c in spec.containers.values():
+        if c.runtime is not None:
+            names.setdefault(c.runtime, set()).add(c.engine_name)
+    return {runtime: frozenset(found) for runtime, found in names.items()}
 
 
 def run(options: Options) -> int:

@@ -669,6 +669,14 @@ class MemoryKernel:
         self.symlinks.pop(path, None)
         self.files[path] = content
 
+    def rewrite_file(self, path: str, content: str) -> None:
+        self.writes += 1
+        if path in self.symlinks:
+            raise KernelError(f"rewrite {path}", errno.ELOOP)
+        if path not in self.files:
+            raise KernelError(f"rewrite {path}", errno.ENOENT)
+        self.files[path] = content
+
     def write_link(self, path: str, target: str) -> None:
         self.writes += 1
         self.files.pop(path, None)
@@ -688,6 +696,7 @@ class _Ruleset:
 
     def __init__(self) -> None:
         self.tables: dict[tuple[str, str], tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+        self.handles = itertools.count(1)  # the kernel numbers rules, never reusing a number
 
     def listing(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -702,6 +711,7 @@ class _Ruleset:
         """A copy with the commands applied, or KernelError and no change."""
         new = _Ruleset()
         new.tables = {key: (list(c), list(r)) for key, (c, r) in self.tables.items()}
+        new.handles = self.handles
         for command in commands:
             ((verb, body),) = command.items()
             ((kind, obj),) = body.items()
@@ -714,10 +724,17 @@ class _Ruleset:
             elif verb == "add" and kind == "chain" and table is not None:
                 if all(chain["name"] != obj["name"] for chain in table[0]):
                     table[0].append(dict(obj))
-            elif verb == "add" and kind == "rule" and table is not None and any(
+            elif verb in ("add", "insert") and kind == "rule" and table is not None and any(
                 chain["name"] == obj["chain"] for chain in table[0]
             ):
-                table[1].append(dict(obj))
+                rule = {**obj, "handle": next(new.handles)}
+                first = next((i for i, r in enumerate(table[1]) if r["chain"] == obj["chain"]),
+                             len(table[1]))
+                table[1].insert(first if verb == "insert" else len(table[1]), rule)
+            elif verb == "delete" and kind == "rule" and table is not None and any(
+                r["handle"] == obj["handle"] and r["chain"] == obj["chain"] for r in table[1]
+            ):
+                table[1][:] = [r for r in table[1] if r["handle"] != obj["handle"]]
             else:
                 raise KernelError(what, 0, f"Could not process rule: No such file or directory: "
                                            f"{verb} {kind}")

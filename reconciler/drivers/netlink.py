@@ -13,6 +13,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -419,6 +420,27 @@ class NetlinkKernel:
             os.chmod(tmp, 0o644)
 
         self._install(path, f"write {path}", make)
+
+    def rewrite_file(self, path: str, content: str) -> None:
+        self.writes += 1
+        self.file_writes += 1
+        data = content.encode()
+        try:
+            # O_NONBLOCK: a FIFO put there must not hang the apply.
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise KernelError(f"rewrite {path}", e.errno or errno.EIO) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KernelError(f"rewrite {path}: not a regular file", errno.EINVAL)
+            os.ftruncate(fd, 0)
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], written)
+        except OSError as e:
+            raise KernelError(f"rewrite {path}", e.errno or errno.EIO) from None
+        finally:
+            os.close(fd)
 
     def write_link(self, path: str, target: str) -> None:
         self._install(path, f"link {path}", lambda tmp: os.symlink(target, tmp))

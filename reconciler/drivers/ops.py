@@ -7,6 +7,7 @@ marks (interface aliases) are written right after each create.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from reconciler import firewall
@@ -15,8 +16,10 @@ from reconciler.errors import InternalError, KernelError
 from reconciler.resources import (
     Address,
     Bridge,
+    DockerUser,
     Fdb,
     Firewall,
+    HostsBlock,
     HostsFile,
     HostsTable,
     Leftover,
@@ -29,6 +32,7 @@ from reconciler.resources import (
     Veth,
     Vxlan,
     owner_alias,
+    splice_hosts_block,
     staging_ifname,
 )
 
@@ -45,6 +49,8 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
     a wanted name: only a leftover that the next apply recognises and removes."""
     if isinstance(res, Firewall):
         kernel.nft_apply(firewall.commands(res), f"write nftables table inet {res.table}")
+    elif isinstance(res, DockerUser):
+        kernel.nft_apply(firewall.docker_user_commands(None, res), f"add {res.title()}")
     elif isinstance(res, Sysctl):
         kernel.sysctl_set(res.name, res.value)
     elif isinstance(res, Netns):
@@ -100,8 +106,23 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         kernel.write_file(res.path, res.content)
     elif isinstance(res, HostsFile):
         kernel.write_link(hosts_path(res.netns), res.link)
+    elif isinstance(res, HostsBlock):
+        _splice(kernel, res)
     else:  # pragma: no cover - the Resource union is closed
         raise InternalError(f"no create for {res!r}")
+
+
+def _splice(kernel: Kernel, block: HostsBlock, remove: bool = False) -> None:
+    """Put the project's block into an engine's hosts file (or take it out), in
+    place: the engine bind-mounts that file by inode. A file that is gone (its
+    container removed meanwhile) needs no block."""
+    text = kernel.read_file(block.path)
+    if text is None:
+        if remove:
+            return
+        raise KernelError(f"write the hosts block into {block.path}", errno.ENOENT)
+    lines = None if remove else block.content
+    kernel.rewrite_file(block.path, splice_hosts_block(text, block.project, lines))
 
 
 def localnet_sysctl(ifname: str) -> str:
@@ -112,6 +133,8 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
     if isinstance(before, Firewall) and isinstance(after, Firewall):
         # The whole table, in one transaction: never half a ruleset.
         kernel.nft_apply(firewall.commands(after), f"replace nftables table inet {after.table}")
+    elif isinstance(before, DockerUser) and isinstance(after, DockerUser):
+        kernel.nft_apply(firewall.docker_user_commands(before, after), f"replace {after.title()}")
     elif isinstance(before, Sysctl) and isinstance(after, Sysctl):
         kernel.sysctl_set(after.name, after.value)
     elif isinstance(before, Netns) and isinstance(after, Netns):
@@ -145,6 +168,8 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
         kernel.write_file(after.path, after.content)
     elif isinstance(before, HostsFile) and isinstance(after, HostsFile):
         kernel.write_link(hosts_path(after.netns), after.link)
+    elif isinstance(before, HostsBlock) and isinstance(after, HostsBlock):
+        _splice(kernel, after)
     else:
         raise InternalError(f"no in-place update from {before!r} to {after!r}")
 
@@ -207,6 +232,8 @@ def _delete(kernel: Kernel, res: Resource) -> None:
     if isinstance(res, Firewall):
         kernel.nft_apply(firewall.delete_commands(res.table),
                          f"delete nftables table inet {res.table}")
+    elif isinstance(res, DockerUser):
+        kernel.nft_apply(firewall.docker_user_commands(res, None), f"delete {res.title()}")
     elif isinstance(res, Sysctl):
         pass  # shared with the machine: never reverted (the planner does not ask)
     elif isinstance(res, Netns):
@@ -233,6 +260,8 @@ def _delete(kernel: Kernel, res: Resource) -> None:
         kernel.remove_file(res.path)
     elif isinstance(res, HostsFile):
         kernel.remove_file(hosts_path(res.netns))
+    elif isinstance(res, HostsBlock):
+        _splice(kernel, res, remove=True)
     elif isinstance(res, Leftover):
         kernel.link_del(res.ns, res.ifname)
     else:  # pragma: no cover

@@ -9,7 +9,7 @@ name, as foreign, so that a desired name that collides with it is an error.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler import firewall, model
@@ -24,13 +24,17 @@ from reconciler.drivers.kernel import (
 from reconciler.drivers.ops import LOOPBACK, hosts_path, localnet_sysctl
 from reconciler.errors import KernelError
 from reconciler.resources import (
+    DOCKER_USER_CHAIN,
+    DOCKER_USER_TABLE,
     HOST_NS,
     HOSTS_HEADER,
     RTPROT_NETAPPLY,
     Address,
     Bridge,
+    DockerUser,
     Fdb,
     Firewall,
+    HostsBlock,
     HostsFile,
     HostsTable,
     Key,
@@ -46,6 +50,8 @@ from reconciler.resources import (
     Veth,
     Vxlan,
     canonical,
+    docker_user_comment,
+    hosts_block_of,
     is_staging_name,
     owner_alias,
     tables_dir,
@@ -138,12 +144,15 @@ SYSCTLS = (firewall.IP_FORWARD,)
 
 
 def observe(
-    kernel: Kernel, project: str, paths: Iterable[str] = (), kinds: Iterable[str] = ()
+    kernel: Kernel, project: str, paths: Iterable[str] = (), kinds: Iterable[str] = (),
+    blocks: Mapping[str, tuple[str, str]] | None = None,
 ) -> ObservedState:
     """Read the project's objects. `paths` are netns_path namespaces from the spec,
     which cannot be discovered from the kernel alone (their veths can: the host
     end is in the host namespace, and deleting it removes the pair). `kinds` are
-    link kinds the spec needs, checked for support without making a link."""
+    link kinds the spec needs, checked for support without making a link.
+    `blocks`: container name -> (hosts file of its engine, its namespace), the
+    files of running runtime containers, which may hold the project's block."""
     scan = _Scan(project, kernel)
     _scan_host(scan)
     for name in SYSCTLS:
@@ -171,6 +180,12 @@ def observe(
             missing.add(path)
     _pair_veths(scan)
     foreign_hosts = _scan_hosts_files(scan)
+    for container, (path, ns) in sorted((blocks or {}).items()):
+        text = kernel.read_file(path)
+        lines = None if text is None else hosts_block_of(text, project)
+        if lines is not None:
+            block = HostsBlock(project, container, lines, ns, path)
+            scan.resources[block.key] = block
     return ObservedState(
         resources=scan.resources,
         foreign=Foreign(
@@ -323,6 +338,9 @@ def _scan_nft(scan: _Scan) -> _Nft:
     rules: list[Rule] = []
     tables: list[tuple[str, str]] = []
     chains: list[NftChain] = []
+    # The project's rules in Docker's DOCKER-USER chain, by family: (rules, handles).
+    docker_user: dict[str, tuple[list[Rule], list[int]]] = {}
+    mark = docker_user_comment(scan.project, "")
     for item in items:
         if not (isinstance(item, dict) and len(item) == 1):
             continue  # not an object of the ruleset (a newer nft's extra entry)
@@ -341,6 +359,13 @@ def _scan_nft(scan: _Scan) -> _Nft:
             if kind == "chain":
                 chains.append(NftChain(*table, body.get("name", ""), body.get("hook"),
                                        body.get("policy")))
+            elif (kind == "rule" and table[1] == DOCKER_USER_TABLE
+                  and body.get("chain") == DOCKER_USER_CHAIN
+                  and str(body.get("comment", "")).startswith(mark)):
+                theirs = docker_user.setdefault(table[0], ([], []))
+                theirs[0].append(Rule.of(DOCKER_USER_CHAIN, body["comment"],
+                                         body.get("expr", [])))
+                theirs[1].append(int(body.get("handle", 0)))
         elif kind == "rule":
             rules.append(Rule.of(body.get("chain", ""), body.get("comment", ""),
                                  body.get("expr", [])))
@@ -349,6 +374,10 @@ def _scan_nft(scan: _Scan) -> _Nft:
     if found:
         res = Firewall(own[1], tuple(shape), tuple(rules))
         scan.resources[res.key] = res
+    for family, (marked, handles) in docker_user.items():
+        # Listed top to bottom, as they were inserted.
+        user = DockerUser(family, tuple(marked), tuple(handles))
+        scan.resources[user.key] = user
     return _Nft(tuple(tables), tuple(chains))
 
 

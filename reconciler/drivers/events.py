@@ -28,7 +28,7 @@ from reconciler.drivers import rtnl
 from reconciler.drivers.kernel import NETNS_DIR, NUD_NOARP, NUD_PERMANENT
 from reconciler.drivers.netlink import in_namespace
 from reconciler.errors import KernelError
-from reconciler.resources import owner_alias
+from reconciler.resources import DOCKER_USER_CHAIN, DOCKER_USER_TABLE, owner_alias
 
 RTNLGRP_LINK, RTNLGRP_NEIGH = 1, 3
 RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE = 5, 7
@@ -40,6 +40,11 @@ NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
 NFGENMSG_SIZE = 4
 NFTA_NAME = 1  # the table's name: NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, ...
+NFTA_RULE_CHAIN = 2
+NFTA_CHAIN_NAME = 3
+# nf_tables.h message types (the low byte of the netlink message type)
+NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN = 2, 3, 5
+NFT_MSG_NEWRULE, NFT_MSG_DELRULE = 6, 8
 STATIC = NUD_NOARP | NUD_PERMANENT
 HOST = ""
 NFT = "\0nftables"  # the nftables socket's key among the namespaces' ones
@@ -248,12 +253,23 @@ class KernelEvents:
         return None
 
     def _nft_relevant(self, message: bytes, kind: int) -> str | None:
+        """The project's table, or Docker's DOCKER-USER chain (where the project
+        keeps accept rules), or the table holding it, changed."""
         if kind >> 8 != NFNL_SUBSYS_NFTABLES:
             return None
-        for key, value in rtnl.attrs(message, rtnl.HEADER.size + NFGENMSG_SIZE):
-            if key == NFTA_NAME:
-                name = bytes(value).split(b"\0", 1)[0].decode(errors="replace")
-                return f"table {name} changed" if name == self.nft_table else None
+        texts = {key: bytes(value).split(b"\0", 1)[0].decode(errors="replace")
+                 for key, value in rtnl.attrs(message, rtnl.HEADER.size + NFGENMSG_SIZE)
+                 if key in (NFTA_NAME, NFTA_RULE_CHAIN, NFTA_CHAIN_NAME)}
+        name = texts.get(NFTA_NAME)
+        if name == self.nft_table:
+            return f"table {name} changed"
+        if name != DOCKER_USER_TABLE:
+            return None
+        msg = kind & 0xFF
+        chain = {NFT_MSG_NEWCHAIN: NFTA_CHAIN_NAME, NFT_MSG_DELCHAIN: NFTA_CHAIN_NAME,
+                 NFT_MSG_NEWRULE: NFTA_RULE_CHAIN, NFT_MSG_DELRULE: NFTA_RULE_CHAIN}.get(msg)
+        if msg == NFT_MSG_DELTABLE or (chain and texts.get(chain) == DOCKER_USER_CHAIN):
+            return f"{DOCKER_USER_CHAIN} changed"
         return None
 
 

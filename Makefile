@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SANDBOX := scripts/sandbox
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo demo-overlay test test-long lint unit bench clean
+.PHONY: all deps venv demo demo-overlay test test-long lint unit wheel-check bench clean
 
 all: test
 
@@ -56,7 +56,12 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q -m "not kernel"
 
-test: deps venv lint
+# The committed tree as a wheel in a fresh venv, run from outside the checkout
+# (it needs the package index for the wheel's dependencies); see the script.
+wheel-check: deps
+	PYTHON=$(PYTHON) scripts/wheel-check
+
+test: deps venv lint wheel-check
 	$(SANDBOX) $(BIN)/pytest -q
 
 # The property-based tests explored much deeper (tens of minutes).

@@ -3,22 +3,34 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SANDBOX := scripts/sandbox
-APT_PACKAGES := iproute2 iputils-ping util-linux nftables
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo demo-overlay test test-long lint unit bench clean
+.PHONY: all deps venv demo demo-overlay test test-long lint unit wheel-check bench clean
 
 all: test
 
-# System packages the demo and tests use (ip, ping, unshare, nft), installed only when missing.
+# System packages the demo and tests use (ip, ping, unshare, nft; dockerd, podman,
+# runc and a static busybox for the container engine tests), installed only when
+# missing. A policy-rc.d that refuses every start is in place during the install
+# (unless the machine has its own): installing docker.io must not start dockerd
+# here, which would change this machine's network (docker0, its firewall rules).
+POLICY_RC := /usr/sbin/policy-rc.d
 deps:
 	@missing=""; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
+	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
+	command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
+	test -x /bin/busybox || missing="$$missing busybox-static"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
+	  if [ ! -e $(POLICY_RC) ]; then \
+	    trap 'rm -f $(POLICY_RC)' EXIT; \
+	    printf '#!/bin/sh\nexit 101\n' > $(POLICY_RC) && chmod 0755 $(POLICY_RC); \
+	  fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
@@ -44,7 +56,12 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q -m "not kernel"
 
-test: deps venv lint
+# The committed tree as a wheel in a fresh venv, run from outside the checkout
+# (it needs the package index for the wheel's dependencies); see the script.
+wheel-check: deps
+	PYTHON=$(PYTHON) scripts/wheel-check
+
+test: deps venv lint wheel-check
 	$(SANDBOX) $(BIN)/pytest -q
 
 # The property-based tests explored much deeper (tens of minutes).

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
 import functools
+import importlib.resources
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path as FsPath
 from typing import Any
 
 import jsonschema
 import jsonschema.validators
 from jsonschema.exceptions import ValidationError
 
-from reconciler.errors import Problem, Where
+from reconciler.errors import InternalError, Problem, Where
 from reconciler.yamlsource import Document, Path, describe, locate, show
 
-SCHEMA_PATH = FsPath(__file__).resolve().parent.parent / "specs" / "netapply.schema.json"
+# Package data, so that it ships in the wheel and is found wherever the
+# package is installed (site-packages, a zip, an editable checkout).
+SCHEMA_PACKAGE, SCHEMA_RESOURCE = "reconciler", "netapply.schema.json"
 TEXT_HINT = "; quote it so YAML reads it as text"
 
 
@@ -34,13 +35,25 @@ def _ecma_pattern(
         yield ValidationError(f"does not match {pattern}")
 
 
+def document() -> dict[str, Any]:
+    """The JSON Schema of a spec document, as shipped in the package (a new copy each call)."""
+    resource = importlib.resources.files(SCHEMA_PACKAGE).joinpath(SCHEMA_RESOURCE)
+    try:
+        text = resource.read_text(encoding="utf-8")
+    except OSError as e:
+        # Only a broken installation gets here: the wheel ships the schema.
+        raise InternalError(
+            f"package {SCHEMA_PACKAGE}: cannot read {SCHEMA_RESOURCE}: {e.strerror or e}"
+        ) from None
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
 @functools.cache
 def _validator() -> Any:
-    with open(SCHEMA_PATH, encoding="utf-8") as stream:
-        schema = json.load(stream)
+    schema = document()
     # Files of a directory are validated one by one; version and project may
     # live in any of them, so their presence is checked after merging.
-    schema = copy.deepcopy(schema)
     schema.pop("required", None)
     extend: Any = jsonschema.validators.extend
     cls = extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})

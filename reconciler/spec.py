@@ -14,9 +14,7 @@ from reconciler.errors import Problem, SpecError
 from reconciler.model import Spec
 from reconciler.yamlsource import Document
 
-__all__ = ["SCHEMA_PATH", "Spec", "SpecError", "load", "load_text"]
-
-SCHEMA_PATH = schema.SCHEMA_PATH
+__all__ = ["Spec", "SpecError", "load", "load_text"]
 
 
 def load(path: str | os.PathLike[str]) -> Spec:

@@ -4,7 +4,6 @@ rejected reaches the kernel."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import tempfile
@@ -18,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
-from reconciler import cli, yamlsource
+from reconciler import cli, schema, yamlsource
 from reconciler.errors import SpecError
 from reconciler.spec import load, load_text
 from tests.kernelutil import kernel_snapshot, private_namespace, require_sandbox
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((REPO / "specs" / "netapply.schema.json").read_text())
+SCHEMA = schema.document()
 EXAMPLES = [p.read_text() for p in sorted(REPO.glob("examples/**/*.yaml"))]
 FILE = "fuzz.yaml"
 # What YAML gives meaning to, and what names and addresses are made of.

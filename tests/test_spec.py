@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from reconciler import spec
-from reconciler.errors import SpecError, Where
+from reconciler import schema, spec
+from reconciler.errors import InternalError, SpecError, Where
 from reconciler.model import Driver, NetworkMode, Port, Route, bridge_ifname
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,10 +175,17 @@ def test_spec_md_example_loads() -> None:
 
 
 def test_spec_md_example_validates_against_the_shipped_schema() -> None:
-    schema = json.loads((REPO / "specs" / "netapply.schema.json").read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.Draft202012Validator(schema).validate(yaml.safe_load(SPEC_EXAMPLE))
-    assert spec.SCHEMA_PATH == REPO / "specs" / "netapply.schema.json"
+    shipped = schema.document()
+    jsonschema.Draft202012Validator.check_schema(shipped)
+    jsonschema.Draft202012Validator(shipped).validate(yaml.safe_load(SPEC_EXAMPLE))
+    # Package data inside reconciler/, so that the wheel carries it.
+    assert json.loads((REPO / "reconciler" / "netapply.schema.json").read_text()) == shipped
+
+
+def test_a_missing_schema_is_an_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schema, "SCHEMA_RESOURCE", "absent.schema.json")
+    with pytest.raises(InternalError, match=r"package reconciler: cannot read absent\.schema"):
+        schema.document()
 
 
 def test_network_defaults_by_driver() -> None:

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SANDBOX := scripts/sandbox
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo demo-overlay test test-long lint unit wheel-check bench clean
+.PHONY: all deps venv demo demo-docker demo-overlay test test-long lint unit wheel-check bench clean
 
 all: test
 
@@ -45,6 +45,10 @@ $(STAMP): pyproject.toml
 demo: deps venv
 	$(SANDBOX) scripts/demo.sh
 
+# The seed example with real Docker containers (dockerd inside the sandbox).
+demo-docker: deps venv
+	$(SANDBOX) scripts/demo-docker.sh
+
 # Three machines in one sandbox sharing overlay networks (examples/overlay).
 demo-overlay: deps venv
 	$(SANDBOX) scripts/demo-overlay.sh
@@ -75,3 +79,4 @@ clean:
 bench: deps venv
 	$(BIN)/python bench/run.py
 	$(SANDBOX) env PYTHONPATH=. $(BIN)/python bench/watch_latency.py
+	$(SANDBOX) $(BIN)/python bench/runtimes.py

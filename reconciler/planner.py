@@ -15,6 +15,7 @@ from typing import Any
 from reconciler.resources import (
     HOST_NS,
     Bridge,
+    DockerUser,
     Firewall,
     Key,
     Kind,
@@ -89,7 +90,7 @@ class Change:
             "before": None if self.before is None else fields_json(self.before),
             "after": None if self.after is None else fields_json(self.after),
         }
-        if self.key[0] == Kind.FIREWALL:
+        if self.key[0] in (Kind.FIREWALL, Kind.DOCKER_USER):
             # The rule-level view, for pipelines that review firewall changes.
             changes = rule_changes(self.before, self.after)
             out["rules_added"] = [text for sign, text in changes if sign == "+"]
@@ -164,19 +165,20 @@ def _fmt(value: object, name: str = "") -> str:
 def rule_changes(before: Resource | None, after: Resource | None) -> list[tuple[str, str]]:
     """("+" or "-", rule text) for each firewall rule added or removed, in rule
     order: the rule-level view of a table that is replaced as a whole."""
-    old = before.rules if isinstance(before, Firewall) else ()
-    new = after.rules if isinstance(after, Firewall) else ()
+    old = before.rules if isinstance(before, Firewall | DockerUser) else ()
+    new = after.rules if isinstance(after, Firewall | DockerUser) else ()
     gone, added = set(old) - set(new), set(new) - set(old)
     return [("-", r.text()) for r in old if r in gone] + [("+", r.text()) for r in new
                                                           if r in added]
 
 
 def _update_reason(before: Resource, after: Resource) -> str:
-    if isinstance(before, Firewall) and isinstance(after, Firewall):
+    if isinstance(before, Firewall | DockerUser) and isinstance(after, Firewall | DockerUser):
         changes = rule_changes(before, after)
         added = sum(1 for sign, _ in changes if sign == "+")
         parts = [f"rules: {added} added, {len(changes) - added} removed"]
-        if before.chains != after.chains:
+        if isinstance(before, Firewall) and isinstance(after, Firewall) \
+                and before.chains != after.chains:
             parts.append("chains differ")
         return ", ".join(parts)
     parts = []

@@ -79,8 +79,10 @@ def test_other_firewall_managers_are_named_in_the_plan(
         "there is final, whatever netapply accepts",
         "note: firewalld also filters traffic on this machine (nftables table inet firewalld); "
         "a drop there is final, whatever netapply accepts",
-        "note: chain ip filter FORWARD drops forwarded packets by default (policy drop): "
-        "containers' traffic to other machines and published ports need accept rules there",
+        # Docker's chain for users is there: the project's accept rules go in it.
+        "note: chain ip filter FORWARD drops forwarded packets by default (Docker's policy); "
+        "netapply lets the project's bridges through with its own accept rules in "
+        "DOCKER-USER, the chain Docker keeps for users",
     ]
     assert out.splitlines()[3] == (
         "note: IPv4 forwarding is off on this machine and apply switches it on for good; from "

@@ -241,3 +241,15 @@ def test_observe_reads_only_the_projects_marked_rules() -> None:
     seen = observe(kernel, "rt").resources[(Kind.DOCKER_USER, "ip")]
     assert isinstance(seen, DockerUser)
     assert [r.comment for r in seen.rules] == ["netapply/rt: y"] and len(seen.handles) == 1
+
+
+def test_the_forward_drop_note_says_whether_netapply_can_get_through() -> None:
+    from reconciler import managers
+
+    with_user = managers.notes(Foreign(nft_chains=DOCKER_USER_CHAINS), filtering=True)
+    assert any("accept rules in DOCKER-USER" in n for n in with_user)
+    # Without Docker's chain for users (iptables-legacy, another manager), the
+    # drop is only named: the user must add accept rules there.
+    alone = managers.notes(Foreign(nft_chains=DOCKER_USER_CHAINS[:1]), filtering=True)
+    assert any("need accept rules there" in n for n in alone)
+    assert not any("DOCKER-USER" in n for n in alone)

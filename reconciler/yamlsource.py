@@ -94,10 +94,16 @@ def position(file: str, mark: yaml.Mark | None) -> Where:
     return Where(file, mark.line + 1, mark.column + 1)
 
 
-def parse(text: str, file: str) -> tuple[Document, list[Problem]]:
-    """Parse one YAML document. Problems are returned, never raised."""
+def parse(
+    text: str, file: str, loader_class: type[yaml.SafeLoader] = yaml.SafeLoader
+) -> tuple[Document, list[Problem]]:
+    """Parse one YAML document. Problems are returned, never raised.
+
+    loader_class: a SafeLoader subclass with other scalar rules (Compose files
+    are YAML 1.2); specs use the SafeLoader itself.
+    """
     try:
-        loader = yaml.SafeLoader(text)
+        loader = loader_class(text)
     except yaml.YAMLError as err:  # a character YAML does not allow
         return Document(file, ok=False), [_reader_problem(err, text, file)]
     try:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from reconciler import __version__, engine, lock, machines, render, runtimes
+from reconciler import __version__, compose, engine, lock, machines, render, runtimes
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
@@ -98,7 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("auto", "text", "json"), default="auto",
                    help="auto: text on a terminal, JSON lines otherwise")
     lock_timeout(p)
+    import_parser(sub)
     return parser
+
+
+def import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "print a netapply spec for the networking of another tool's file"
+    p = sub.add_parser("import", help=text, description=text)
+    p.add_argument("format", choices=("compose",), help="compose: a Docker Compose file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--project", metavar="NAME",
+                   help="the Compose project name (as docker compose -p; default: "
+                        "COMPOSE_PROJECT_NAME, the file's name:, or its directory)")
 
 
 def lock_timeout(p: argparse.ArgumentParser) -> None:
@@ -129,6 +140,8 @@ class Cli:
     def run(self) -> int:
         if self.args.command == "watch":
             return self.watch()
+        if self.args.command == "import":
+            return self.import_file()
         try:
             spec = spec_mod.load(self.args.spec)
             if self.args.command == "validate":
@@ -207,6 +220,30 @@ class Cli:
         return watch_mod.run(watch_mod.Options(
             path, self.args.host, self.args.debounce, self.args.resync, self.args.log_format,
             self.args.lock_timeout, self._engine_urls()))
+
+    def import_file(self) -> int:
+        """The spec on stdout (also when it does not validate, to be fixed by
+        hand), notes and problems on stderr; never the kernel."""
+        try:
+            imported = compose.import_file(self.args.file, self.args.project)
+        except SpecError as e:
+            for problem in e.problems:
+                self.err.print(f"[red]error:[/red] {escape(str(problem))}")
+            return EXIT_ERROR
+        except NetapplyError as e:
+            self.err.print(f"[red]error:[/red] {escape(str(e))}")
+            return EXIT_ERROR
+        sys.stdout.write(imported.text)
+        sys.stdout.flush()
+        for note in imported.notes:
+            self.err.print(f"note: {escape(note)}")
+        for problem in imported.problems:
+            self.err.print(f"[red]error:[/red] {escape(str(problem))}")
+        if imported.problems:
+            self.err.print("The imported spec does not validate: fix the lines named above "
+                           "(or the Compose file) before applying it.")
+            return EXIT_ERROR
+        return EXIT_OK
 
     def validate(self, spec: spec_mod.Spec) -> int:
         self.out.print(

@@ -31,7 +31,7 @@ import stat
 import subprocess
 import textwrap
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -858,9 +858,10 @@ class _Converter:
             else:
                 aliases = [a for a in (service, name) if a and a != key]
                 self._networks(block, base, raw, entries, networks, aliases)
-        if mode is not None and raw.get("ports"):
-            block.note(f"compose: {where}.ports: no ports are published with network_mode "
-                       f"{mode}")
+        for dropped in ("ports", "mac_address"):
+            if mode is not None and raw.get(dropped):
+                block.note(f"compose: {where}.{dropped}: no {dropped.replace('_', ' ')} with "
+                           f"network_mode {mode}")
         self._unsupported(block, where, raw)
         containers.set(key, block)
 
@@ -1115,15 +1116,20 @@ def _port(form: dict[str, Any]) -> tuple[str | None, str]:
 # --- the whole import ----------------------------------------------------------------
 
 
+HOW_TO_USE = ("Run the services with network_mode: none (a Compose override file, as in "
+              "netapply's examples/compose), then netapply apply this spec.")
+
+
 def convert(data: dict[str, Any], project: str, *, file: str = "compose.yaml",
             where: dict[yamlsource.Path, Where] | None = None, normalised: bool = False,
-            profiles: frozenset[str] = frozenset(), notes: tuple[str, ...] = ()) -> Imported:
+            profiles: frozenset[str] = frozenset(), remarks: tuple[str, ...] = ()
+            ) -> Imported:
     """A Compose project (the file's data) -> the netapply spec for its networking.
 
     project: the Compose project name (see project_name). normalised: the data
     came from `docker compose config` (profiles already applied). profiles:
-    the active Compose profiles otherwise. notes: about how the file was
-    read; each becomes a comment at the top and a note.
+    the active Compose profiles otherwise. remarks: about how the file was
+    read; each becomes a comment at the top of the spec and a note.
 
     Raises SpecError listing every problem of the Compose file's structure
     (at file:line:col where `where` knows it). The returned spec is checked
@@ -1133,24 +1139,23 @@ def convert(data: dict[str, Any], project: str, *, file: str = "compose.yaml",
     spec = converter.convert()
     if converter.problems:
         raise SpecError(converter.problems)
-    header = [f"netapply spec of the networking of the Compose file "
-              f"{os.path.basename(file)} (project {project!r}), made by `netapply import "
-              "compose`. Each Compose key netapply has nothing for is a comment."]
-    header += [f"compose: {note}" for note in notes]
-    for item in spec.items:  # header comments, version and project; then the sections
-        if isinstance(item, _Comment):
-            header.append(item.text)
-    head = _Block([_Comment(t) for t in header] + [i for i in spec.items[:] if isinstance(
-        i, tuple) and not isinstance(i[1], _Block)])
-    sections = [_Block([i]) for i in spec.items if isinstance(i, tuple) and isinstance(
-        i[1], _Block)]
+    title = (f"netapply spec of the networking of the Compose file {os.path.basename(file)} "
+             f"(project {project!r}), made by `netapply import compose`. Each Compose key "
+             f"netapply has nothing for is a comment. {HOW_TO_USE}")
+    head = _Block([_Comment(title), *(_Comment(f"compose: {r}") for r in remarks)])
+    sections = []
+    for item in spec.items:  # comments, version and project first; then one block a section
+        if isinstance(item, tuple) and isinstance(item[1], _Block):
+            sections.append(_Block([item]))
+        else:
+            head.items.append(item)
     text = "\n\n".join("\n".join(_lines(block, 0)) for block in [head, *sections]) + "\n"
     try:
         spec_mod.load_text(text, IMPORTED)
         problems: tuple[Problem, ...] = ()
     except SpecError as e:
         problems = tuple(e.problems)
-    return Imported(text, (*notes, *converter.notes), problems)
+    return Imported(text, (*remarks, *converter.notes), problems)
 
 
 def import_file(file: str, project: str | None = None,
@@ -1170,13 +1175,16 @@ def import_file(file: str, project: str | None = None,
     normalised, notes = run_config(file, project)
     if normalised is not None:
         resolved = normalised.get("name")
-        return convert(normalised, resolved if isinstance(resolved, str) else name,
-                       file=file, normalised=True, notes=tuple(notes))
+        imported = convert(normalised, resolved if isinstance(resolved, str) else name,
+                           file=file, normalised=True)
+        return replace(imported, notes=(*notes, *imported.notes))
     used = sorted(set(VARIABLE.findall(json.dumps(data))))
     unresolved = ("read as plain YAML: ${VARIABLES} were not expanded"
                   + (f" (this file uses {', '.join(used)})" if used else "")
                   + ", and extends, include and profiles are not resolved as docker compose "
                   "would")
     active = frozenset(p for p in environ.get("COMPOSE_PROFILES", "").split(",") if p)
-    return convert(data, name, file=file, where=where, profiles=active,
-                   notes=(*notes, unresolved))
+    imported = convert(data, name, file=file, where=where, profiles=active,
+                       remarks=(unresolved,))
+    # Why docker compose was not used depends on this machine: a note, not a comment.
+    return replace(imported, notes=(*notes, *imported.notes))

@@ -607,7 +607,7 @@ class _Converter:
                 self.fail(base, f"services.{service}: network_mode and networks cannot both "
                                 "be set (Compose refuses it too)")
             return []
-        if value is None:
+        if not value:  # none, or an empty list or mapping: Compose's default network
             return [(DEFAULT_NETWORK, {}, base)]
         entries: list[tuple[str, dict[str, Any], AnyPath]] = []
         if isinstance(value, list):
@@ -641,11 +641,6 @@ class _Converter:
         if raw is None:
             return None
         where = f"networks.{original}"
-        block = _Block()
-        if name != original:
-            block.note(f"compose: network {original!r} is {name!r} here (netapply network "
-                       "names match ^[a-z][a-z0-9_-]{0,30}$)")
-            self.notes.append(f"network {original!r} is imported as {name!r}")
         if raw.get("external"):
             return (f"compose: {where} is external (made outside this Compose file); netapply "
                     "never adopts a network it does not own: not imported, and services are "
@@ -661,6 +656,11 @@ class _Converter:
             return (f"compose: {where} is a {driver} network without a parent interface "
                     "(Docker then makes a dummy one); netapply needs driver_opts.parent: not "
                     "imported, and services are not attached to it")
+        block = _Block()
+        if name != original:
+            block.note(f"compose: network {original!r} is {name!r} here (netapply network "
+                       "names match ^[a-z][a-z0-9_-]{0,30}$)")
+            self.notes.append(f"network {original!r} is imported as {name!r}")
         internal = bool(self.boolean((*base, "internal"), raw.get("internal", False)))
         network = _Network(name, driver, internal, block)
         if driver != "bridge":
@@ -781,6 +781,10 @@ class _Converter:
                 block.set("parent", str(value))
             elif not bridge and key == LAN_MODE_OPTION[network.driver]:
                 block.set("mode", str(value))
+            elif key in (BRIDGE_NAME, BRIDGE_ICC, BRIDGE_MASQUERADE, "parent",
+                         *LAN_MODE_OPTION.values()) and (key == "parent") != bridge:
+                block.note(f"compose: {here} {_text(value)!r} is not a value netapply can "
+                           "use: not imported")
             else:
                 block.note(f"compose: {here} {_text(value)!r} has no netapply equivalent "
                            "(docs/docker.md lists the options netapply has)")

@@ -170,9 +170,18 @@ def test_what_a_network_cannot_have_is_a_comment() -> None:
               config:
                 - {subnet: 172.30.1.0/24, aux_addresses: {router: 172.30.1.5}}
                 - subnet: 172.30.9.0/24
-            driver_opts: {com.docker.network.bridge.host_binding_ipv4: 127.0.0.1}
+            driver_opts:
+              com.docker.network.bridge.host_binding_ipv4: 127.0.0.1
+              com.docker.network.bridge.enable_icc: maybe
+              com.docker.network.driver.mtu: "9x"
+              parent: eth0
     """)
     assert data["networks"]["front"] == {"subnet": "172.30.1.0/24"}
+    assert commented(text, "networks.front.driver_opts.com.docker.network.bridge.enable_icc "
+                           "'maybe' is not a value netapply can use")
+    assert commented(text, "networks.front.driver_opts.com.docker.network.driver.mtu '9x' is "
+                           "not an MTU")
+    assert commented(text, "networks.front.driver_opts.parent 'eth0' has no netapply equivalent")
     for fragment in ("networks.front.attachable", "networks.front.name 'someone-elses-name'",
                      "networks.front.ipam.driver 'custom'", "networks.front.ipam.options",
                      "networks.front.ipam.config[0].aux_addresses",
@@ -271,7 +280,7 @@ def test_network_names_that_do_not_fit_are_mapped_and_said() -> None:
 def test_a_service_is_the_docker_container_compose_names() -> None:
     data, text = imported("""
         services:
-          web: {image: x}
+          web: {image: x, networks: []}
           db: {image: x, container_name: shop-db}
           Admin: {image: x}
           1worker: {image: x}

@@ -233,6 +233,9 @@ class Cli:
         except NetapplyError as e:
             self.err.print(f"[red]error:[/red] {escape(str(e))}")
             return EXIT_ERROR
+        except KeyboardInterrupt:
+            self.err.print("interrupted")
+            return 130
         sys.stdout.write(imported.text)
         sys.stdout.flush()
         for note in imported.notes:

@@ -295,7 +295,9 @@ def project_name(given: str | None, environ: Mapping[str, str], declared: object
 
 
 def netapply_project(compose_project: str) -> str:
-    """A netapply project (^[a-z][a-z0-9-]{0,15}$) for a Compose project name."""
+    """A netapply project (^[a-z][a-z0-9-]{0,15}$, SPEC.md) for a Compose project
+    name (^[a-z0-9][a-z0-9_-]*$): '_' becomes '-', leading characters that are
+    not letters go, at most 16 remain; DEFAULT_PROJECT when nothing does."""
     text = compose_project.replace("_", "-")
     text = re.sub(r"^[^a-z]+", "", text)[:16].rstrip("-")
     return text or DEFAULT_PROJECT
@@ -422,7 +424,7 @@ class _Network:
     subnet: ipaddress.IPv4Network | None = None
 
 
-def label(path: AnyPath) -> str:
+def _label(path: AnyPath) -> str:
     """services.web.ports[0]"""
     text = ""
     for part in path:
@@ -479,25 +481,25 @@ class _Converter:
             return {}
         if isinstance(value, dict):
             return value
-        self.fail(path, f"{label(path)} must be a mapping (got {yamlsource.show(value)})")
+        self.fail(path, f"{_label(path)} must be a mapping (got {yamlsource.show(value)})")
         return None
 
     def text(self, path: AnyPath, value: object) -> str | None:
         if isinstance(value, str):
             return value
-        self.fail(path, f"{label(path)} must be text (got {yamlsource.show(value)})")
+        self.fail(path, f"{_label(path)} must be text (got {yamlsource.show(value)})")
         return None
 
     def integer(self, path: AnyPath, value: object) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        self.fail(path, f"{label(path)} must be a number (got {yamlsource.show(value)})")
+        self.fail(path, f"{_label(path)} must be a number (got {yamlsource.show(value)})")
         return None
 
     def boolean(self, path: AnyPath, value: object) -> bool | None:
         if isinstance(value, bool):
             return value
-        self.fail(path, f"{label(path)} must be true or false (got {yamlsource.show(value)})")
+        self.fail(path, f"{_label(path)} must be true or false (got {yamlsource.show(value)})")
         return None
 
     # the whole file
@@ -621,7 +623,7 @@ class _Converter:
                 if checked is not None:
                     entries.append((name, checked, (*base, name)))
         else:
-            self.fail(base, f"{label(base)} must be a list or a mapping of network names "
+            self.fail(base, f"{_label(base)} must be a list or a mapping of network names "
                             f"(got {yamlsource.show(value)})")
         declared = self.data.get("networks")
         for name, _, path in entries:
@@ -689,7 +691,7 @@ class _Converter:
         return network
 
     def _ipam(self, network: _Network, base: AnyPath, raw: dict[str, Any]) -> None:
-        where = label(base)
+        where = _label(base)
         ipam_path = (*base, "ipam")
         ipam = self.mapping(ipam_path, raw.get("ipam")) or {}
         if ipam.get("driver") not in (None, "default"):
@@ -755,7 +757,7 @@ class _Converter:
 
     def _driver_options(self, network: _Network, base: AnyPath, options: dict[str, Any]
                         ) -> None:
-        where = f"{label(base)}.driver_opts"
+        where = f"{_label(base)}.driver_opts"
         block = network.block
         bridge = network.driver == "bridge"
         for key in sorted(options):
@@ -798,7 +800,7 @@ class _Converter:
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             pairs = (item.partition("=") for item in sorted(value))
             return {k: v for k, _, v in pairs}
-        self.fail(path, f"{label(path)} must be a mapping or a list of key=value")
+        self.fail(path, f"{_label(path)} must be a mapping or a list of key=value")
         return {}
 
     def _pick_subnets(self, networks: list[_Network]) -> None:
@@ -872,7 +874,7 @@ class _Converter:
     def _networks(self, block: _Block, base: AnyPath, raw: dict[str, Any],
                   entries: list[tuple[str, dict[str, Any], AnyPath]],
                   networks: dict[str, _Network | None], aliases: list[str]) -> None:
-        where = label(base)
+        where = _label(base)
         attached: list[tuple[_Network, _Block, int]] = []
         for original, options, path in entries:
             network = networks.get(original)
@@ -908,7 +910,7 @@ class _Converter:
     def _attachment(self, original: str, options: dict[str, Any], path: AnyPath,
                     aliases: list[str]) -> tuple[_Block, int]:
         """The attachment options, and the network's gw_priority."""
-        here = f"{label(path[:2])}.networks.{original}"
+        here = f"{_label(path[:2])}.networks.{original}"
         attachment = _Block()
         for key in ("ipv4_address", "ipv6_address", "mac_address"):
             if key in options and self.text((*path, key), options[key]) is not None:
@@ -968,7 +970,7 @@ class _Converter:
                ) -> None:
         if value is None:
             return
-        where, base = label(service), (*service, "ports")
+        where, base = _label(service), (*service, "ports")
         if not isinstance(value, list):
             self.fail(base, f"{where}.ports must be a list")
             return

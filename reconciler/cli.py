@@ -151,7 +151,8 @@ class Cli:
                 return self.confirm_pending(spec)
             engine.raise_open_files_limit()
             kernel = NetlinkKernel()
-            resolver = runtimes.Resolver(self._engine_urls())
+            resolver = runtimes.Resolver(self._engine_urls(),
+                                         lock.runtimes_cache_path(spec.project))
             try:
                 self.host = self._which_host(spec, kernel)
                 resolved = resolver.resolve(spec, self.host)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 
@@ -49,6 +50,30 @@ def is_held(project: str, directory: str = LOCK_DIR) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def runtimes_cache_path(project: str, directory: str = LOCK_DIR) -> str:
+    """What the engines said of the project's runtime containers (runtimes.py)."""
+    return os.path.join(directory, f"{project}.runtimes.json")
+
+
+def read_private(path: str) -> str | None:
+    """The text of a file written by write_private, or None when it is absent
+    or not such a file (a link, another owner, writable by others)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def write_private(path: str, content: str) -> None:

@@ -14,13 +14,15 @@ and netavark also take a namespace path and never ask who made it).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from reconciler.errors import MachineError, Problem
+from reconciler import lock
+from reconciler.errors import MachineError, NetapplyError, Problem
 from reconciler.model import Container, NetworkMode, Runtime, Spec
 
 # The engines' own conventions: DOCKER_HOST (Docker's CLI and SDK) and
@@ -98,13 +100,13 @@ class Resolution:
         return out
 
 
-def _api_client(url: str) -> Any:
+def _api_client(url: str, version: str | None = None) -> Any:
     """The docker SDK's low-level client: one HTTP call per method, no hidden
     inspect per container as its high-level list does. The API version is
-    asked of the engine (Docker and Podman differ)."""
+    asked of the engine (Docker and Podman differ) unless it is known."""
     import docker  # type: ignore[import-untyped]  # only when a spec names an engine
 
-    return docker.APIClient(base_url=url, timeout=API_TIMEOUT)
+    return docker.APIClient(base_url=url, timeout=API_TIMEOUT, version=version)
 
 
 class EngineUnavailable(Exception):
@@ -128,11 +130,20 @@ class Resolver:
     restart gives it a new main process, so what inspect said is kept per
     container id and process start time). Kept by watch across reconciles."""
 
-    def __init__(self, urls: Mapping[Runtime, str | None] | None = None):
+    def __init__(self, urls: Mapping[Runtime, str | None] | None = None,
+                 cache: str | None = None):
         self.urls = {runtime: engine_url(runtime, (urls or {}).get(runtime))
                      for runtime in Runtime}
         self._clients: dict[Runtime, Any] = {}
         self._inspected: dict[tuple[Runtime, str], tuple[Running, int | None]] = {}
+        # `cache`: a private file (lock.write_private) that keeps what inspect
+        # said across runs of the CLI, so that a no-op plan makes only the list
+        # calls. Only a hint: an entry counts while its container id is listed
+        # running and its main process has the start time it had then.
+        self.cache = cache
+        self._cache_read = False
+        self._cache_text = ""
+        self._versions: dict[str, str] = {}  # engine URL -> the API version it speaks
 
     def close(self) -> None:
         for client in self._clients.values():
@@ -149,6 +160,7 @@ class Resolver:
                   and (host is None or c.host in (host, None))]
         if not wanted:
             return Resolution(spec, {})
+        self._read_cache()
         listed: dict[Runtime, dict[str, dict[str, Any]] | str] = {}
         for runtime in sorted({c.runtime for c in wanted if c.runtime is not None}):
             try:
@@ -194,17 +206,66 @@ class Resolver:
                 continue
             running[container.name] = found
             containers[container.name] = _attached(container, found)
+        self._write_cache(listed)
         if problems:
             raise MachineError(problems)
         return Resolution(replace(spec, containers=containers), running, notes)
 
+    def _read_cache(self) -> None:
+        if self.cache is None or self._cache_read:
+            return
+        self._cache_read = True
+        text = lock.read_private(self.cache)
+        if not text:
+            return
+        try:
+            data = json.loads(text)
+            self._versions.update({str(k): str(v) for k, v in data["api_versions"].items()})
+            for e in data["containers"]:
+                runtime = Runtime(e["runtime"])
+                if e["url"] != self.urls[runtime]:
+                    continue
+                found = Running(runtime, str(e["name"]), str(e["id"]), int(e["pid"]),
+                                str(e["hosts_path"]), str(e["network_mode"]))
+                self._inspected[(runtime, found.id)] = (found, int(e["start"]))
+        except (ValueError, KeyError, TypeError):
+            self._inspected.clear()  # not ours, or another version's: ask again
+            self._versions.clear()
+        self._cache_text = text
+
+    def _write_cache(self, listed: Mapping[Runtime, object]) -> None:
+        """Keep what is known of the containers the engines listed this time
+        (what is gone from them is forgotten); written only when it changed."""
+        listed_ids = {(runtime, str(entry.get("Id"))) for runtime, by_name in listed.items()
+                      if isinstance(by_name, dict) for entry in by_name.values()}
+        answered = {runtime for runtime, by_name in listed.items() if isinstance(by_name, dict)}
+        for key in [k for k in self._inspected if k[0] in answered and k not in listed_ids]:
+            del self._inspected[key]
+        if self.cache is None:
+            return
+        entries = [
+            {"runtime": str(r.runtime), "url": self.urls[r.runtime], "name": r.name, "id": r.id,
+             "pid": r.pid, "start": start, "hosts_path": r.hosts_path,
+             "network_mode": r.network_mode}
+            for (r, start) in sorted(self._inspected.values(), key=lambda v: v[0].id)
+            if start is not None
+        ]
+        text = json.dumps({"containers": entries, "api_versions": self._versions},
+                          sort_keys=True)
+        if text != self._cache_text:
+            with contextlib.suppress(NetapplyError, OSError):  # only a cache
+                lock.write_private(self.cache, text)
+            self._cache_text = text
+
     def _client(self, runtime: Runtime) -> Any:
         client = self._clients.get(runtime)
         if client is None:
+            url = self.urls[runtime]
             try:
-                client = _api_client(self.urls[runtime])
+                client = _api_client(url, self._versions.get(url))
             except Exception as e:  # the SDK raises its own, requests' and OSError
                 raise EngineUnavailable(self._why(runtime, e)) from None
+            self._versions[url] = client.api_version
             self._clients[runtime] = client
         return client
 
@@ -213,14 +274,21 @@ class Resolver:
         return f"{runtime} does not answer at {self.urls[runtime]} ({cause})"
 
     def _list(self, runtime: Runtime) -> dict[str, dict[str, Any]]:
-        """All containers of the engine (one API call), by name."""
-        try:
-            entries = self._client(runtime).containers(all=True)
-        except EngineUnavailable:
-            raise
-        except Exception as e:
-            self._forget(runtime)
-            raise EngineUnavailable(self._why(runtime, e)) from None
+        """All containers of the engine (one API call), by name. With an API
+        version from the cache that the engine no longer takes (it was
+        upgraded), the version is asked again, once."""
+        url = self.urls[runtime]
+        for attempt in (1, 2):
+            try:
+                entries = self._client(runtime).containers(all=True)
+                break
+            except EngineUnavailable:
+                raise
+            except Exception as e:
+                self._forget(runtime)
+                if attempt == 1 and self._versions.pop(url, None) is not None:
+                    continue
+                raise EngineUnavailable(self._why(runtime, e)) from None
         by_name: dict[str, dict[str, Any]] = {}
         for entry in entries:
             for name in entry.get("Names") or ():
@@ -230,7 +298,7 @@ class Resolver:
     def _inspect(self, runtime: Runtime, name: str, cid: str) -> Running | None:
         cached = self._inspected.get((runtime, cid))
         if cached is not None and cached[1] is not None and _start_time(cached[0].pid) == cached[1]:
-            return cached[0]
+            return replace(cached[0], name=name)  # a `docker rename` keeps the process
         try:
             info = self._client(runtime).inspect_container(cid)
         except Exception as e:

@@ -93,6 +93,17 @@ class Engine:
     cli: list[str]
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def api_calls(self) -> list[str]:
+        """The API calls the engine logged so far ("GET /v1.41/containers/json"),
+        dockerd with --debug only."""
+        assert self.log is not None
+        calls = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if 'msg="Calling ' in line:
+                calls.append(line.split('msg="Calling ', 1)[1].split('"', 1)[0])
+        return calls
 
     def run(self, *args: str, check: bool = True, timeout: float = 60
             ) -> subprocess.CompletedProcess[str]:
@@ -140,12 +151,13 @@ def dockerd(root: Path, iptables: bool = False) -> Iterator[Engine]:
         "--pidfile", str(root / "dockerd.pid"), "--host", f"unix://{sock}",
         "--bridge", "none", f"--iptables={'true' if iptables else 'false'}",
         "--ip6tables=false", "--userland-proxy=false", "--storage-driver", "vfs",
+        "--debug",  # logs every API call, which tests count
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}", "DOCKER_CONFIG": str(root / "cli")}
-    engine = Engine("docker", f"unix://{sock}", ["docker"], env, proc)
+    engine = Engine("docker", f"unix://{sock}", ["docker"], env, proc, log)
     try:
         _wait_for(sock, proc, log)
         ctx = image_context(root)

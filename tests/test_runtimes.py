@@ -368,3 +368,34 @@ def test_the_compose_example_imported_applied_and_reached(
         assert reply.read().strip() == b"web"
     code, _, _ = run_cli(capsys, "destroy", "--auto-approve", *hosts_opts(docker), str(spec))
     assert code == 0
+
+
+def test_a_no_op_plan_asks_each_engine_one_list_call(
+    docker: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What inspect said is kept (a private file in /run/netapply) while the
+    container's main process is the same: a no-op plan lists, and nothing
+    more; a restarted container is inspected again."""
+    for name in ("container1", "container2"):
+        docker.start_container(name)
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", *hosts_opts(docker),
+                             str(DOCKER_SEED))
+    assert code == 0, out + err
+    cache = Path("/run/netapply/seed.runtimes.json")
+    assert oct(cache.stat().st_mode & 0o777) == "0o600"
+    before = len(docker.api_calls())
+    code, _, _ = run_cli(capsys, "plan", "--detailed-exitcode", *hosts_opts(docker),
+                         str(DOCKER_SEED))
+    assert code == 0
+    calls = docker.api_calls()[before:]
+    assert [c.split("?")[0].split("/", 2)[-1] for c in calls] == ["containers/json"], calls
+    docker.run("restart", "-t", "0", "container2")
+    before = len(docker.api_calls())
+    code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", *hosts_opts(docker),
+                           str(DOCKER_SEED))
+    assert code == 2 and "create veth eth0 (container container2" in out
+    calls = docker.api_calls()[before:]
+    assert len([c for c in calls if c.endswith("/json") and "containers/json" not in c]) == 1
+    code, _, _ = run_cli(capsys, "destroy", "--auto-approve", *hosts_opts(docker),
+                         str(DOCKER_SEED))
+    assert code == 0

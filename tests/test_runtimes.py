@@ -270,6 +270,7 @@ def test_watch_networks_a_restarted_container_again(
                                "container2").returncode == 0
 
         wait_for("container1 reaches container2", pings, 5)
+        mac = docker.exec("container2", "cat", "/sys/class/net/eth0/address").stdout
         old = docker.pid("container2")
         docker.run("restart", "-t", "0", "container2")
         assert docker.pid("container2") != old  # a new namespace, without netapply's link
@@ -281,6 +282,13 @@ def test_watch_networks_a_restarted_container_again(
             "engine" in r["trigger"] for r in watch.reconciles()), 2)
         # The engine rewrote container2's hosts file at start; the block is back.
         assert "container1" in docker.exec("container2", "cat", "/etc/hosts").stdout
+        # The same MAC as before the restart: peers' neighbour entries stay right.
+        assert docker.exec("container2", "cat", "/sys/class/net/eth0/address").stdout == mac
+        # Docker flushing its chain for users is drift that watch repairs at once.
+        subprocess.run(["iptables", "-w", "-F", "DOCKER-USER"], check=True)
+        wait_for("the project's DOCKER-USER rules back", lambda: len(
+            [r for r in docker_user_rules() if "netapply/seed" in r]) == 2, 2)
+        assert pings()
     finally:
         assert watch.stop() == 0
 

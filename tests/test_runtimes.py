@@ -242,7 +242,7 @@ containers:
                              str(spec))
     assert code == 0, out + err
     assert f"container 'gone' (podman container 'gone'): skipped, podman does not answer at " \
-           f"{nowhere}" in out
+           f"{nowhere} (No such file or directory)" in out
     ping = subprocess.run(["ip", "netns", "exec", "a", "ping", "-c", "1", "-W", "2", "b"],
                           capture_output=True, text=True)
     assert ping.returncode == 0, ping.stdout

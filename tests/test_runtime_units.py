@@ -244,3 +244,17 @@ def test_the_forward_drop_note_says_whether_netapply_can_get_through() -> None:
     alone = managers.notes(Foreign(nft_chains=DOCKER_USER_CHAINS[:1]), filtering=True)
     assert any("need accept rules there" in n for n in alone)
     assert not any("DOCKER-USER" in n for n in alone)
+
+
+def test_engine_sockets_follow_the_engines_conventions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.runtimes import engine_url
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("CONTAINER_HOST", raising=False)
+    assert engine_url(Runtime.DOCKER) == "unix:///var/run/docker.sock"
+    assert engine_url(Runtime.PODMAN) == "unix:///run/podman/podman.sock"
+    monkeypatch.setenv("DOCKER_HOST", "unix:///d.sock")
+    monkeypatch.setenv("CONTAINER_HOST", "unix:///p.sock")
+    assert engine_url(Runtime.DOCKER) == "unix:///d.sock"
+    assert engine_url(Runtime.PODMAN) == "unix:///p.sock"
+    assert engine_url(Runtime.DOCKER, "unix:///given.sock") == "unix:///given.sock"

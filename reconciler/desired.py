@@ -402,11 +402,10 @@ def _routes(container: Container, own: list[Endpoint]) -> Iterator[Route]:
     ns = container.ns
     assert ns is not None
     for ep in own:
-        if ep.network.name != container.default_route:
-            continue
-        if ep.network.gateway is not None:
+        if ep.network.name == container.default_route and ep.network.gateway is not None:
             yield _route(ns, DEFAULT_V4, ep.network.gateway, ep)
-        if ep.ipv6 is not None and ep.network.ipv6_gateway is not None:
+        if (ep.network.name == container.default_route_ipv6 and ep.ipv6 is not None
+                and ep.network.ipv6_gateway is not None):
             yield _route(ns, DEFAULT_V6, ep.network.ipv6_gateway, ep)
     for extra in container.routes:
         for ep in own:

@@ -366,8 +366,12 @@ class Route:
         return tuple(deps)
 
     def title(self) -> str:
-        dst = "default" if self.dst in ("0.0.0.0/0", "::/0") else self.dst
-        return f"route {dst} via {self.via} dev {self.ifname}"
+        if self.dst in ("0.0.0.0/0", "::/0"):
+            # Which network gives each family's default route (SPEC.md default_route).
+            family = "IPv6" if ":" in self.dst else "IPv4"
+            return (f"route default via {self.via} dev {self.ifname} ({family} default from "
+                    f"network {self.link[-1]})")
+        return f"route {self.dst} via {self.via} dev {self.ifname}"
 
 
 def tables_dir(project: str) -> str:

@@ -52,6 +52,7 @@ def test_rules_follow_docker_per_network() -> None:
         "forward: front: nothing else enters",
         "forward: back: internal, nothing leaves",
         "forward: back: internal, nothing enters",
+        "input: back: internal, only its gateway address on the host (IPv4)",
         "prerouting: web: publish 8080/tcp -> 80",
         "output: web: publish 8080/tcp -> 80, from this host",
         "output: web: publish 127.0.0.1:8081/udp -> 80, from this host",
@@ -95,6 +96,7 @@ def test_internal_networks_only_need_no_forwarding() -> None:
     assert (Kind.SYSCTL, "net/ipv4/ip_forward") not in state
     assert comments(table(state)) == [
         "forward: back: internal, nothing leaves", "forward: back: internal, nothing enters",
+        "input: back: internal, only its gateway address on the host (IPv4)",
     ]
 
 

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from reconciler import firewall, machines
+from reconciler import firewall, machines, ports
 from reconciler.errors import InternalError, MachineError, Problem, SpecError
 from reconciler.model import (
     IFNAMSIZ,
@@ -35,6 +35,7 @@ from reconciler.resources import (
     Address,
     Bridge,
     Fdb,
+    Firewall,
     HostsBlock,
     HostsFile,
     HostsTable,
@@ -118,6 +119,9 @@ def build(spec: Spec, observed: ObservedState, host: str | None = None) -> dict[
     endpoints = [ep for ep in everywhere
                  if machines.runs_here(ep.container, host) and ep.container.running]
     published = list(_published(spec, endpoints))
+    problems = list(_taken_ports(spec, published, observed))
+    if problems:
+        raise MachineError(problems)
     table, forwarding = firewall.build(spec.project, spec.networks.values(), published)
     resources: list[Resource] = [r for r in (table, forwarding) if r is not None]
     resources.extend(firewall.docker_user(
@@ -276,6 +280,58 @@ def _published(spec: Spec, endpoints: list[Endpoint]) -> Iterator[firewall.Publi
             if ep is None:
                 continue  # the spec checks reported it
             yield firewall.Published(container.name, port, ep.network, ep.ipv4)
+
+
+def _own_ports(observed: ObservedState) -> set[tuple[str, IPAddress | None, int]]:
+    """What the project's table publishes now: (protocol, address, port)."""
+    table = next((r for r in observed.resources.values() if isinstance(r, Firewall)), None)
+    if table is None:
+        return set()
+    return {(h.protocol, h.address, h.port)
+            for h in ports.published_by_rules((r.expr for r in table.rules), "")}
+
+
+def _port_key(p: firewall.Published) -> tuple[str, IPAddress | None, int]:
+    host_ip = p.port.host_ip
+    address = None if host_ip is None or host_ip.is_unspecified else host_ip
+    return p.port.protocol, address, p.port.published
+
+
+def _taken_ports(
+    spec: Spec, published: list[firewall.Published], observed: ObservedState
+) -> Iterator[Problem]:
+    """A port to publish that someone else holds (SPEC.md: never a silent
+    takeover). What the project publishes already is left to late_port_holders."""
+    own = _own_ports(observed)
+    for p in published:
+        key = _port_key(p)
+        if key in own:
+            continue
+        for held in observed.foreign.held_ports:
+            if held.overlaps(*key):
+                container = spec.containers[p.container]
+                index = container.ports.index(p.port)
+                on = f" on {key[1]}" if key[1] is not None else ""
+                yield Problem(
+                    spec.locate("containers", p.container, "ports", str(index)),
+                    f"container '{p.container}': port {key[2]}/{key[0]}{on} is already taken "
+                    f"by {held.holder}; publish another port, or free that one",
+                )
+                break
+
+
+def late_port_holders(observed: ObservedState) -> list[str]:
+    """Notes for ports the project publishes that someone else holds too (a
+    service started after the project published the port: the project's rule
+    still takes the traffic)."""
+    notes = []
+    for protocol, address, port in sorted(_own_ports(observed), key=str):
+        for held in observed.foreign.held_ports:
+            if held.overlaps(protocol, address, port):
+                notes.append(f"port {port}/{protocol}, which the project publishes, is also "
+                             f"held by {held.holder}, which gets none of its traffic")
+                break
+    return notes
 
 
 def _missing_paths(spec: Spec, observed: ObservedState) -> Iterator[Problem]:

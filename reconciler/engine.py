@@ -128,6 +128,7 @@ def plan_from(
         if note is not None:
             notes.append(note)
         notes.extend(desired_mod.overlay_renumbering(spec, wanted, observed))
+        notes.extend(desired_mod.late_port_holders(observed))
         return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), tuple(notes))
 
 

@@ -360,13 +360,16 @@ class Watcher:
                               host=host, why=chosen.why)
                 self.host_said = host
             resolution = self.resolver.resolve(spec, host)
-            if resolution.notes != self.notes_said:
-                for note in resolution.notes:
-                    self.log.line("runtime", note, note=note)
-                self.notes_said = resolution.notes
             spec = resolution.spec
             with lock.project_lock(spec.project, self.options.lock_timeout):
                 snap = engine.snapshot(kernel, spec, host=host)
+                # Said once each time they change: skipped runtime containers,
+                # a port someone else started holding, other managers.
+                notes = (*resolution.notes, *snap.notes)
+                if notes != self.notes_said:
+                    for note in notes:
+                        self.log.line("note", note, note=note)
+                    self.notes_said = notes
                 if not snap.plan.empty:
                     engine.apply(kernel, spec, snap.plan, progress=progress, host=host)
             # Converged: the namespaces with the project's links are the desired

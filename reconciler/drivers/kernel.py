@@ -12,6 +12,8 @@ import errno
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from reconciler.model import IPAddress
+
 # Idempotency from an errno table, not from luck: these mean "already gone".
 GONE = frozenset({errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
 
@@ -96,6 +98,9 @@ class Kernel(Protocol):
     def addresses(self, ns: str) -> list[AddrInfo]: ...
     def routes(self, ns: str) -> list[RouteInfo]: ...
     def read_file(self, path: str) -> str | None: ...
+    def sockets(self) -> list[tuple[str, IPAddress, int]]:
+        """The host namespace's listening TCP and bound UDP sockets:
+        (protocol, local address, port)."""
     def read_link(self, path: str) -> str | None:
         """The target of a symbolic link; None if path is no link."""
     def list_dir(self, path: str) -> list[str]: ...

@@ -58,7 +58,7 @@ from reconciler.drivers.kernel import (
     VxlanInfo,
 )
 from reconciler.errors import KernelError
-from reconciler.model import IFNAMSIZ
+from reconciler.model import IFNAMSIZ, IPAddress
 from reconciler.resources import RTPROT_NETAPPLY, ZERO_MAC
 
 MIN_MTU, MAX_MTU = 68, 65535
@@ -134,6 +134,7 @@ class MemoryKernel:
         self._named: dict[str, _Namespace] = {}
         self.files: dict[str, str] = {}
         self.symlinks: dict[str, str] = {}
+        self.listening: list[tuple[str, IPAddress, int]] = []  # the host's sockets
 
     # ---- namespaces ---------------------------------------------------------------
 
@@ -222,6 +223,9 @@ class MemoryKernel:
 
     def read_link(self, path: str) -> str | None:
         return self.symlinks.get(path)
+
+    def sockets(self) -> list[tuple[str, IPAddress, int]]:
+        return list(self.listening)
 
     def list_dir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from reconciler import ports
 from reconciler.drivers import nft
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
@@ -32,6 +33,7 @@ from reconciler.drivers.kernel import (
 )
 from reconciler.drivers.rtnl import NetlinkError, Rtnl
 from reconciler.errors import KernelError
+from reconciler.model import IPAddress
 from reconciler.resources import RTPROT_NETAPPLY
 
 CLONE_NEWNET = 0x40000000
@@ -150,6 +152,17 @@ class NetlinkKernel:
             return None
         except OSError as e:
             raise KernelError(f"read {path}", e.errno or errno.EIO) from None
+
+    def sockets(self) -> list[tuple[str, IPAddress, int]]:
+        """From /proc/net/{tcp,tcp6,udp,udp6} of this process's namespace, the
+        host's (proc(5))."""
+        found: list[tuple[str, IPAddress, int]] = []
+        for protocol in ports.PROTOCOLS:
+            for suffix in ("", "6"):
+                text = self.read_file(f"/proc/self/net/{protocol}{suffix}")
+                found.extend((protocol, address, port)
+                             for address, port in ports.proc_net_sockets(text or "", protocol))
+        return found
 
     def read_link(self, path: str) -> str | None:
         try:

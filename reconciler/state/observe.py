@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler import firewall, model
+from reconciler import firewall, model, ports
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
     NUD_NOARP,
@@ -91,6 +91,8 @@ class Foreign:
     # the interface each is on (where an overlay's VXLAN packets leave from).
     host_addresses: tuple[tuple[model.IPAddress, str], ...] = ()
     vxlans: tuple[tuple[str, int, int], ...] = ()  # other VXLAN devices: name, vni, port
+    # Ports others hold: the host's listening sockets, other tables' DNAT rules.
+    held_ports: tuple[ports.Held, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ def observe(
             nft_tables=nft.tables,
             nft_chains=nft.chains,
             nft_error=nft.error,
+            held_ports=(*ports.listeners(kernel.sockets()), *nft.held),
         ),
         missing_paths=frozenset(missing),
         missing_kinds=frozenset(k for k in set(kinds) if not kernel.link_kind_supported(k)),
@@ -324,6 +327,7 @@ class _Nft:
     tables: tuple[tuple[str, str], ...] = ()
     chains: tuple[NftChain, ...] = ()
     error: str | None = None
+    held: tuple[ports.Held, ...] = ()  # ports other tables publish (DNAT)
 
 
 def _scan_nft(scan: _Scan) -> _Nft:
@@ -340,6 +344,7 @@ def _scan_nft(scan: _Scan) -> _Nft:
     chains: list[NftChain] = []
     # The project's rules in Docker's DOCKER-USER chain, by family: (rules, handles).
     docker_user: dict[str, tuple[list[Rule], list[int]]] = {}
+    held: list[ports.Held] = []
     mark = docker_user_comment(scan.project, "")
     for item in items:
         if not (isinstance(item, dict) and len(item) == 1):
@@ -356,6 +361,13 @@ def _scan_nft(scan: _Scan) -> _Nft:
             else:
                 tables.append(table)
         elif table != own:
+            if kind == "rule" and (dnat := ports.dnat_port(body.get("expr"))) is not None:
+                name = table[1]
+                holder = (f"netapply project '{name[len('netapply-'):]}'"
+                          if name.startswith("netapply-") else
+                          f"a DNAT rule of nftables table {table[0]} {name} (chain "
+                          f"{body.get('chain', '?')})")
+                held.append(ports.Held(*dnat, holder))
             if kind == "chain":
                 chains.append(NftChain(*table, body.get("name", ""), body.get("hook"),
                                        body.get("policy")))
@@ -378,7 +390,7 @@ def _scan_nft(scan: _Scan) -> _Nft:
         # Listed top to bottom, as they were inserted.
         user = DockerUser(family, tuple(marked), tuple(handles))
         scan.resources[user.key] = user
-    return _Nft(tuple(tables), tuple(chains))
+    return _Nft(tuple(tables), tuple(chains), held=tuple(held))
 
 
 def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bool) -> None:

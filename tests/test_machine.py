@@ -36,6 +36,10 @@ def nft(*args: str) -> None:
     ([["address", "10.77.0.5/16"]], "address 10.77.0.5/16 on lan0"),
     ([["address", "192.0.2.1/24"], ["route", "10.77.0.0/20", "192.0.2.254"]],
      "route 10.77.0.0/20 via 192.0.2.254 dev lan0"),
+    # A VPN keeping its routes in a table of its own, looked up by a rule:
+    # the host would route the network's traffic there (issue 15, part 4).
+    ([["table", "10.64.0.0/10", "52"], ["rule", "5270", "52"]],
+     "route 10.64.0.0/10 dev lan0 in table 52 (looked up by rule 5270)"),
 ])
 def test_a_subnet_in_use_on_the_machine_is_refused_before_any_change(
     sandbox: Path, capsys: pytest.CaptureFixture[str], setup: list[list[str]], what: str
@@ -46,6 +50,10 @@ def test_a_subnet_in_use_on_the_machine_is_refused_before_any_change(
     for step in setup:
         if step[0] == "address":
             ip("addr", "add", step[1], "dev", "lan0")
+        elif step[0] == "table":
+            ip("route", "add", step[1], "dev", "lan0", "table", step[2])
+        elif step[0] == "rule":
+            ip("rule", "add", "pref", step[1], "lookup", step[2])
         else:
             ip("route", "add", step[1], "via", step[2], "dev", "lan0")
     spec = sandbox / "shop.yaml"

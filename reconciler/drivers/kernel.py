@@ -98,6 +98,10 @@ class Kernel(Protocol):
     def addresses(self, ns: str) -> list[AddrInfo]: ...
     def routes(self, ns: str) -> list[RouteInfo]: ...
     def read_file(self, path: str) -> str | None: ...
+    def policy_routes(self) -> list[tuple[RouteInfo, int, int]]:
+        """Routes of the host namespace in tables other than main and local that
+        a policy rule looks up: (route, table, the first rule's preference)."""
+        return []
     def sockets(self) -> list[tuple[str, IPAddress, int]]:
         """The host namespace's listening TCP and bound UDP sockets:
         (protocol, local address, port)."""

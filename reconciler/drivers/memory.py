@@ -227,6 +227,9 @@ class MemoryKernel:
     def sockets(self) -> list[tuple[str, IPAddress, int]]:
         return list(self.listening)
 
+    def policy_routes(self) -> list[tuple[RouteInfo, int, int]]:
+        return []  # one routing table here, as on a machine without policy rules
+
     def list_dir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
         return sorted({p[len(prefix):].split("/")[0] for p in (*self.files, *self.symlinks)

@@ -42,7 +42,7 @@ MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
-RT_TABLE_MAIN = 254
+RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 SYSCTL_DIR = "/proc/sys"
 PROBE_IFNAME = "netapply-probe"
 
@@ -152,6 +152,18 @@ class NetlinkKernel:
             return None
         except OSError as e:
             raise KernelError(f"read {path}", e.errno or errno.EIO) from None
+
+    def policy_routes(self) -> list[tuple[RouteInfo, int, int]]:
+        rules = self._call("list policy rules", lambda: self._sock("").rules())
+        first: dict[int, int] = {}
+        for pref, table in sorted(rules):
+            if table not in (RT_TABLE_MAIN, RT_TABLE_LOCAL):
+                first.setdefault(table, pref)
+        if not first:
+            return []
+        found = self._call("list routes", lambda: self._sock("").routes())
+        return [(RouteInfo(r.dst, r.via, r.oif, r.proto), r.table, first[r.table])
+                for r in found if r.table in first]
 
     def sockets(self) -> list[tuple[str, IPAddress, int]]:
         """From /proc/net/{tcp,tcp6,udp,udp6} of this process's namespace, the

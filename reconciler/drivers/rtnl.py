@@ -41,6 +41,12 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTM_GETRULE = 34
+# linux/fib_rules.h: struct fib_rule_hdr (family, dst_len, src_len, tos, table,
+# res1, res2, action, flags), FRA_PRIORITY, FRA_TABLE, FR_ACT_TO_TBL.
+FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
+FRA_PRIORITY, FRA_TABLE = 6, 15
+FR_ACT_TO_TBL = 1
 NLM_F_APPEND = 0x800
 AF_BRIDGE = 7
 
@@ -266,6 +272,26 @@ class Rtnl:
                 dst = ipaddress.ip_address("0.0.0.0" if family == socket.AF_INET else "::")
             net = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
             found.append(RouteEntry(str(net), via, oif, proto, table))
+        return found
+
+    def rules(self) -> list[tuple[int, int]]:
+        """The policy routing rules that look up a table: (preference, table),
+        IPv4 and IPv6 (`ip rule`)."""
+        found = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            body = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+            for msg, offset in self._dump(RTM_GETRULE, body):
+                _f, _d, _s, _t, table, _r1, _r2, action, _flags = FIB_RULE_HDR.unpack_from(
+                    msg, offset)
+                if action != FR_ACT_TO_TBL:
+                    continue
+                pref = 0
+                for key, value in attrs(msg, offset + FIB_RULE_HDR.size):
+                    if key == FRA_TABLE:
+                        table = U32.unpack_from(value)[0]
+                    elif key == FRA_PRIORITY:
+                        pref = U32.unpack_from(value)[0]
+                found.append((pref, table))
         return found
 
     def fdb(self) -> list[FdbInfo]:

@@ -299,7 +299,12 @@ def _scan_host_nets(
         scan.host_addresses.append((iface.ip, where))
         if not _special(iface.network):
             scan.host_nets.append((iface.network, f"address {iface} on {where}"))
-    for route in scan.kernel.routes(HOST_NS):
+    # The main table, and every table a policy rule looks up (a VPN's: the
+    # host would route a network's traffic there, not to the bridge).
+    tables = [(route, "") for route in scan.kernel.routes(HOST_NS)]
+    tables += [(route, f" in table {table} (looked up by rule {pref})")
+               for route, table, pref in scan.kernel.policy_routes()]
+    for route, where_table in tables:
         net = ipaddress.ip_network(route.dst)
         if (route.oif is not None and route.oif in owned) or _special(net) or _default_like(net):
             continue
@@ -308,7 +313,7 @@ def _scan_host_nets(
             what += f" via {route.via}"
         if route.oif is not None:
             what += f" dev {names.get(route.oif, route.oif)}"
-        scan.host_nets.append((net, what))
+        scan.host_nets.append((net, what + where_table))
 
 
 def _default_like(net: model.IPNetwork) -> bool:

@@ -346,7 +346,9 @@ def test_resync_runs_on_its_own_and_text_logs_on_request(sandbox: Path) -> None:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0
     lines = log.read_text().splitlines()
-    assert "reconcile (start): converged" in lines[1]
+    # (Plan notes, such as IPv4 forwarding being switched on, come first.)
+    first = next(line for line in lines if "reconcile (" in line)
+    assert "reconcile (start): converged" in first
     assert "reconcile (resync): converged, 0 action(s) in" in log.read_text()
 
 

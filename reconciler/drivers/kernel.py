@@ -178,4 +178,8 @@ class Kernel(Protocol):
         engines bind-mount their hosts files). ENOENT when it is gone; ELOOP when
         path is a symbolic link, which is never followed."""
     def remove_file(self, path: str) -> None: ...
+    def announce(self, ns: str, ifname: str) -> None:
+        """Announce every address of the interface at its MAC to the neighbours
+        (gratuitous ARP, unsolicited neighbour advertisement). Changes no
+        state; a failure to send is ignored."""
     def close(self) -> None: ...

@@ -135,6 +135,7 @@ class MemoryKernel:
         self.files: dict[str, str] = {}
         self.symlinks: dict[str, str] = {}
         self.listening: list[tuple[str, IPAddress, int]] = []  # the host's sockets
+        self.announced: list[tuple[str, str]] = []  # (ns, ifname) of each announce
 
     # ---- namespaces ---------------------------------------------------------------
 
@@ -226,6 +227,9 @@ class MemoryKernel:
 
     def sockets(self) -> list[tuple[str, IPAddress, int]]:
         return list(self.listening)
+
+    def announce(self, ns: str, ifname: str) -> None:
+        self.announced.append((ns, ifname))  # no neighbours here to tell
 
     def policy_routes(self) -> list[tuple[RouteInfo, int, int]]:
         return []  # one routing table here, as on a machine without policy rules

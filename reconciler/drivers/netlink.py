@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import ipaddress
 import os
 import stat
 import threading
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from reconciler import ports
-from reconciler.drivers import nft
+from reconciler.drivers import announce, nft
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
     GONE,
@@ -466,6 +467,23 @@ class NetlinkKernel:
             raise KernelError(f"rewrite {path}", e.errno or errno.EIO) from None
         finally:
             os.close(fd)
+
+    def announce(self, ns: str, ifname: str) -> None:
+        try:
+            link = next((k for k in self.links(ns) if k.ifname == ifname), None)
+            if link is None or not link.up:
+                return
+            addresses = [a for a in self.addresses(ns) if a.index == link.index]
+
+            def send_all() -> None:
+                for a in addresses:
+                    ip = ipaddress.ip_interface(a.cidr).ip
+                    if not ip.is_link_local:
+                        announce.send(ifname, link.index, link.mac, ip)
+
+            in_namespace(ns, send_all)
+        except (OSError, KernelError):
+            pass  # an announcement only speeds up what neighbours learn anyway
 
     def write_link(self, path: str, target: str) -> None:
         self._install(path, f"link {path}", lambda tmp: os.symlink(target, tmp))

@@ -14,6 +14,7 @@ from reconciler import firewall
 from reconciler.drivers.kernel import ETC_NETNS_DIR, GONE, Kernel
 from reconciler.errors import InternalError, KernelError
 from reconciler.resources import (
+    HOST_NS,
     Address,
     Bridge,
     DockerUser,
@@ -100,6 +101,8 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         kernel.neigh_add(res.ifname, res.ip, res.mac)
     elif isinstance(res, Address):
         kernel.addr_add(res.ns, res.ifname, res.cidr)
+        if res.ns != HOST_NS:  # an address may have moved here from another container
+            kernel.announce(res.ns, res.ifname)
     elif isinstance(res, Route):
         kernel.route_add(res.ns, res.dst, res.via, res.ifname)
     elif isinstance(res, HostsTable):
@@ -147,6 +150,8 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
     elif isinstance(before, Sublink) and isinstance(after, Sublink):
         _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac or None, after.mac or None, before.up, after.up)
+        if before.mac != after.mac:
+            kernel.announce(after.ns, after.ifname)
     elif isinstance(before, Vxlan) and isinstance(after, Vxlan):
         _set_link(kernel, "", before.ifname, after.ifname, before.mtu, after.mtu, None, None,
                   before.up, after.up)
@@ -162,6 +167,8 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
         _set_master(kernel, after.host_ifname, before.master, after.master,
                     after.master_ifname)
         _set_port_options(kernel, after.host_ifname, before, after, ("isolated", "hairpin"))
+        if before.mac != after.mac:  # neighbours still hold the old one
+            kernel.announce(after.ns, after.ifname)
     elif isinstance(before, Route) and isinstance(after, Route):
         kernel.route_add(after.ns, after.dst, after.via, after.ifname, replace=True)
     elif isinstance(before, HostsTable) and isinstance(after, HostsTable):

@@ -31,10 +31,12 @@ can be written before the bridges it names.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler import ports
 from reconciler.model import Driver, IPAddress, Network, Port
 from reconciler.resources import (
     DOCKER_USER_CHAIN,
@@ -157,6 +159,19 @@ def docker_user_commands(
     for rule in reversed(after.rules if after else ()):
         out.append({"insert": {"rule": {**where, "expr": rule.to_json()["expr"],
                                         "comment": rule.comment}}})
+    return out
+
+
+def changed_ports(before: Firewall | None, after: Firewall | None) -> set[tuple[str, int]]:
+    """(protocol, port) of every DNAT rule that one table has and the other
+    has not: a port published, unpublished, or leading somewhere else now."""
+    old = set(before.rules if before else ())
+    new = set(after.rules if after else ())
+    out = set()
+    for rule in old ^ new:
+        found = ports.dnat_port(json.loads(rule.expr))
+        if found is not None:
+            out.add((found[0], found[2]))
     return out
 
 

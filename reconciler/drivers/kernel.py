@@ -178,6 +178,9 @@ class Kernel(Protocol):
         engines bind-mount their hosts files). ENOENT when it is gone; ELOOP when
         path is a symbolic link, which is never followed."""
     def remove_file(self, path: str) -> None: ...
+    def forget_flows(self, protocol: str, port: int) -> None:
+        """Delete the host's connection tracking entries to a port (protocol
+        "tcp" or "udp"), so that flows in progress meet the current DNAT rules."""
     def announce(self, ns: str, ifname: str) -> None:
         """Announce every address of the interface at its MAC to the neighbours
         (gratuitous ARP, unsolicited neighbour advertisement). Changes no

@@ -136,6 +136,7 @@ class MemoryKernel:
         self.symlinks: dict[str, str] = {}
         self.listening: list[tuple[str, IPAddress, int]] = []  # the host's sockets
         self.announced: list[tuple[str, str]] = []  # (ns, ifname) of each announce
+        self.forgotten: list[tuple[str, int]] = []  # (protocol, port) of each forget_flows
 
     # ---- namespaces ---------------------------------------------------------------
 
@@ -227,6 +228,9 @@ class MemoryKernel:
 
     def sockets(self) -> list[tuple[str, IPAddress, int]]:
         return list(self.listening)
+
+    def forget_flows(self, protocol: str, port: int) -> None:
+        self.forgotten.append((protocol, port))  # no flows here
 
     def announce(self, ns: str, ifname: str) -> None:
         self.announced.append((ns, ifname))  # no neighbours here to tell

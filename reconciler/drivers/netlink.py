@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from reconciler import ports
-from reconciler.drivers import announce, nft
+from reconciler.drivers import announce, conntrack, nft
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
     GONE,
@@ -467,6 +467,9 @@ class NetlinkKernel:
             raise KernelError(f"rewrite {path}", e.errno or errno.EIO) from None
         finally:
             os.close(fd)
+
+    def forget_flows(self, protocol: str, port: int) -> None:
+        conntrack.forget(protocol, port)
 
     def announce(self, ns: str, ifname: str) -> None:
         try:

@@ -50,6 +50,7 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
     a wanted name: only a leftover that the next apply recognises and removes."""
     if isinstance(res, Firewall):
         kernel.nft_apply(firewall.commands(res), f"write nftables table inet {res.table}")
+        _forget_flows(kernel, None, res)
     elif isinstance(res, DockerUser):
         kernel.nft_apply(firewall.docker_user_commands(None, res), f"add {res.title()}")
     elif isinstance(res, Sysctl):
@@ -115,6 +116,14 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         raise InternalError(f"no create for {res!r}")
 
 
+def _forget_flows(kernel: Kernel, before: Firewall | None, after: Firewall | None) -> None:
+    """After the table changed, flows to a port whose DNAT rule came, went or
+    now leads elsewhere start over under the rules as they are now."""
+    changed = firewall.changed_ports(before, after)
+    for protocol, port in sorted(changed):
+        kernel.forget_flows(protocol, port)
+
+
 def _splice(kernel: Kernel, block: HostsBlock, remove: bool = False) -> None:
     """Put the project's block into an engine's hosts file (or take it out), in
     place: the engine bind-mounts that file by inode. A file that is gone (its
@@ -136,6 +145,7 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
     if isinstance(before, Firewall) and isinstance(after, Firewall):
         # The whole table, in one transaction: never half a ruleset.
         kernel.nft_apply(firewall.commands(after), f"replace nftables table inet {after.table}")
+        _forget_flows(kernel, before, after)
     elif isinstance(before, DockerUser) and isinstance(after, DockerUser):
         kernel.nft_apply(firewall.docker_user_commands(before, after), f"replace {after.title()}")
     elif isinstance(before, Sysctl) and isinstance(after, Sysctl):
@@ -239,6 +249,7 @@ def _delete(kernel: Kernel, res: Resource) -> None:
     if isinstance(res, Firewall):
         kernel.nft_apply(firewall.delete_commands(res.table),
                          f"delete nftables table inet {res.table}")
+        _forget_flows(kernel, res, None)
     elif isinstance(res, DockerUser):
         kernel.nft_apply(firewall.docker_user_commands(res, None), f"delete {res.title()}")
     elif isinstance(res, Sysctl):

@@ -135,9 +135,11 @@ def build(spec: Spec, observed: ObservedState, host: str | None = None) -> dict[
             f"ports, but netapply could not {observed.foreign.nft_error}",
         )])
     localnet = firewall.localnet_bridges(published)
+    loose = _reply_networks(spec, published)
     for network in spec.networks.values():
         if network.driver in BRIDGED_DRIVERS:
-            resources.extend(_bridge(spec.project, network, network.name in localnet))
+            resources.extend(_bridge(spec.project, network, network.name in localnet,
+                                     network.name in loose or _is_loose(observed, network)))
         if network.driver == Driver.OVERLAY:
             assert host is not None
             resources.extend(_overlay(whole, network, host, everywhere))
@@ -282,6 +284,21 @@ def _published(spec: Spec, endpoints: list[Endpoint]) -> Iterator[firewall.Publi
             yield firewall.Published(container.name, port, ep.network, ep.ipv4)
 
 
+def _reply_networks(spec: Spec, published: list[firewall.Published]) -> set[str]:
+    """Networks where replies to a published port arrive from another network's
+    address: the default route's network of a container whose port is on
+    another of its networks (such a bridge needs loose rp_filter)."""
+    return {container.default_route for p in published
+            if (container := spec.containers[p.container]).default_route
+            and container.default_route != p.network.name}
+
+
+def _is_loose(observed: ObservedState, network: Network) -> bool:
+    """A bridge already loose stays so: netapply sets rp_filter, never reverts it."""
+    have = observed.resources.get((Kind.BRIDGE, network.name))
+    return isinstance(have, Bridge) and have.rp_loose
+
+
 def _own_ports(observed: ObservedState) -> set[tuple[str, IPAddress | None, int]]:
     """What the project's table publishes now: (protocol, address, port)."""
     table = next((r for r in observed.resources.values() if isinstance(r, Firewall)), None)
@@ -344,10 +361,11 @@ def _missing_paths(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
             )
 
 
-def _bridge(project: str, network: Network, localnet: bool) -> Iterator[Resource]:
+def _bridge(project: str, network: Network, localnet: bool, rp_loose: bool
+            ) -> Iterator[Resource]:
     bridge = Bridge(
         network.name, network.interface, network.mtu, bridge_mac(project, network.name),
-        localnet=localnet,
+        localnet=localnet, rp_loose=rp_loose,
     )
     yield bridge
     if network.gateway is not None:

@@ -141,6 +141,11 @@ class Bridge(_HostWide):
     # net.ipv4.conf.<bridge>.route_localnet: lets the host reach published ports
     # through 127.0.0.1 (the DNATed packet leaves with a loopback source).
     localnet: bool = False
+    # net.ipv4.conf.<bridge>.rp_filter = 2 (loose): replies of a container
+    # whose published port is on another network arrive here with a source of
+    # that network, which strict reverse-path filtering drops. Set, never
+    # reverted, and a bridge already loose is left loose (desired.py).
+    rp_loose: bool = False
 
     @property
     def key(self) -> Key:

@@ -64,7 +64,8 @@ from reconciler.resources import RTPROT_NETAPPLY, ZERO_MAC
 MIN_MTU, MAX_MTU = 68, 65535
 KINDS = frozenset({"bridge", "veth", "macvlan", "ipvlan", "vxlan"})
 VXLAN_N_VID = 1 << 24
-LOCALNET = "route_localnet"
+# Per-link settings modelled, with the values the kernel takes.
+LINK_SYSCTLS = {"route_localnet": ("0", "1"), "rp_filter": ("0", "1", "2")}
 DEFAULT_MTU = 1500
 RTPROT_KERNEL = 2
 
@@ -87,6 +88,7 @@ class _Link:
     parent: int | None = None  # macvlan/ipvlan: the parent's index in the host namespace
     mode: str | None = None
     route_localnet: str = "0"  # the link's net/ipv4/conf/<ifname>/route_localnet
+    rp_filter: str = "0"  # the link's net/ipv4/conf/<ifname>/rp_filter
     vxlan: VxlanInfo | None = None
 
 
@@ -244,16 +246,17 @@ class MemoryKernel:
                        if p.startswith(prefix)})
 
     def sysctl_get(self, name: str) -> str | None:
-        link = self._localnet_link(name)
+        link, key = self._link_sysctl(name)
         if link is not None:
-            return link.route_localnet
+            return str(getattr(link, key))
         return self.sysctls.get(name)
 
-    def _localnet_link(self, name: str) -> _Link | None:
+    def _link_sysctl(self, name: str) -> tuple[_Link | None, str]:
+        """A link's own setting (net/ipv4/conf/<ifname>/<key>): the link and the key."""
         parts = name.split("/")
-        if len(parts) == 5 and parts[:3] == ["net", "ipv4", "conf"] and parts[4] == LOCALNET:
-            return self._host.by_name(parts[3])
-        return None
+        if len(parts) == 5 and parts[:3] == ["net", "ipv4", "conf"] and parts[4] in LINK_SYSCTLS:
+            return self._host.by_name(parts[3]), parts[4]
+        return None, ""
 
     def nft_ruleset(self) -> list[dict[str, Any]]:
         return self.nft.listing()
@@ -278,13 +281,13 @@ class MemoryKernel:
     def sysctl_set(self, name: str, value: str) -> None:
         self.writes += 1
         what = f"set {name}"
-        link = self._localnet_link(name)
+        link, key = self._link_sysctl(name)
         if link is None and name not in self.sysctls:
             raise KernelError(what, errno.ENOENT)
-        if value not in ("0", "1"):
+        if value not in LINK_SYSCTLS.get(key, ("0", "1")):
             raise KernelError(what, errno.EINVAL)
         if link is not None:
-            link.route_localnet = value
+            setattr(link, key, value)
         else:
             self.sysctls[name] = value
 

@@ -70,6 +70,8 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         )
         if res.localnet:
             kernel.sysctl_set(localnet_sysctl(res.ifname), "1")
+        if res.rp_loose:
+            kernel.sysctl_set(rp_filter_sysctl(res.ifname), RP_LOOSE)
     elif isinstance(res, Veth):
         host, inner = staging_ifname(project, res.key, "host"), staging_ifname(project, res.key)
         kernel.veth_add(host, res.host_mtu, res.ns, inner, res.mac, res.mtu)
@@ -141,6 +143,13 @@ def localnet_sysctl(ifname: str) -> str:
     return f"net/ipv4/conf/{ifname}/route_localnet"
 
 
+RP_LOOSE = "2"  # the kernel uses the larger of conf/all and conf/<ifname>
+
+
+def rp_filter_sysctl(ifname: str) -> str:
+    return f"net/ipv4/conf/{ifname}/rp_filter"
+
+
 def update(kernel: Kernel, before: Resource, after: Resource) -> None:
     if isinstance(before, Firewall) and isinstance(after, Firewall):
         # The whole table, in one transaction: never half a ruleset.
@@ -157,6 +166,8 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
                   before.mac, after.mac, before.up, after.up)
         if before.localnet != after.localnet:
             kernel.sysctl_set(localnet_sysctl(after.ifname), "1" if after.localnet else "0")
+        if after.rp_loose and not before.rp_loose:
+            kernel.sysctl_set(rp_filter_sysctl(after.ifname), RP_LOOSE)
     elif isinstance(before, Sublink) and isinstance(after, Sublink):
         _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac or None, after.mac or None, before.up, after.up)

@@ -21,7 +21,13 @@ from reconciler.drivers.kernel import (
     Kernel,
     LinkInfo,
 )
-from reconciler.drivers.ops import LOOPBACK, hosts_path, localnet_sysctl
+from reconciler.drivers.ops import (
+    LOOPBACK,
+    RP_LOOSE,
+    hosts_path,
+    localnet_sysctl,
+    rp_filter_sysctl,
+)
 from reconciler.errors import KernelError
 from reconciler.resources import (
     DOCKER_USER_CHAIN,
@@ -222,7 +228,9 @@ def _scan_host(scan: _Scan) -> None:
             owned[link.index] = (Kind.VXLAN, parts[1])
         elif parts and parts[0] == "bridge" and len(parts) == 2 and link.kind == "bridge":
             localnet = scan.kernel.sysctl_get(localnet_sysctl(link.ifname))
-            bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up, localnet == "1")
+            rp_filter = scan.kernel.sysctl_get(rp_filter_sysctl(link.ifname))
+            bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up, localnet == "1",
+                            rp_filter == RP_LOOSE)
             scan.resources[bridge.key] = bridge
             owned[link.index] = bridge.key
             bridges[link.index] = parts[1]

@@ -443,6 +443,7 @@ def _sublink(container: Container, ep: Endpoint, ns: str) -> Sublink:
         mode=ep.network.mode,
         mac=Sublink.own_mac(kind, ep.network.mode, ep.mac),
         mtu=ep.network.mtu,
+        allocated=_record(ep),
         owned_ns=container.netns is not None,
     )
 
@@ -463,6 +464,7 @@ def _veth(spec: Spec, container: Container, ep: Endpoint, ns: str) -> Veth:
         # Back out of the port it came in by: the container reaching its own
         # published port (port isolation forbids that anyway under icc: false).
         hairpin=ep.network.icc and publishes,
+        allocated=_record(ep),
         owned_ns=container.netns is not None,
         master_ifname=ep.network.interface,
     )
@@ -608,11 +610,28 @@ def _position(ep: Endpoint) -> int:
 
 
 def _observed_addresses(observed: ObservedState) -> dict[Key, list[IPAddress]]:
+    """What each attachment keeps: the allocation recorded in its link's mark;
+    where a mark has no record (made by an older version), the addresses on
+    the link. An address someone put there by hand is drift, not a choice."""
     kept: dict[Key, list[IPAddress]] = {}
+    recorded: set[Key] = set()
     for res in observed.resources.values():
-        if isinstance(res, Address) and res.link[0] in (Kind.VETH, Kind.SUBLINK):
+        if isinstance(res, Veth | Sublink) and res.allocated:
+            try:
+                kept[res.key] = [ipaddress.ip_address(a) for a in res.allocated.split(",")]
+            except ValueError:
+                continue  # not a record this version wrote: fall back to the link
+            recorded.add(res.key)
+    for res in observed.resources.values():
+        if isinstance(res, Address) and res.link[0] in (Kind.VETH, Kind.SUBLINK) \
+                and res.link not in recorded:
             kept.setdefault(res.link, []).append(ipaddress.ip_interface(res.cidr).ip)
     return kept
+
+
+def _record(ep: Endpoint) -> str:
+    """The allocation record of an endpoint, for its link's mark."""
+    return f"{ep.ipv4},{ep.ipv6}" if ep.ipv6 is not None else str(ep.ipv4)
 
 
 def _allocate_family(

@@ -90,6 +90,15 @@ def owner_alias(project: str, *parts: str) -> str:
     return "/".join((ALIAS_PREFIX, project, *parts))
 
 
+def link_alias(project: str, kind: str, container: str, network: str, end: str = "",
+               allocated: str = "") -> str:
+    """The mark of an attachment's link: `netapply/<project>/<kind>/<container>/
+    <network>`, then `/host` for a veth's host end, then the allocation record."""
+    parts = [kind, container, network, *([end] if end else []),
+             *([allocated] if allocated else [])]
+    return owner_alias(project, *parts)
+
+
 def ns_label(ns: str) -> str:
     return "host" if ns == HOST_NS else ns
 
@@ -178,6 +187,10 @@ class Veth:
     # The host end may send a frame back where it came from: the container reaches
     # its own published port through a host address.
     hairpin: bool = False
+    # The addresses netapply allocated to the attachment ("ipv4" or "ipv4,ipv6"),
+    # recorded in the host end's mark: stickiness keeps these, never an address
+    # someone put on the link by hand ("" where an older mark has none).
+    allocated: str = ""
     owned_ns: bool = field(default=True, compare=False)  # ns is a Netns of the project
     master_ifname: str | None = field(default=None, compare=False)
 
@@ -214,6 +227,7 @@ class Sublink:
     mac: str  # "" for ipvlan, whose links carry the parent's address
     mtu: int
     up: bool = True
+    allocated: str = ""  # as Veth.allocated, recorded in the link's own mark
     owned_ns: bool = field(default=True, compare=False)
 
     @property

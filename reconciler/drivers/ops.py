@@ -32,6 +32,7 @@ from reconciler.resources import (
     Sysctl,
     Veth,
     Vxlan,
+    link_alias,
     owner_alias,
     splice_hosts_block,
     staging_ifname,
@@ -75,9 +76,10 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
     elif isinstance(res, Veth):
         host, inner = staging_ifname(project, res.key, "host"), staging_ifname(project, res.key)
         kernel.veth_add(host, res.host_mtu, res.ns, inner, res.mac, res.mtu)
-        alias = owner_alias(project, "veth", res.container, res.network)
+        alias = link_alias(project, "veth", res.container, res.network)
         kernel.link_set(
-            "", host, new_name=res.host_ifname, alias=alias + "/host",
+            "", host, new_name=res.host_ifname,
+            alias=link_alias(project, "veth", res.container, res.network, "host", res.allocated),
             master=res.master_ifname, up=res.host_up,
         )
         if res.isolated or res.hairpin:  # before the container end is up
@@ -88,7 +90,8 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         staged = staging_ifname(project, res.key)
         kernel.sublink_add(res.driver, res.parent, res.mode, res.ns, staged, res.mac or None,
                            res.mtu)
-        alias = owner_alias(project, "sublink", res.container, res.network)
+        alias = link_alias(project, "sublink", res.container, res.network,
+                           allocated=res.allocated)
         kernel.link_set(res.ns, staged, new_name=res.ifname, alias=alias, up=res.up)
     elif isinstance(res, Vxlan):
         staged = staging_ifname(project, res.key)
@@ -150,7 +153,7 @@ def rp_filter_sysctl(ifname: str) -> str:
     return f"net/ipv4/conf/{ifname}/rp_filter"
 
 
-def update(kernel: Kernel, before: Resource, after: Resource) -> None:
+def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> None:
     if isinstance(before, Firewall) and isinstance(after, Firewall):
         # The whole table, in one transaction: never half a ruleset.
         kernel.nft_apply(firewall.commands(after), f"replace nftables table inet {after.table}")
@@ -173,6 +176,9 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
                   before.mac or None, after.mac or None, before.up, after.up)
         if before.mac != after.mac:
             kernel.announce(after.ns, after.ifname)
+        if before.allocated != after.allocated:
+            kernel.link_set(after.ns, after.ifname, alias=link_alias(
+                project, "sublink", after.container, after.network, allocated=after.allocated))
     elif isinstance(before, Vxlan) and isinstance(after, Vxlan):
         _set_link(kernel, "", before.ifname, after.ifname, before.mtu, after.mtu, None, None,
                   before.up, after.up)
@@ -190,6 +196,9 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
         _set_port_options(kernel, after.host_ifname, before, after, ("isolated", "hairpin"))
         if before.mac != after.mac:  # neighbours still hold the old one
             kernel.announce(after.ns, after.ifname)
+        if before.allocated != after.allocated:
+            kernel.link_set("", after.host_ifname, alias=link_alias(
+                project, "veth", after.container, after.network, "host", after.allocated))
     elif isinstance(before, Route) and isinstance(after, Route):
         kernel.route_add(after.ns, after.dst, after.via, after.ifname, replace=True)
     elif isinstance(before, HostsTable) and isinstance(after, HostsTable):

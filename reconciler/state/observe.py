@@ -115,6 +115,7 @@ class _End:
     link: LinkInfo
     master: str | None = None  # network of an owned bridge, "?name" for another device
     master_ifname: str | None = None
+    allocated: str = ""  # the allocation record of a host end's mark
 
 
 @dataclass
@@ -234,8 +235,9 @@ def _scan_host(scan: _Scan) -> None:
             scan.resources[bridge.key] = bridge
             owned[link.index] = bridge.key
             bridges[link.index] = parts[1]
-        elif parts and parts[0] == "veth" and len(parts) == 4 and parts[3] == "host":
-            scan.host_ends[(parts[1], parts[2])] = _End(HOST_NS, link)
+        elif parts and parts[0] == "veth" and len(parts) in (4, 5) and parts[3] == "host":
+            end = scan.host_ends[(parts[1], parts[2])] = _End(HOST_NS, link)
+            end.allocated = parts[4] if len(parts) == 5 else ""
         elif not scan.leftover(HOST_NS, link, owned_ns=False):
             scan.foreign_links.add((HOST_NS, link.ifname))
             scan.host_links.append((link.ifname, link.mtu, link.master is not None))
@@ -413,12 +415,13 @@ def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bo
         if parts and parts[0] == "veth" and len(parts) == 3:
             scan.inner_ends[(parts[1], parts[2])] = _End(ns, link)
             owned[link.index] = (Kind.VETH, parts[1], parts[2])
-        elif parts and parts[0] == "sublink" and len(parts) == 3 and link.kind:
+        elif parts and parts[0] == "sublink" and len(parts) in (3, 4) and link.kind:
             sublink = Sublink(
                 parts[1], parts[2], ns, link.ifname, link.kind,
                 scan.host_names.get(link.parent or 0, "?"), link.mode or "",
                 Sublink.own_mac(link.kind, link.mode or "", link.mac),
                 link.mtu, link.up,
+                allocated=parts[3] if len(parts) == 4 else "",
                 owned_ns=owned_ns,
             )
             scan.resources[sublink.key] = sublink
@@ -484,6 +487,7 @@ def _pair_veths(scan: _Scan) -> None:
             host_up=host.link.up if host else False,
             isolated=host.link.isolated if host else False,
             hairpin=host.link.hairpin if host else False,
+            allocated=host.allocated if host else "",
             owned_ns=inner is not None and inner.ns in netns_owned,
         )
         scan.resources[veth.key] = veth

@@ -10,7 +10,7 @@ import os
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reconciler import desired as desired_mod
 from reconciler import firewall, machines, managers, planner
@@ -21,6 +21,7 @@ from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
 from reconciler.resources import (
     HOST_NS,
+    Bridge,
     Firewall,
     HostsFile,
     Key,
@@ -183,6 +184,9 @@ def rollback_target(before: dict[Key, Resource], now: dict[Key, Resource]) -> di
     again as it was stays as it is now."""
     target: dict[Key, Resource] = {}
     for key, res in before.items():
+        have = now.get(key)
+        if isinstance(res, Bridge) and isinstance(have, Bridge):
+            res = replace(res, rp_loose=res.rp_loose or have.rp_loose)  # never reverted
         if _restorable(res):
             target[key] = res
         elif key in now:

@@ -198,6 +198,9 @@ class NetlinkKernel:
     def nft_ruleset(self) -> list[dict[str, Any]]:
         return nft.ruleset()
 
+    def nft_tables(self) -> list[tuple[str, str]]:
+        return self._call("list the nftables tables over netlink", nft.tables)
+
     def fdb(self) -> list[FdbInfo]:
         return self._call("list forwarding entries", lambda: self._sock("").fdb())
 

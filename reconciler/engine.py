@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from reconciler import desired as desired_mod
 from reconciler import firewall, machines, managers, planner
 from reconciler.drivers.kernel import Kernel
-from reconciler.errors import ConvergenceError, PrivilegeError
+from reconciler.errors import ConvergenceError, PrivilegeError, UnreadError
 from reconciler.executor import Progress, Result, execute
 from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
@@ -116,11 +116,16 @@ def plan_from(
     spec: Spec, observed: ObservedState, destroy: bool = False, host: str | None = None
 ) -> Snapshot:
     """Desired state and plan from an observation (no I/O). `host`: which of
-    the spec's hosts this machine is."""
+    the spec's hosts this machine is. UnreadError when a part of the kernel
+    that may hold the project's objects could not be read, unless destroying
+    (destroy removes the rest, then fails: see apply)."""
+    if not destroy:
+        require_read(observed, "nothing is planned: what the project owns there is unknown")
     with no_gc_pauses():
         wanted = {} if destroy else desired_mod.build(spec, observed, host)
         filtering = any(isinstance(r, Firewall) for r in wanted.values())
         notes = managers.notes(observed.foreign, filtering)
+        notes.extend(_unread_notes(observed))
         forwarding = (Kind.SYSCTL, firewall.IP_FORWARD)
         have = observed.resources.get(forwarding)
         note = managers.forwarding_note(
@@ -131,6 +136,30 @@ def plan_from(
         notes.extend(desired_mod.overlay_renumbering(spec, wanted, observed))
         notes.extend(desired_mod.late_port_holders(observed))
         return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), tuple(notes))
+
+
+def require_read(observed: ObservedState, outcome: str) -> None:
+    """UnreadError, saying `outcome`, when observed has parts that could not be
+    read and may hold the project's objects."""
+    if observed.unread:
+        raise UnreadError(observed.unread, outcome)
+
+
+def destroyed(observed: ObservedState, steps: int) -> None:
+    """After a destroy of `steps` steps, observed (read afterwards) says
+    nothing is left, or UnreadError names what could not be read."""
+    require_read(observed, f"destroy removed what it could read ({steps} step(s)), but "
+                           "the project may still own objects there")
+
+
+def _unread_notes(observed: ObservedState) -> list[str]:
+    if observed.unread:  # only a destroy gets here
+        return [f"netapply could not read {part}; destroy removes everything else, then "
+                "fails" for part in observed.unread]
+    if observed.foreign.nft_error:
+        return [f"netapply could not {observed.foreign.nft_error}; the kernel has no nftables "
+                "table that could hold the project's objects, so none is missed"]
+    return []
 
 
 def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> ObservedState:
@@ -159,6 +188,8 @@ def apply(
     result = execute(kernel, spec.project, plan, progress)
     after = snapshot(kernel, spec, destroy=destroy, host=host)
     _verify(after.plan, "the kernel did not converge after apply")
+    if destroy:
+        destroyed(after.observed, len(result.done))
     return result
 
 

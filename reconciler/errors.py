@@ -117,6 +117,24 @@ class ApplyError(NetapplyError):
         return self.cause.hint if isinstance(self.cause, KernelError) else ""
 
 
+class UnreadError(NetapplyError):
+    """A part of the kernel that may hold the project's objects could not be
+    read (the nftables ruleset without a working `nft`, a namespace that could
+    not be entered), so netapply cannot vouch for a plan, a listing or a clean
+    destroy. The operator must make that part readable, then run it again."""
+
+    def __init__(self, parts: Sequence[str], outcome: str):
+        self.parts = list(parts)
+        self.outcome = outcome
+        listed = "\n".join(f"  {part}" for part in self.parts)
+        super().__init__(f"netapply could not read part of the kernel, so {outcome}:\n{listed}")
+
+    @property
+    def hint(self) -> str:
+        return ("make that part readable (for the nftables ruleset: install the nftables "
+                "package, or repair the nft command), then run the command again")
+
+
 class ConvergenceError(NetapplyError):
     """After apply the kernel still differs from the spec. A netapply bug or a concurrent writer."""
 

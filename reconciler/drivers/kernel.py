@@ -113,6 +113,9 @@ class Kernel(Protocol):
         ("net/ipv4/ip_forward"); None when it does not exist."""
     def nft_ruleset(self) -> list[dict[str, Any]]:
         """The machine's nftables ruleset as `nft -j list ruleset` lists it."""
+    def nft_tables(self) -> list[tuple[str, str]]:
+        """(family, name) of the machine's nftables tables, read without the
+        nft command (what is known when nft_ruleset fails)."""
     def link_kind_supported(self, kind: str) -> bool:
         """Whether the kernel can make links of this kind, found out without
         making one."""

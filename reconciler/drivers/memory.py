@@ -261,6 +261,9 @@ class MemoryKernel:
     def nft_ruleset(self) -> list[dict[str, Any]]:
         return self.nft.listing()
 
+    def nft_tables(self) -> list[tuple[str, str]]:
+        return list(self.nft.tables)
+
     def link_kind_supported(self, kind: str) -> bool:
         return kind in self.kinds
 

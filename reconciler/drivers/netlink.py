@@ -45,7 +45,7 @@ MNT_DETACH = 2
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
 RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 SYSCTL_DIR = "/proc/sys"
-PROBE_IFNAME = "netapply-probe"
+MODULES_DIR = "/lib/modules"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -198,6 +198,9 @@ class NetlinkKernel:
     def nft_ruleset(self) -> list[dict[str, Any]]:
         return nft.ruleset()
 
+    def nft_tables(self) -> list[tuple[str, str]]:
+        return self._call("list the nftables tables over netlink", nft.tables)
+
     def fdb(self) -> list[FdbInfo]:
         return self._call("list forwarding entries", lambda: self._sock("").fdb())
 
@@ -205,10 +208,16 @@ class NetlinkKernel:
         return self._call("list neighbour entries", lambda: self._sock("").neighbours())
 
     def link_kind_supported(self, kind: str) -> bool:
-        return self._call(
+        """A driver for `kind` is built in or loaded (asked with a link dump,
+        which changes nothing), or is a module the kernel would load when a
+        link of that kind is made: rtnetlink asks modprobe for
+        "rtnl-link-<kind>" (request_module in net/core/rtnetlink.c), an alias
+        that depmod lists in modules.alias of the running kernel."""
+        registered = self._call(
             f"find out whether the kernel supports {kind} links",
-            lambda: self._sock("").kind_supported(kind, PROBE_IFNAME),
+            lambda: self._sock("").kind_registered(kind),
         )
+        return registered or _module_alias(f"rtnl-link-{kind}")
 
     # ---- machine-wide settings -------------------------------------------------
 
@@ -541,6 +550,17 @@ def in_namespace(ns: str, make: Callable[[], T]) -> T:
     finally:
         os.close(target)
         os.close(own)
+
+
+def _module_alias(alias: str) -> bool:
+    """Whether modules.alias of the running kernel names a module for alias;
+    False without one (a kernel without modules, or none installed)."""
+    path = os.path.join(MODULES_DIR, os.uname().release, "modules.alias")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return any(line.split()[1:2] == [alias] for line in f if line.startswith("alias "))
+    except OSError:
+        return False
 
 
 def ns_type(path: str) -> int | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from reconciler import firewall, model, ports
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
+    GONE,
     NUD_NOARP,
     NUD_PERMANENT,
     AddrInfo,
@@ -107,6 +108,9 @@ class ObservedState:
     foreign: Foreign = field(default_factory=Foreign)
     missing_paths: frozenset[str] = frozenset()
     missing_kinds: frozenset[str] = frozenset()  # link kinds this kernel cannot make
+    # Parts of the kernel that could not be read and may hold the project's
+    # objects, each named with why: nothing may be claimed about them.
+    unread: tuple[str, ...] = ()
 
 
 @dataclass
@@ -128,6 +132,7 @@ class _Scan:
     foreign_links: set[tuple[str, str]] = field(default_factory=set)
     foreign_netns: set[str] = field(default_factory=set)
     foreign_routes: set[tuple[str, str]] = field(default_factory=set)
+    unread: list[str] = field(default_factory=list)
     host_nets: list[tuple[model.IPNetwork, str]] = field(default_factory=list)
     host_names: dict[int, str] = field(default_factory=dict)
     host_links: list[tuple[str, int, bool]] = field(default_factory=list)
@@ -172,8 +177,11 @@ def observe(
     for name in kernel.netns_names():
         try:
             links = kernel.links(name)
-        except KernelError:
-            scan.foreign_netns.add(name)  # gone meanwhile, or not ours to enter
+        except KernelError as e:
+            if e.errno in GONE:
+                scan.foreign_netns.add(name)  # gone meanwhile
+            else:  # it may be the project's: its mark is unknown
+                scan.unread.append(f"netns {name} ({e})")
             continue
         lo = next((link for link in links if link.ifname == LOOPBACK), None)
         if lo is not None and lo.alias == owner_alias(project, "netns", name):
@@ -213,6 +221,7 @@ def observe(
         ),
         missing_paths=frozenset(missing),
         missing_kinds=frozenset(k for k in set(kinds) if not kernel.link_kind_supported(k)),
+        unread=(*([nft.unread] if nft.unread else []), *scan.unread),
     )
 
 
@@ -343,6 +352,7 @@ class _Nft:
     chains: tuple[NftChain, ...] = ()
     error: str | None = None
     held: tuple[ports.Held, ...] = ()  # ports other tables publish (DNAT)
+    unread: str | None = None  # the ruleset, unread, may hold the project's objects
 
 
 def _scan_nft(scan: _Scan) -> _Nft:
@@ -350,7 +360,7 @@ def _scan_nft(scan: _Scan) -> _Nft:
     try:
         items = scan.kernel.nft_ruleset()
     except KernelError as e:
-        return _Nft(error=str(e))
+        return _unread_nft(scan, str(e))
     own = (firewall.FAMILY, firewall.table_name(scan.project))
     found = False
     shape: list[str] = []  # chains, and anything else someone put into the table
@@ -406,6 +416,24 @@ def _scan_nft(scan: _Scan) -> _Nft:
         user = DockerUser(family, tuple(marked), tuple(handles))
         scan.resources[user.key] = user
     return _Nft(tuple(tables), tuple(chains), held=tuple(held))
+
+
+def _unread_nft(scan: _Scan, error: str) -> _Nft:
+    """nft could not list the ruleset. The names of the tables, read without
+    nft, tell whether it may hold the project's objects: its own table, or a
+    table where Docker's DOCKER-USER chain (with the project's rules) can be."""
+    try:
+        tables = scan.kernel.nft_tables()
+    except KernelError as e:
+        return _Nft(error=error, unread=f"the nftables ruleset ({error}; {e})")
+    own = (firewall.FAMILY, firewall.table_name(scan.project))
+    holding = [t for t in tables
+               if t == own or (t[1] == DOCKER_USER_TABLE and t[0] in ("ip", "ip6"))]
+    unread = None
+    if holding:
+        names = " and ".join(f"table {family} {name}" for family, name in holding)
+        unread = f"the nftables ruleset, which holds {names} ({error})"
+    return _Nft(tuple(t for t in tables if t != own), error=error, unread=unread)
 
 
 def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bool) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from reconciler import desired as desired_mod
 from reconciler import firewall, machines, managers, planner
 from reconciler.drivers.kernel import Kernel
-from reconciler.errors import ConvergenceError, PrivilegeError
+from reconciler.errors import ConvergenceError, MachineError, PrivilegeError, Problem
 from reconciler.executor import Progress, Result, execute
 from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
@@ -52,14 +52,29 @@ def require_privileges() -> None:
         )
 
 
+MIN_OPEN_FILES = 64  # the files, pipes and sockets of a run with one namespace at a time
+
+
 def raise_open_files_limit() -> None:
     """netlink keeps a socket per namespace for a run (and watch one more per
     namespace to listen in), so a machine with hundreds of containers needs
-    more descriptors than the usual soft limit of 1024: take the hard limit."""
+    more descriptors than the usual soft limit of 1024: take the hard limit.
+    Where even that is lower than the namespaces need, the driver closes the
+    least recently used sockets as it goes (drivers/netlink.py).
+
+    Raises MachineError, before anything is read or changed, when the limit
+    (RLIMIT_NOFILE, getrlimit(2)) stays below MIN_OPEN_FILES."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        raise MachineError([Problem(None, (
+            f"this process may open only {soft} files (ulimit -n; hard limit {hard}), which is "
+            f"too low: netapply needs at least {MIN_OPEN_FILES}; raise the limit (`ulimit -n "
+            f"{MIN_OPEN_FILES * 16}` as root, or LimitNOFILE= in a systemd unit) and run again"
+        ))])
 
 
 def _has_capability(bit: int) -> bool:

@@ -82,6 +82,11 @@ HINTS = {
     errno_mod.EOPNOTSUPP: "the running kernel cannot do this (a missing module or option); "
                           "load the module, or change the spec",
     errno_mod.EROFS: "the file system is mounted read-only; remount it read-write",
+    errno_mod.EMFILE: "this process may open too few files (ulimit -n) for the namespaces it "
+                      "works in; raise the limit (`ulimit -n`, or LimitNOFILE= in a systemd "
+                      "unit), then run again",
+    errno_mod.ENFILE: "the machine has no file descriptor left (fs.file-max); close files or "
+                      "raise the limit, then run again",
     errno_mod.EADDRINUSE: "the address or port is used by something else on this machine; "
                           "free it or change the spec",
 }

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import resource
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -43,6 +44,10 @@ NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
 RT_TABLE_MAIN = 254
 SYSCTL_DIR = "/proc/sys"
 PROBE_IFNAME = "netapply-probe"
+# Descriptors left free for everything but the namespaces' sockets (files,
+# nft's pipes, the lock, an engine's API socket, a namespace entered for a moment).
+FD_RESERVE = 32
+MIN_SOCKETS = 4  # the host's, and the namespace a step works in, with room to spare
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -65,22 +70,48 @@ def _ns_label(ns: str) -> str:
     return f"netns {ns}" if ns else "host namespace"
 
 
+def socket_budget() -> int:
+    """How many namespace sockets a run keeps open at once: what the limit
+    on open files (RLIMIT_NOFILE, `ulimit -n`) leaves after FD_RESERVE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(MIN_SOCKETS, soft - FD_RESERVE)
+
+
 class NetlinkKernel:
     """Kernel interface on the running kernel (see drivers/kernel.py)."""
 
     def __init__(self) -> None:
         self.writes = 0
         self.file_writes = 0  # of `writes`, those to managed files (hosts)
+        # Least recently used first. More namespaces than the limit on open
+        # files allows are served by closing the least recently used socket.
         self._sockets: dict[str, Rtnl] = {}
+        self._budget = socket_budget()
 
     # ---- sockets -------------------------------------------------------------
 
     def _sock(self, ns: str) -> Rtnl:
-        sock = self._sockets.get(ns)
+        sock = self._sockets.pop(ns, None)
         if sock is None:
-            sock = self._open(ns)
-            self._sockets[ns] = sock
+            while len(self._sockets) >= self._budget:
+                self._forget(next(iter(self._sockets)))
+            sock = self._open_evicting(ns)
+        self._sockets[ns] = sock
         return sock
+
+    def _open_evicting(self, ns: str) -> Rtnl:
+        """A new socket in ns; when the process is out of descriptors (another
+        part holds more than FD_RESERVE), close cached sockets until it fits."""
+        while True:
+            try:
+                return self._open(ns)
+            except (KernelError, OSError) as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE) or not self._sockets:
+                    raise
+                self._budget = max(1, len(self._sockets) - 1)
+                self._forget(next(iter(self._sockets)))
 
     def _open(self, ns: str) -> Rtnl:
         return in_namespace(ns, Rtnl)
@@ -230,6 +261,8 @@ class NetlinkKernel:
                 _check(_libc.mount(src, path.encode(), b"none", MS_BIND, None), what)
             except KernelError as e:
                 failure.append(e)
+            except OSError as e:  # no descriptor left for the socket
+                failure.append(KernelError(what, e.errno or errno.EIO))
 
         thread = threading.Thread(target=run, name=f"netns-{name}")
         thread.start()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from reconciler import firewall, model
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
+    GONE,
     NUD_NOARP,
     NUD_PERMANENT,
     AddrInfo,
@@ -152,7 +153,11 @@ def observe(
     end is in the host namespace, and deleting it removes the pair). `kinds` are
     link kinds the spec needs, checked for support without making a link.
     `blocks`: container name -> (hosts file of its engine, its namespace), the
-    files of running runtime containers, which may hold the project's block."""
+    files of running runtime containers, which may hold the project's block.
+
+    Raises KernelError when a part cannot be read, a namespace included (the
+    process out of descriptors, say): its mark unread, it is neither the
+    project's nor foreign."""
     scan = _Scan(project, kernel)
     _scan_host(scan)
     for name in SYSCTLS:
@@ -163,9 +168,12 @@ def observe(
     for name in kernel.netns_names():
         try:
             links = kernel.links(name)
-        except KernelError:
-            scan.foreign_netns.add(name)  # gone meanwhile, or not ours to enter
-            continue
+        except KernelError as e:
+            if e.errno in GONE:
+                continue  # deleted since it was listed
+            raise KernelError(
+                f"read netns {name} to find out whether project '{project}' owns it", e.errno
+            ) from None
         lo = next((link for link in links if link.ifname == LOOPBACK), None)
         if lo is not None and lo.alias == owner_alias(project, "netns", name):
             scan.resources[(Kind.NETNS, name)] = Netns(name, lo_up=lo.up)

@@ -26,6 +26,7 @@ from reconciler.resources import (
     Key,
     Kind,
     Leftover,
+    LeftoverFile,
     Resource,
     Sysctl,
     Veth,
@@ -97,6 +98,11 @@ def netns_paths(spec: Spec) -> list[str]:
     return sorted({c.netns_path for c in spec.containers.values() if c.netns_path})
 
 
+def netns_names(spec: Spec) -> list[str]:
+    """The named namespaces of the spec's containers."""
+    return sorted({c.netns for c in spec.containers.values() if c.netns})
+
+
 def hosts_blocks(spec: Spec) -> dict[str, tuple[str, str]]:
     """Container name -> (its engine's hosts file, its namespace) for the
     resolved runtime containers of the spec."""
@@ -152,7 +158,7 @@ def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> Obse
     with no_gc_pauses():
         return observe(
             kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share),
-            hosts_blocks(share),
+            hosts_blocks(share), netns_names(share),
         )
 
 
@@ -181,7 +187,7 @@ def _restorable(res: Resource) -> bool:
     applies, veth pairs that were already broken (a missing end cannot be made
     as it was), hosts files of an older format, VXLAN devices with flags
     netapply does not set."""
-    if is_shared(res) or isinstance(res, Leftover):
+    if is_shared(res) or isinstance(res, Leftover | LeftoverFile):
         return False
     if isinstance(res, Veth):
         return res.ns != UNSEEN_NS and bool(res.host_ifname)

@@ -1,5 +1,5 @@
 """The observer on the in-memory kernel: what it cannot read fails the plan
-(never "foreign")."""
+(never "foreign"), and what interrupted runs left is the project's to remove."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from reconciler import engine
 from reconciler.drivers.memory import MemoryKernel
 from reconciler.errors import KernelError
+from reconciler.planner import Action
 from reconciler.resources import Kind
 from reconciler.spec import load_text
 from reconciler.state.observe import observe
@@ -65,3 +66,17 @@ def test_a_namespace_gone_since_it_was_listed_is_neither_owned_nor_foreign() -> 
     assert (Kind.NETNS, "web") not in seen.resources
     assert "web" not in seen.foreign.netns
     assert (Kind.NETNS, "db") in seen.resources
+
+
+def test_leftovers_under_the_spec_names_are_removed() -> None:
+    kernel, spec = applied()
+    kernel.files["/etc/netns/db/hosts.netapply-tmp"] = "half"
+    kernel.files["/etc/netns/.netapply-sc/x.netapply-tmp"] = ""
+    kernel.files["/etc/netns/other/hosts.netapply-tmp"] = "someone else's"
+    snap = engine.snapshot(kernel, spec, destroy=True)
+    leftovers = sorted(c.key for c in snap.plan.changes if c.key[0] == Kind.LEFTOVER_FILE)
+    assert leftovers == [(Kind.LEFTOVER_FILE, "/etc/netns/.netapply-sc/x.netapply-tmp"),
+                         (Kind.LEFTOVER_FILE, "/etc/netns/db/hosts.netapply-tmp")]
+    assert all(c.action == Action.DELETE for c in snap.plan.changes)
+    engine.apply(kernel, spec, snap.plan, destroy=True)
+    assert list(kernel.files) == ["/etc/netns/other/hosts.netapply-tmp"]

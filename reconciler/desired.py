@@ -13,7 +13,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from reconciler import firewall, machines, ports
-from reconciler.errors import InternalError, MachineError, Problem, SpecError
+from reconciler.drivers.kernel import ETC_NETNS_DIR, NETNS_DIR
+from reconciler.errors import InternalError, MachineError, Problem, SpecError, Where
+from reconciler.lock import LOCK_DIR
 from reconciler.model import (
     IFNAMSIZ,
     Attachment,
@@ -733,6 +735,8 @@ def _collisions(
     foreign = observed.foreign
     project = spec.project
     not_owned = f"exists and is not owned by project '{project}'"
+    if foreign.files:
+        yield from _file_collisions(spec, resources, dict(foreign.files))
     for res in resources:
         if isinstance(res, Netns) and res.name in foreign.netns:
             container = _container_of_netns(spec, res.name)
@@ -771,6 +775,49 @@ def _collisions(
                 spec.locate("containers", container),
                 f"container '{container}': route {res.dst} in its namespace {not_owned}",
             )
+
+
+def _file_collisions(
+    spec: Spec, resources: list[Resource], files: dict[str, str]
+) -> Iterator[Problem]:
+    """Desired objects whose place in the file system something netapply did
+    not make takes: a symbolic link (never followed), a file where a directory
+    goes, a FIFO, a directory where a file goes. Each such path is said once."""
+    said: set[str] = set()
+    tail = (f", which project '{spec.project}' did not make: netapply never follows a link "
+            "or replaces what is in its way")
+
+    def check(paths: Iterable[str], where: Where | None, label: str,
+              hint: str) -> Iterator[Problem]:
+        for path in paths:
+            if path in files and path not in said:
+                said.add(path)
+                yield Problem(where, f"{label}{files[path]}{tail}; {hint}")
+
+    if resources:
+        yield from check([LOCK_DIR], spec.locate("project"), f"project '{spec.project}': ",
+                         f"remove it (netapply holds the lock of a run in {LOCK_DIR})")
+    own_dir = f"{ETC_NETNS_DIR}/{tables_dir(spec.project)}"
+    other_netns = "remove it or choose another netns"
+    for res in resources:
+        if isinstance(res, Netns):
+            container = _container_of_netns(spec, res.name)
+            yield from check(
+                (NETNS_DIR, f"{NETNS_DIR}/{res.name}"),
+                spec.locate("containers", container, "netns"),
+                f"container '{container}': netns {res.name} cannot be made: ", other_netns)
+        elif isinstance(res, HostsFile):
+            container = _container_of_netns(spec, res.netns)
+            yield from check(
+                (ETC_NETNS_DIR, f"{ETC_NETNS_DIR}/{res.netns}"),
+                spec.locate("containers", container),
+                f"container '{container}': /etc/netns/{res.netns}/hosts cannot be written: ",
+                other_netns)
+        elif isinstance(res, HostsTable):
+            yield from check(
+                (ETC_NETNS_DIR, own_dir, res.path), spec.locate("project"),
+                f"project '{spec.project}': its hosts tables cannot be written: ",
+                "remove it (netapply keeps the project's hosts tables there)")
 
 
 def _veth_collisions(

@@ -15,7 +15,13 @@ from dataclasses import dataclass, replace
 from reconciler import desired as desired_mod
 from reconciler import firewall, machines, managers, planner
 from reconciler.drivers.kernel import Kernel
-from reconciler.errors import ConvergenceError, PrivilegeError, UnreadError
+from reconciler.errors import (
+    ConvergenceError,
+    MachineError,
+    PrivilegeError,
+    Problem,
+    UnreadError,
+)
 from reconciler.executor import Progress, Result, execute
 from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
@@ -27,6 +33,7 @@ from reconciler.resources import (
     Key,
     Kind,
     Leftover,
+    LeftoverFile,
     Resource,
     Sysctl,
     Veth,
@@ -53,14 +60,29 @@ def require_privileges() -> None:
         )
 
 
+MIN_OPEN_FILES = 64  # the files, pipes and sockets of a run with one namespace at a time
+
+
 def raise_open_files_limit() -> None:
     """netlink keeps a socket per namespace for a run (and watch one more per
     namespace to listen in), so a machine with hundreds of containers needs
-    more descriptors than the usual soft limit of 1024: take the hard limit."""
+    more descriptors than the usual soft limit of 1024: take the hard limit.
+    Where even that is lower than the namespaces need, the driver closes the
+    least recently used sockets as it goes (drivers/netlink.py).
+
+    Raises MachineError, before anything is read or changed, when the limit
+    (RLIMIT_NOFILE, getrlimit(2)) stays below MIN_OPEN_FILES."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        raise MachineError([Problem(None, (
+            f"this process may open only {soft} files (ulimit -n; hard limit {hard}), which is "
+            f"too low: netapply needs at least {MIN_OPEN_FILES}; raise the limit (`ulimit -n "
+            f"{MIN_OPEN_FILES * 16}` as root, or LimitNOFILE= in a systemd unit) and run again"
+        ))])
 
 
 def _has_capability(bit: int) -> bool:
@@ -81,6 +103,11 @@ def local_addresses(kernel: Kernel) -> list[IPAddress]:
 
 def netns_paths(spec: Spec) -> list[str]:
     return sorted({c.netns_path for c in spec.containers.values() if c.netns_path})
+
+
+def netns_names(spec: Spec) -> list[str]:
+    """The named namespaces of the spec's containers."""
+    return sorted({c.netns for c in spec.containers.values() if c.netns})
 
 
 def hosts_blocks(spec: Spec) -> dict[str, tuple[str, str]]:
@@ -168,7 +195,7 @@ def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> Obse
     with no_gc_pauses():
         return observe(
             kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share),
-            hosts_blocks(share),
+            hosts_blocks(share), netns_names(share),
         )
 
 
@@ -199,7 +226,7 @@ def _restorable(res: Resource) -> bool:
     applies, veth pairs that were already broken (a missing end cannot be made
     as it was), hosts files of an older format, VXLAN devices with flags
     netapply does not set."""
-    if is_shared(res) or isinstance(res, Leftover):
+    if is_shared(res) or isinstance(res, Leftover | LeftoverFile):
         return False
     if isinstance(res, Veth):
         return res.ns != UNSEEN_NS and bool(res.host_ifname)

@@ -40,6 +40,7 @@ class Kind(StrEnum):
     HOSTS = "hosts"
     HOSTS_BLOCK = "hosts-block"
     LEFTOVER = "leftover"
+    LEFTOVER_FILE = "leftover-file"
 
 
 def _hex(text: str, length: int) -> str:
@@ -543,6 +544,26 @@ class Leftover:
         return f"leftover link {self.ifname} of an interrupted apply"
 
 
+@dataclass(frozen=True)
+class LeftoverFile(_HostWide):
+    """What an interrupted run left under a name the project's: an empty file in
+    /run/netns that no namespace is mounted on, an empty directory in /etc/netns,
+    a half-written file (`*.netapply-tmp`). Never desired; always deleted, so
+    that `ip netns add` and the next apply find the name free."""
+
+    kind: ClassVar[Kind] = Kind.LEFTOVER_FILE
+    path: str
+    directory: bool = False
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.path)
+
+    def title(self) -> str:
+        what = "directory" if self.directory else "file"
+        return f"leftover {what} {self.path} of an interrupted run"
+
+
 COMMENT_MAX = 128  # nftables' limit on a rule comment
 
 
@@ -652,7 +673,7 @@ class Sysctl(_HostWide):
 
 Resource = (
     Firewall | DockerUser | Sysctl | Netns | Bridge | Veth | Sublink | Vxlan | Fdb | Neigh
-    | Address | Route | HostsTable | HostsFile | HostsBlock | Leftover
+    | Address | Route | HostsTable | HostsFile | HostsBlock | Leftover | LeftoverFile
 )
 State = Mapping[Key, Resource]
 

@@ -52,6 +52,7 @@ from reconciler.drivers.kernel import (
     NUD_PERMANENT,
     AddrInfo,
     FdbInfo,
+    FileType,
     LinkInfo,
     NeighInfo,
     RouteInfo,
@@ -222,6 +223,8 @@ class MemoryKernel:
     def read_file(self, path: str) -> str | None:
         target = self.symlinks.get(path)
         if target is not None:
+            if path.startswith((ETC_NETNS_DIR + "/", NETNS_DIR + "/")):
+                return None  # links are not followed there
             path = os.path.normpath(os.path.join(os.path.dirname(path), target))
         return self.files.get(path)
 
@@ -241,9 +244,31 @@ class MemoryKernel:
         return []  # one routing table here, as on a machine without policy rules
 
     def list_dir(self, path: str) -> list[str]:
+        return sorted(self.dir_entries(path))
+
+    def file_type(self, path: str) -> FileType | None:
+        """Directories exist here only as the parents of files and links."""
+        if path in self.symlinks:
+            return FileType.LINK
+        if path in self.files:
+            return FileType.FILE if self.files[path] else FileType.EMPTY
+        if os.path.dirname(path) == NETNS_DIR and os.path.basename(path) in self._named:
+            return FileType.NAMESPACE
+        if path == NETNS_DIR and self._named:
+            return FileType.DIRECTORY
         prefix = path.rstrip("/") + "/"
-        return sorted({p[len(prefix):].split("/")[0] for p in (*self.files, *self.symlinks)
-                       if p.startswith(prefix)})
+        if any(p.startswith(prefix) for p in (*self.files, *self.symlinks)):
+            return FileType.DIRECTORY
+        return None
+
+    def dir_entries(self, path: str) -> dict[str, FileType]:
+        prefix = path.rstrip("/") + "/"
+        names = {p[len(prefix):].split("/")[0] for p in (*self.files, *self.symlinks)
+                 if p.startswith(prefix)}
+        if path == NETNS_DIR:
+            names |= set(self._named)
+        found = {name: self.file_type(prefix + name) for name in names}
+        return {name: kind for name, kind in found.items() if kind is not None}
 
     def sysctl_get(self, name: str) -> str | None:
         link, key = self._link_sysctl(name)
@@ -707,6 +732,9 @@ class MemoryKernel:
         self.writes += 1
         self.files.pop(path, None)
         self.symlinks.pop(path, None)
+
+    def remove_dir(self, path: str) -> None:
+        self.writes += 1  # a directory without entries does not exist here
 
     def close(self) -> None:
         pass

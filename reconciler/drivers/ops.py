@@ -24,6 +24,7 @@ from reconciler.resources import (
     HostsFile,
     HostsTable,
     Leftover,
+    LeftoverFile,
     Neigh,
     Netns,
     Resource,
@@ -302,5 +303,10 @@ def _delete(kernel: Kernel, res: Resource) -> None:
         _splice(kernel, res, remove=True)
     elif isinstance(res, Leftover):
         kernel.link_del(res.ns, res.ifname)
+    elif isinstance(res, LeftoverFile):
+        if res.directory:
+            kernel.remove_dir(res.path)
+        else:
+            kernel.remove_file(res.path)
     else:  # pragma: no cover
         raise InternalError(f"no delete for {res!r}")

@@ -4,6 +4,12 @@ Ownership is read from marks in the kernel itself: the ifalias of links and of
 each owned namespace's loopback, the protocol number of routes, and a header
 line in managed hosts files. Everything else that is seen is recorded only by
 name, as foreign, so that a desired name that collides with it is an error.
+
+Files under /run/netns and /etc/netns are looked at by type before anything is
+read (drivers/files.py): no link is followed and nothing but a regular file is
+opened, so a FIFO, a directory or a link anywhere there blocks only a name the
+spec wants. A namespace that cannot be read is an error, never "foreign": an
+unreadable mark must not turn an owned object into a foreign one.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from reconciler import firewall, model, ports
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
     GONE,
+    NETNS_DIR,
     NUD_NOARP,
     NUD_PERMANENT,
+    TMP_SUFFIX,
     AddrInfo,
+    FileType,
     Kernel,
     LinkInfo,
 )
@@ -30,6 +39,7 @@ from reconciler.drivers.ops import (
     rp_filter_sysctl,
 )
 from reconciler.errors import KernelError
+from reconciler.lock import LOCK_DIR
 from reconciler.resources import (
     DOCKER_USER_CHAIN,
     DOCKER_USER_TABLE,
@@ -47,6 +57,7 @@ from reconciler.resources import (
     Key,
     Kind,
     Leftover,
+    LeftoverFile,
     Neigh,
     Netns,
     Resource,
@@ -100,6 +111,10 @@ class Foreign:
     vxlans: tuple[tuple[str, int, int], ...] = ()  # other VXLAN devices: name, vni, port
     # Ports others hold: the host's listening sockets, other tables' DNAT rules.
     held_ports: tuple[ports.Held, ...] = ()
+    # Paths under /run/netns, /etc/netns (and those directories and /run/netapply
+    # themselves) taken by something netapply did not make, with what it is
+    # ("a symbolic link to /tmp", "a FIFO").
+    files: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +146,7 @@ class _Scan:
     inner_ends: dict[tuple[str, str], _End] = field(default_factory=dict)
     foreign_links: set[tuple[str, str]] = field(default_factory=set)
     foreign_netns: set[str] = field(default_factory=set)
+    foreign_files: dict[str, str] = field(default_factory=dict)
     foreign_routes: set[tuple[str, str]] = field(default_factory=set)
     unread: list[str] = field(default_factory=list)
     host_nets: list[tuple[model.IPNetwork, str]] = field(default_factory=list)
@@ -144,6 +160,19 @@ class _Scan:
         if link.alias and link.alias.startswith(prefix):
             return link.alias[len(prefix):].split("/")
         return None
+
+    def in_the_way(self, path: str, kind: FileType) -> None:
+        """Record what is at path as foreign, said as `ls -l` would."""
+        text = f"{path} is {kind.value}"
+        if kind == FileType.LINK:
+            target = self.kernel.read_link(path)
+            if target is not None:
+                text += f" to {target}"
+        self.foreign_files[path] = text
+
+    def leftover_file(self, path: str, directory: bool = False) -> None:
+        res = LeftoverFile(path, directory)
+        self.resources[res.key] = res
 
     def leftover(self, ns: str, link: LinkInfo, owned_ns: bool) -> bool:
         """Record an unmarked link under the project's staging prefix."""
@@ -159,22 +188,32 @@ SYSCTLS = (firewall.IP_FORWARD,)
 
 def observe(
     kernel: Kernel, project: str, paths: Iterable[str] = (), kinds: Iterable[str] = (),
-    blocks: Mapping[str, tuple[str, str]] | None = None,
+    blocks: Mapping[str, tuple[str, str]] | None = None, names: Iterable[str] = (),
 ) -> ObservedState:
     """Read the project's objects. `paths` are netns_path namespaces from the spec,
     which cannot be discovered from the kernel alone (their veths can: the host
     end is in the host namespace, and deleting it removes the pair). `kinds` are
     link kinds the spec needs, checked for support without making a link.
     `blocks`: container name -> (hosts file of its engine, its namespace), the
-    files of running runtime containers, which may hold the project's block."""
+    files of running runtime containers, which may hold the project's block.
+    `names`: the spec's named namespaces; what an interrupted run leaves under
+    those names (an empty file in /run/netns, an empty directory in /etc/netns)
+    is the project's leftover (LeftoverFile).
+
+    Raises KernelError when a part cannot be read, a namespace included (the
+    process out of descriptors, say): its mark unread, it is neither the
+    project's nor foreign."""
     scan = _Scan(project, kernel)
+    wanted_names = frozenset(names)
+    _scan_dirs(scan)
     _scan_host(scan)
     for name in SYSCTLS:
         value = kernel.sysctl_get(name)
         if value is not None:
             scan.resources[(Kind.SYSCTL, name)] = Sysctl(name, value)
     nft = _scan_nft(scan)
-    for name in kernel.netns_names():
+    netns_names = kernel.netns_names()
+    for name in netns_names:
         try:
             links = kernel.links(name)
         except KernelError as e:
@@ -189,6 +228,7 @@ def observe(
             _scan_container_ns(scan, name, links, owned_ns=True)
         else:
             scan.foreign_netns.add(name)
+    _scan_netns_dir(scan, set(netns_names), wanted_names)
     missing = set()
     for path in sorted(set(paths)):
         if kernel.ns_exists(path):
@@ -196,7 +236,7 @@ def observe(
         else:
             missing.add(path)
     _pair_veths(scan)
-    foreign_hosts = _scan_hosts_files(scan)
+    foreign_hosts = _scan_hosts_files(scan, wanted_names)
     for container, (path, ns) in sorted((blocks or {}).items()):
         text = kernel.read_file(path)
         lines = None if text is None else hosts_block_of(text, project)
@@ -218,6 +258,7 @@ def observe(
             nft_chains=nft.chains,
             nft_error=nft.error,
             held_ports=(*ports.listeners(kernel.sockets()), *nft.held),
+            files=tuple(sorted(scan.foreign_files.items())),
         ),
         missing_paths=frozenset(missing),
         missing_kinds=frozenset(k for k in set(kinds) if not kernel.link_kind_supported(k)),
@@ -521,36 +562,95 @@ def _pair_veths(scan: _Scan) -> None:
         scan.resources[veth.key] = veth
 
 
-def _scan_hosts_files(scan: _Scan) -> set[str]:
+def _scan_dirs(scan: _Scan) -> None:
+    """/run/netns, /etc/netns and /run/netapply must be directories (or absent,
+    to be made): anything else there, a link above all, is in the way."""
+    for path in (NETNS_DIR, ETC_NETNS_DIR, LOCK_DIR):
+        kind = scan.kernel.file_type(path)
+        if kind is not None and kind != FileType.DIRECTORY:
+            scan.in_the_way(path, kind)
+
+
+def _scan_netns_dir(scan: _Scan, netns: set[str], names: frozenset[str]) -> None:
+    """Entries of /run/netns that are no network namespace: an empty file (what
+    an interrupted `ip netns add` leaves) under a name of the spec is a
+    leftover; anything else is in the way of that name."""
+    for name, kind in sorted(scan.kernel.dir_entries(NETNS_DIR).items()):
+        if name in netns:
+            continue
+        path = f"{NETNS_DIR}/{name}"
+        if kind == FileType.EMPTY:
+            if name in names:
+                scan.leftover_file(path)
+        else:
+            scan.in_the_way(path, kind)
+
+
+def _scan_hosts_files(scan: _Scan, names: frozenset[str]) -> set[str]:
     """Hosts tables in the project's dir, and the hosts files of namespaces: a
-    link into that dir is the project's; anything else there is foreign."""
+    link into that dir is the project's; anything else there is foreign.
+    Types come first: only regular files are read, no link is followed."""
     foreign = set()
     header = f"{HOSTS_HEADER}{scan.project};"
     own_dir = tables_dir(scan.project)
     link_prefix = f"../{own_dir}/"
-    for name in scan.kernel.list_dir(ETC_NETNS_DIR):
-        if name == own_dir:
-            for table in scan.kernel.list_dir(f"{ETC_NETNS_DIR}/{name}"):
-                content = scan.kernel.read_file(f"{ETC_NETNS_DIR}/{name}/{table}")
-                if content is not None and content.startswith(header):
-                    res = HostsTable(scan.project, table, content)
-                    scan.resources[res.key] = res
+    for name, kind in sorted(scan.kernel.dir_entries(ETC_NETNS_DIR).items()):
+        directory = f"{ETC_NETNS_DIR}/{name}"
+        if kind != FileType.DIRECTORY:
+            scan.in_the_way(directory, kind)
             continue
+        inside = scan.kernel.dir_entries(directory)
+        if name == own_dir:
+            _scan_tables(scan, directory, inside, header)
+            continue
+        if name in names:
+            _scan_leftovers(scan, directory, inside)
         path = hosts_path(name)
-        link = scan.kernel.read_link(path)
-        if link is not None:
-            if link.startswith(link_prefix):
-                hosts = HostsFile(name, link)
-                scan.resources[hosts.key] = hosts
+        hosts = inside.get("hosts")
+        if hosts is None:
+            continue
+        if hosts == FileType.LINK:
+            link = scan.kernel.read_link(path)
+            if link is not None and link.startswith(link_prefix):
+                res = HostsFile(name, link)
+                scan.resources[res.key] = res
             else:
                 foreign.add(name)
             continue
-        content = scan.kernel.read_file(path)
-        if content is None:
-            continue
-        if content.startswith(header):  # written by an earlier version: replace it
-            hosts = HostsFile(name, "")
-            scan.resources[hosts.key] = hosts
+        content = None
+        if hosts in (FileType.FILE, FileType.EMPTY):
+            content = scan.kernel.read_file(path)
+        if content is not None and content.startswith(header):
+            res = HostsFile(name, "")  # written by an earlier version: replace it
+            scan.resources[res.key] = res
         else:
-            foreign.add(name)
+            foreign.add(name)  # a foreign file, or a directory or FIFO (never opened)
     return foreign
+
+
+def _scan_tables(scan: _Scan, directory: str, inside: dict[str, FileType], header: str) -> None:
+    """The project's own directory: its tables, and what an interrupted write
+    left; anything else there is in the way of a table of that name."""
+    if not inside:
+        scan.leftover_file(directory, directory=True)
+    for table, kind in sorted(inside.items()):
+        path = f"{directory}/{table}"
+        if table.endswith(TMP_SUFFIX) and kind in (FileType.FILE, FileType.EMPTY, FileType.LINK):
+            scan.leftover_file(path)
+            continue
+        content = scan.kernel.read_file(path) if kind == FileType.FILE else None
+        if content is not None and content.startswith(header):
+            res = HostsTable(scan.project, table, content)
+            scan.resources[res.key] = res
+        else:
+            scan.in_the_way(path, kind)
+
+
+def _scan_leftovers(scan: _Scan, directory: str, inside: dict[str, FileType]) -> None:
+    """/etc/netns/<name> of a namespace of the spec: left empty, or holding only
+    a half-written hosts file, by an interrupted run."""
+    if not inside:
+        scan.leftover_file(directory, directory=True)
+    for entry, kind in inside.items():
+        if entry.endswith(TMP_SUFFIX) and kind in (FileType.FILE, FileType.EMPTY, FileType.LINK):
+            scan.leftover_file(f"{directory}/{entry}")

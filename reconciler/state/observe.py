@@ -217,9 +217,8 @@ def observe(
         try:
             links = kernel.links(name)
         except KernelError as e:
-            if e.errno in GONE:
-                scan.foreign_netns.add(name)  # gone meanwhile
-            else:  # it may be the project's: its mark is unknown
+            # Gone since it was listed: neither the project's nor in the way.
+            if e.errno not in GONE:  # it may be the project's: its mark is unknown
                 scan.unread.append(f"netns {name} ({e})")
             continue
         lo = next((link for link in links if link.ifname == LOOPBACK), None)

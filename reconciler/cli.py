@@ -22,8 +22,8 @@ from reconciler import __version__, compose, engine, lock, machines, render, run
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
-from reconciler.errors import ApplyError, ConvergenceError, NetapplyError, SpecError
-from reconciler.executor import Result, describe
+from reconciler.errors import ApplyError, NetapplyError, SpecError
+from reconciler.executor import Result, describe, internal
 from reconciler.model import Runtime
 from reconciler.planner import Action, Change, Plan
 from reconciler.resources import fields_json, is_shared
@@ -136,6 +136,7 @@ class Cli:
         no_color = bool(args.no_color)
         self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+        self.done: list[str] = []  # the steps of the running apply that are done
 
     def run(self) -> int:
         if self.args.command == "watch":
@@ -168,12 +169,7 @@ class Cli:
             self.err.print(f"{len(e.problems)} problem(s); nothing was changed.")
         except ApplyError as e:
             self._report_failure(e)
-            if e.done:
-                self.err.print(f"Already done ({len(e.done)} step(s)), left in place:")
-                for text in e.done:
-                    self.err.print(f"  {escape(text)}")
-            else:
-                self.err.print("Nothing was changed before the failure.")
+            self._report_done(e.done, left=True)
             self.err.print(
                 "Fix the cause and run apply again: it continues from the current state."
             )
@@ -302,10 +298,13 @@ class Cli:
                 why = self._unconfirmed(spec.project, timeout) if timeout is not None else ""
             except ApplyError as e:
                 self._report_failure(e)
-                why = "an action failed"
-            except ConvergenceError as e:
-                self.err.print(f"[red]error:[/red] {escape(str(e))}")
-                why = "the kernel did not converge"
+                self._report_done(e.done, left=False)
+                why = "the verification failed" if e.action_text == engine.VERIFY else (
+                    "an action failed")
+            except Exception as e:  # a bug in netapply: still undone
+                self.err.print(f"[red]error:[/red] {escape(str(internal(e)))}")
+                self._report_done(self.done, left=False)
+                why = "the apply failed"
         if not why:
             return EXIT_OK
         return self._roll_back(spec, kernel, snap.observed, why)
@@ -332,10 +331,10 @@ class Cli:
         with _signals_ignored():  # a rollback is not to be interrupted half-way
             try:
                 result = engine.rollback(kernel, spec, before, self.host)
-            except NetapplyError as e:
+            except Exception as e:
                 raise NetapplyError(
-                    f"the rollback failed too ({e}); the project's objects are partly "
-                    "restored: fix the cause, then apply the spec you want") from None
+                    f"the rollback failed too ({internal(e)}); the project's objects are "
+                    "partly restored: fix the cause, then apply the spec you want") from None
         self.err.print(f"Rolled back: {len(result.done)} step(s); the project's objects are as "
                        "they were before this apply (IPv4 forwarding, once on, stays on).")
         return EXIT_ERROR
@@ -383,8 +382,20 @@ class Cli:
         if e.hint:
             self.err.print(f"What to do: {escape(e.hint)}.")
 
+    def _report_done(self, done: Sequence[str], left: bool) -> None:
+        """The steps done before a failure (left: they stay, no rollback follows)."""
+        if not done:
+            self.err.print("Nothing was changed before the failure.")
+            return
+        self.err.print(f"Already done ({len(done)} step(s))"
+                       + (", left in place:" if left else ":"))
+        for text in done:
+            self.err.print(f"  {escape(text)}")
+
     def _execute(self, spec: spec_mod.Spec, kernel: NetlinkKernel, plan: Plan,
                  destroy: bool) -> Result:
+        """engine.apply with progress on stdout."""
+        self.done = []
         steps = sum(1 for _ in plan.steps())
         if self.out.is_terminal:
             with Progress(
@@ -394,11 +405,13 @@ class Cli:
                 task = bar.add_task("applying", total=steps)
 
                 def advance(action: Action, change: Change) -> None:
+                    self.done.append(describe(action, change))
                     bar.update(task, advance=1, description=escape(describe(action, change)))
 
                 return engine.apply(kernel, spec, plan, destroy, advance, self.host)
 
         def log(action: Action, change: Change) -> None:
+            self.done.append(describe(action, change))
             self.out.print(f"  done: {escape(describe(action, change))}")
 
         return engine.apply(kernel, spec, plan, destroy, log, self.host)

@@ -12,10 +12,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from reconciler import cli, engine, lock
+from reconciler import cli, desired, engine, lock
+from reconciler.drivers import ops
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import KernelError
 from reconciler.resources import Key, Resource
@@ -70,9 +72,12 @@ def test_a_failed_apply_is_rolled_back_on_request(
     lines = err.splitlines()
     assert lines[0].startswith("error: failed: ") and "(EROFS)" in lines[0]
     assert lines[1] == "What to do: the file system is mounted read-only; remount it read-write."
-    assert lines[2] == ("Rolling back (an action failed): restoring what project 'seed' had "
+    # The steps done before the failure, then the rollback that undoes them.
+    assert lines[2] == "Already done (4 step(s)):"
+    assert lines[3:7] == [f"  {step}" for step in out.replace("  done: ", "").splitlines()[-4:]]
+    assert lines[7] == ("Rolling back (an action failed): restoring what project 'seed' had "
                         "before this apply.")
-    assert lines[3].startswith("Rolled back: ")
+    assert lines[8].startswith("Rolled back: ")
     assert "done: create netns container3" in out  # it had got that far
     assert owned() == before
     assert "container3" not in netns_list()
@@ -214,3 +219,90 @@ def test_a_rollback_restores_what_was_changed_and_deleted_too(
     assert owned() == before
     assert run_cli(capsys, "plan", "--detailed-exitcode", str(spec))[0] == 2
 
+
+def a_vpn_comes_up_before_the_verification(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the apply's last write and its verification, another tool
+    puts an address of the spec's subnet on this machine: the verification
+    cannot build the desired state again (a MachineError)."""
+    real = engine.observe_project
+    calls = []
+
+    def observe_project(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # 1: the plan's, 2: the verification's
+            subprocess.run(["ip", "link", "add", "vpn0", "type", "veth", "peer", "name", "vpn0p"],
+                           check=True)
+            subprocess.run(["ip", "addr", "add", "172.30.1.250/24", "dev", "vpn0"], check=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "observe_project", observe_project)
+
+
+def test_a_verification_that_raises_is_a_failed_apply_and_is_rolled_back(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to print "1 problem(s); nothing was changed." after the
+    changes, and skip the rollback."""
+    spec, before = start(sandbox, capsys)
+    a_vpn_comes_up_before_the_verification(monkeypatch)
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", "--rollback-on-failure",
+                             str(spec))
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("error: failed: verify the kernel after the apply: "), lines
+    assert "overlaps address 172.30.1.250/24 on vpn0" in lines[0]
+    done = [line.removeprefix("  done: ") for line in out.splitlines() if "done: " in line]
+    assert lines[1:2 + len(done)] == [f"Already done ({len(done)} step(s)):",
+                                      *(f"  {step}" for step in done)]
+    assert lines[2 + len(done)].startswith("Rolling back (the verification failed): ")
+    assert "nothing was changed" not in err
+    assert owned() == before
+
+
+def test_without_rollback_a_verification_that_raises_names_the_steps_left(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, _ = start(sandbox, capsys)
+    a_vpn_comes_up_before_the_verification(monkeypatch)
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 1
+    assert err.startswith("error: failed: verify the kernel after the apply: ")
+    assert "overlaps address 172.30.1.250/24 on vpn0" in err.splitlines()[0]
+    assert "left in place:\n  create netns container3\n" in err
+    assert "nothing was changed" not in err and "Rolling back" not in err
+    assert "container3" in netns_list()
+
+
+class Bug(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["step", "verification"])
+def test_a_bug_after_the_first_write_is_a_failed_apply_and_is_rolled_back(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    where: str
+) -> None:
+    """An exception that is no NetapplyError (a bug), in the 3rd step or in
+    the verification, used to end in a traceback with the change kept."""
+    spec, before = start(sandbox, capsys)
+    calls = []
+    module, name = (ops, "create") if where == "step" else (desired, "build")
+    real = getattr(module, name)
+
+    def buggy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == (3 if where == "step" else 2):
+            raise Bug("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, buggy)
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", "--rollback-on-failure",
+                           str(spec))
+    assert code == 1
+    first = err.splitlines()[0]
+    assert first.startswith("error: failed: verify the kernel" if where == "verification"
+                            else "error: failed: create "), first
+    assert first.endswith(": internal error (Bug: boom): a bug in netapply, please report it "
+                          "with the spec")
+    assert "Already done (" in err and "Rolled back: " in err
+    assert owned() == before

@@ -13,12 +13,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import TextIO, cast
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from reconciler import __version__, compose, engine, lock, machines, render, runtimes
+from reconciler import __version__, compose, engine, lock, machines, output, render, runtimes
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
@@ -134,8 +135,13 @@ class Cli:
         self.host: str | None = None
         self.resolution = runtimes.Resolution(spec_mod.Spec("", {}, {}), {})
         no_color = bool(args.no_color)
-        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+        # Output never decides control flow: a closed pipe or a hung-up
+        # terminal must not stop an apply half-way or skip its rollback.
+        out, err = output.standard_streams()
+        self.out = Console(file=cast(TextIO, out), no_color=no_color, highlight=False,
+                           soft_wrap=True)
+        self.err = Console(file=cast(TextIO, err), no_color=no_color, highlight=False,
+                           soft_wrap=True)
         self.done: list[str] = []  # the steps of the running apply that are done
 
     def run(self) -> int:

@@ -11,7 +11,8 @@ PHASE is one of:
 - observe:N         as the N-th observation of the project starts: 1 is the
                     plan's, 2 the verification after the apply, 3 and 4 a
                     rollback's (what is there now, then its verification);
-- complete:0        right after "Apply complete" (or "Destroy complete") is printed.
+- complete:0        right after "Apply complete" (or "Destroy complete") is printed;
+- confirm:0         as the apply starts waiting for `netapply confirm`.
 
 SIGKILL is a crash at that point, with no cleanup code running, as a power
 cut or the OOM killer would do. The others are what a user, systemd or a
@@ -35,11 +36,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from reconciler import cli, engine
+from reconciler import cli, engine, lock
 from reconciler.drivers.netlink import NetlinkKernel
 from tests.propkit import WRITES
 
-PHASES = ("write", "rollback-write", "observe", "complete")
+PHASES = ("write", "rollback-write", "observe", "complete", "confirm")
 
 
 def parse(when: str) -> tuple[signal.Signals, str, int]:
@@ -86,6 +87,7 @@ def main() -> int:
         setattr(NetlinkKernel, name, counted(getattr(NetlinkKernel, name)))
 
     real_rollback, real_observe = engine.rollback, engine.observe_project
+    real_publish = lock.publish_pending
 
     def rollback(kernel: Any, *args: Any, **kwargs: Any) -> Any:
         rollback_base.append(kernel.writes)
@@ -98,6 +100,12 @@ def main() -> int:
             fire()
         return real_observe(*args, **kwargs)
 
+    def publish_pending(*args: Any, **kwargs: Any) -> Any:
+        result = real_publish(*args, **kwargs)
+        if phase == "confirm":
+            fire()
+        return result
+
     real_complete = cli.Cli._complete
 
     def complete(*args: Any, **kwargs: Any) -> None:
@@ -108,6 +116,7 @@ def main() -> int:
     cli.Cli._complete = complete  # type: ignore[method-assign]
     engine.rollback = rollback
     engine.observe_project = observe_project
+    lock.publish_pending = publish_pending
     return cli.main(sys.argv[2:])
 
 

@@ -168,7 +168,8 @@ def test_an_interruption_while_waiting_for_confirmation_rolls_back(
     apply.send_signal(signum)
     _, err = apply.communicate(timeout=30)
     assert apply.returncode == 1
-    assert "Rolling back (interrupted before it was confirmed)" in err
+    name = signal.Signals(signum).name
+    assert f"Rolling back (interrupted by {name} before it was confirmed)" in err
     assert owned() == before
 
 
@@ -220,6 +221,7 @@ def test_a_rollback_restores_what_was_changed_and_deleted_too(
     assert "Rolled back: " in err
     assert owned() == before
     assert run_cli(capsys, "plan", "--detailed-exitcode", str(spec))[0] == 2
+
 
 
 # ---- every way out after the first write: rolled back --------------------------------------
@@ -436,6 +438,55 @@ def test_stdout_closed_between_two_actions_changes_nothing_in_the_apply(
     assert apply.wait(timeout=60) == 0, err
     assert "Apply complete: " in err and "Traceback" not in err
     assert run_cli(capsys, "plan", "--detailed-exitcode", str(spec))[0] == 0
+
+
+def test_a_pending_file_that_cannot_be_written_stops_before_any_change(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/run/netapply full (here: out of inodes once the lock file is made):
+    it used to apply, say "Apply complete", then fail and keep the change."""
+    spec, before = start(sandbox, capsys)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "nr_inodes=2,mode=0700", "netapply-full",
+                    "/run/netapply"], check=True)
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", "--confirm-timeout", "30",
+                             str(spec))
+    assert code == 1
+    assert err.splitlines() == [
+        "error: cannot write /run/netapply/seed.confirm.staged: No space left on device",
+        "Nothing was changed.",
+    ]
+    assert "done:" not in out and "Apply complete" not in out
+    assert owned() == before and "container3" not in netns_list()
+    assert leftovers() == []
+
+
+def test_a_confirm_while_the_apply_is_still_changing_things_is_refused(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pending file is written before the first change, but under a
+    staged name: only an apply that waits can be confirmed."""
+    spec, _ = start(sandbox, capsys)
+    apply = subprocess.Popen(
+        [sys.executable, "-m", "tests.killer", "STOP@write:3", "--no-color", "apply",
+         "--auto-approve", "--confirm-timeout", "60", str(spec)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        paused(apply)
+        assert leftovers() == ["seed.confirm.staged"]
+        assert run_cli(capsys, "confirm", str(spec))[:3] == (
+            1, "", "error: no apply of project 'seed' is waiting for confirmation on this "
+                   "machine\n")
+    finally:
+        apply.send_signal(signal.SIGCONT)
+    assert apply.stdout is not None
+    line = ""
+    while "to keep this" not in line:
+        line = apply.stdout.readline()
+        assert line, "the apply ended before it waited for confirm"
+    assert run_cli(capsys, "confirm", str(spec))[0] == 0
+    out, err = apply.communicate(timeout=60)
+    assert apply.returncode == 0, err
+    assert "Confirmed: the change is kept." in out and leftovers() == []
 
 
 def a_vpn_comes_up_before_the_verification(monkeypatch: pytest.MonkeyPatch) -> None:

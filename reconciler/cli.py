@@ -9,21 +9,22 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import Any, TextIO, cast
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from reconciler import __version__, compose, engine, lock, machines, render, runtimes
+from reconciler import __version__, compose, engine, lock, machines, output, render, runtimes
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
-from reconciler.errors import ApplyError, ConvergenceError, NetapplyError, SpecError
-from reconciler.executor import Result, describe
+from reconciler.errors import ApplyError, NetapplyError, SpecError
+from reconciler.executor import Result, describe, internal
 from reconciler.model import Runtime
 from reconciler.planner import Action, Change, Plan
 from reconciler.resources import fields_json, is_shared
@@ -134,8 +135,14 @@ class Cli:
         self.host: str | None = None
         self.resolution = runtimes.Resolution(spec_mod.Spec("", {}, {}), {})
         no_color = bool(args.no_color)
-        self.out = Console(no_color=no_color, highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+        # Output never decides control flow: a closed pipe or a hung-up
+        # terminal must not stop an apply half-way or skip its rollback.
+        out, err = output.standard_streams()
+        self.out = Console(file=cast(TextIO, out), no_color=no_color, highlight=False,
+                           soft_wrap=True)
+        self.err = Console(file=cast(TextIO, err), no_color=no_color, highlight=False,
+                           soft_wrap=True)
+        self.done: list[str] = []  # the steps of the running apply that are done
 
     def run(self) -> int:
         if self.args.command == "watch":
@@ -168,12 +175,7 @@ class Cli:
             self.err.print(f"{len(e.problems)} problem(s); nothing was changed.")
         except ApplyError as e:
             self._report_failure(e)
-            if e.done:
-                self.err.print(f"Already done ({len(e.done)} step(s)), left in place:")
-                for text in e.done:
-                    self.err.print(f"  {escape(text)}")
-            else:
-                self.err.print("Nothing was changed before the failure.")
+            self._report_done(e.done, left=True)
             self.err.print(
                 "Fix the cause and run apply again: it continues from the current state."
             )
@@ -295,22 +297,65 @@ class Cli:
             result = self._execute(spec, kernel, snap.plan, destroy)
             self._complete(spec, result, destroy)
             return EXIT_OK
-        # From here on a hang-up (the operator's session gone) or SIGTERM is an
-        # interruption like Ctrl-C: the apply is rolled back.
-        with _signals_interrupt():
+        # From here to the end of a rollback, SIGINT, a hang-up (the operator's
+        # session gone) and SIGTERM are recorded, never raised: the apply stops
+        # at its next check and is rolled back.
+        with _Interruptions() as interruptions:
+            return self._apply_or_roll_back(spec, kernel, snap, timeout, interruptions)
+
+    def _apply_or_roll_back(self, spec: spec_mod.Spec, kernel: NetlinkKernel,
+                            snap: engine.Snapshot, timeout: float | None,
+                            interruptions: _Interruptions) -> int:
+        """Apply, verify and (with a timeout) wait for `confirm`; every other
+        way out after the first kernel write rolls back: a failed step, a
+        failed or interrupted verification, a signal in any phase, no confirm
+        in time, a pending file that cannot be made visible, a bug. With a
+        timeout, the pending file is written before the first write (a lock
+        directory that cannot take it stops the apply with nothing changed)."""
+        if timeout is not None:
             try:
-                result = self._execute(spec, kernel, snap.plan, destroy)
-                self._complete(spec, result, destroy)
-                why = self._unconfirmed(spec.project, timeout) if timeout is not None else ""
-            except ApplyError as e:
-                self._report_failure(e)
-                why = "an action failed"
-            except ConvergenceError as e:
+                lock.stage_pending(spec.project)
+            except NetapplyError as e:
                 self.err.print(f"[red]error:[/red] {escape(str(e))}")
-                why = "the kernel did not converge"
+                self.err.print("Nothing was changed.")
+                return EXIT_ERROR
+        try:
+            if interruptions.signum is not None:
+                self.err.print(f"Interrupted by {interruptions.name}; nothing was changed.")
+                return 130
+            why = self._apply_and_wait(spec, kernel, snap.plan, timeout, interruptions)
+        finally:
+            if timeout is not None:
+                lock.discard_pending(spec.project)
         if not why:
             return EXIT_OK
         return self._roll_back(spec, kernel, snap.observed, why)
+
+    def _apply_and_wait(self, spec: spec_mod.Spec, kernel: NetlinkKernel, plan: Plan,
+                        timeout: float | None, interruptions: _Interruptions) -> str:
+        """"" when the change is kept, else why it is to be rolled back, with
+        the failure reported. Raises nothing but BaseExceptions a signal
+        cannot cause (SystemExit)."""
+        try:
+            result = self._execute(spec, kernel, plan, False, interruptions.check)
+            interruptions.check()  # a signal during the verification
+            self._complete(spec, result, False)
+            if timeout is None:
+                return ""
+            return self._unconfirmed(spec.project, timeout, interruptions)
+        except _Interrupted as e:
+            self.err.print(f"[red]error:[/red] interrupted by {escape(e.name)}")
+            self._report_done(self.done, left=False)
+            return f"interrupted by {e.name}"
+        except ApplyError as e:
+            self._report_failure(e)
+            self._report_done(e.done, left=False)
+            return "the verification failed" if e.action_text == engine.VERIFY else (
+                "an action failed")
+        except Exception as e:  # a bug, or a pending file that cannot be made visible
+            self.err.print(f"[red]error:[/red] {escape(str(internal(e)))}")
+            self._report_done(self.done, left=False)
+            return "the apply failed"
 
     def _complete(self, spec: spec_mod.Spec, result: Result, destroy: bool) -> None:
         outcome = (
@@ -334,36 +379,35 @@ class Cli:
         with _signals_ignored():  # a rollback is not to be interrupted half-way
             try:
                 result = engine.rollback(kernel, spec, before, self.host)
-            except NetapplyError as e:
+            except Exception as e:
                 raise NetapplyError(
-                    f"the rollback failed too ({e}); the project's objects are partly "
-                    "restored: fix the cause, then apply the spec you want") from None
+                    f"the rollback failed too ({internal(e)}); the project's objects are "
+                    "partly restored: fix the cause, then apply the spec you want") from None
         self.err.print(f"Rolled back: {len(result.done)} step(s); the project's objects are as "
                        "they were before this apply (IPv4 forwarding, once on, stays on).")
         return EXIT_ERROR
 
-    def _unconfirmed(self, project: str, timeout: float) -> str:
-        """Wait for `netapply confirm`, which removes the pending file; why it
-        did not come, or "" when it did. Whoever removes the file decides, so a
-        confirm at the last moment either keeps the change or is told it is
-        too late, never both."""
+    def _unconfirmed(self, project: str, timeout: float, interruptions: _Interruptions) -> str:
+        """Make the staged pending file visible to `netapply confirm` and wait
+        until confirm removes it, the timeout passes or a signal comes; why it
+        did not come, or "" when it did. Whoever removes the file decides
+        (lock.claim_pending), so a confirm at the last moment either keeps the
+        change or is told it is too late, never both."""
+        lock.publish_pending(project)
         pending = lock.pending_path(project)
         deadline = time.monotonic() + timeout
+        self.out.print(f"Run [bold]netapply confirm {escape(self.args.spec)}[/bold] within "
+                       f"{timeout:g} s to keep this; otherwise it is rolled back.")
         why = f"not confirmed within {timeout:g} s"
-        try:
-            lock.write_private(pending, f"{os.getpid()}\n")
-            self.out.print(f"Run [bold]netapply confirm {escape(self.args.spec)}[/bold] within "
-                           f"{timeout:g} s to keep this; otherwise it is rolled back.")
-            while os.path.exists(pending) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        except KeyboardInterrupt:
-            why = "interrupted before it was confirmed"
-        try:
-            os.unlink(pending)  # claim it: not confirmed
-        except FileNotFoundError:
-            self.out.print("[green]Confirmed:[/green] the change is kept.")
-            return ""
-        return why
+        while os.path.exists(pending) and time.monotonic() < deadline:
+            if interruptions.signum is not None:
+                why = f"interrupted by {interruptions.name} before it was confirmed"
+                break
+            time.sleep(CONFIRM_POLL)
+        if lock.claim_pending(project):
+            return why
+        self.out.print("[green]Confirmed:[/green] the change is kept.")
+        return ""
 
     def confirm_pending(self, spec: spec_mod.Spec) -> int:
         pending = lock.pending_path(spec.project)
@@ -385,8 +429,21 @@ class Cli:
         if e.hint:
             self.err.print(f"What to do: {escape(e.hint)}.")
 
+    def _report_done(self, done: Sequence[str], left: bool) -> None:
+        """The steps done before a failure (left: they stay, no rollback follows)."""
+        if not done:
+            self.err.print("Nothing was changed before the failure.")
+            return
+        self.err.print(f"Already done ({len(done)} step(s))"
+                       + (", left in place:" if left else ":"))
+        for text in done:
+            self.err.print(f"  {escape(text)}")
+
     def _execute(self, spec: spec_mod.Spec, kernel: NetlinkKernel, plan: Plan,
-                 destroy: bool) -> Result:
+                 destroy: bool, check: Callable[[], None] | None = None) -> Result:
+        """engine.apply with progress on stdout; `check` runs after each step
+        (it stops the apply between two steps by raising)."""
+        self.done = []
         steps = sum(1 for _ in plan.steps())
         if self.out.is_terminal:
             with Progress(
@@ -396,12 +453,18 @@ class Cli:
                 task = bar.add_task("applying", total=steps)
 
                 def advance(action: Action, change: Change) -> None:
+                    self.done.append(describe(action, change))
                     bar.update(task, advance=1, description=escape(describe(action, change)))
+                    if check is not None:
+                        check()
 
                 return engine.apply(kernel, spec, plan, destroy, advance, self.host)
 
         def log(action: Action, change: Change) -> None:
+            self.done.append(describe(action, change))
             self.out.print(f"  done: {escape(describe(action, change))}")
+            if check is not None:
+                check()
 
         return engine.apply(kernel, spec, plan, destroy, log, self.host)
 
@@ -439,23 +502,60 @@ class Cli:
         return EXIT_OK
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+CONFIRM_POLL = 0.05  # seconds between two looks at the pending file
+INTERRUPTING = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
 
 
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGHUP and SIGTERM raise KeyboardInterrupt, as SIGINT does."""
-    old = {n: signal.signal(n, _interrupt) for n in (signal.SIGHUP, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for n, handler in old.items():
+class _Interrupted(Exception):
+    """A recorded signal, raised at a check between two steps of an apply."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+class _Interruptions:
+    """While active (from before the first kernel write of an apply that can
+    roll back to the end of its rollback), SIGINT, SIGHUP and SIGTERM are
+    recorded, not raised where they land: an exception raised in the middle
+    of a step could leave the thread inside a container's namespace, a
+    netlink reply unread or a file half-renamed, and a rollback must start
+    from a known place. check() raises _Interrupted once one came; the apply
+    calls it after every step and after the verification, and the confirm
+    wait looks at `signum` while it polls. Python's signal handlers run in the
+    main thread between bytecodes (signal module docs), so recording cannot
+    be lost; no window is left where a signal's default action (termination)
+    applies, as the handlers stay installed until the rollback is over."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interruptions:
+        self._old = {n: signal.signal(n, self._record) for n in INTERRUPTING}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for n, handler in self._old.items():
             signal.signal(n, handler)
+
+    def _record(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise _Interrupted(self.name)
 
 
 @contextlib.contextmanager
 def _signals_ignored() -> Iterator[None]:
+    """SIG_IGN, which the `nft` a rollback runs inherits too (execve(2) keeps
+    ignored signals): a hang-up sent to the whole session cannot cut it."""
     old = {n: signal.signal(n, signal.SIG_IGN)
            for n in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
     try:

@@ -16,13 +16,15 @@ from reconciler import desired as desired_mod
 from reconciler import firewall, machines, managers, planner
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import (
+    ApplyError,
     ConvergenceError,
     MachineError,
+    NetapplyError,
     PrivilegeError,
     Problem,
     UnreadError,
 )
-from reconciler.executor import Progress, Result, execute
+from reconciler.executor import Progress, Result, execute, internal
 from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
 from reconciler.resources import (
@@ -206,15 +208,33 @@ def snapshot(
     return plan_from(spec, observe_project(kernel, spec, host), destroy, host)
 
 
+# The step an ApplyError names when the verification after the plan fails.
+VERIFY = "verify the kernel after the apply"
+
+
 def apply(
     kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
     progress: Progress | None = None, host: str | None = None,
 ) -> Result:
     """Execute the plan, then re-observe: a non-empty plan afterwards is an error
-    that shows what still differs."""
+    that shows what still differs.
+
+    Once the plan has started, every failure is an ApplyError whose `done`
+    lists the steps done, so callers report it as a failed apply (and roll
+    it back where they can): a step that failed (executor.execute), and the
+    verification (action VERIFY), whether it finds differences (cause
+    ConvergenceError), cannot build the desired state again because the
+    machine changed meanwhile (SpecError/MachineError: an address that now
+    overlaps), meets a kernel error or a bug (InternalError), or is
+    interrupted (Ctrl-C). An exception `progress` raises goes through."""
     result = execute(kernel, spec.project, plan, progress)
-    after = snapshot(kernel, spec, destroy=destroy, host=host)
-    _verify(after.plan, "the kernel did not converge after apply")
+    try:
+        after = snapshot(kernel, spec, destroy=destroy, host=host)
+        _verify(after.plan, "the kernel did not converge after apply")
+    except KeyboardInterrupt:
+        raise ApplyError(VERIFY, NetapplyError("interrupted by the user"), result.done) from None
+    except Exception as e:
+        raise ApplyError(VERIFY, internal(e), result.done) from e
     if destroy:
         destroyed(after.observed, len(result.done))
     return result

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from reconciler.drivers import ops
 from reconciler.drivers.kernel import Kernel
-from reconciler.errors import ApplyError, KernelError, NetapplyError
+from reconciler.errors import ApplyError, InternalError, KernelError, NetapplyError
 from reconciler.planner import Action, Change, Plan
 
 Progress = Callable[[Action, Change], None]
@@ -20,15 +20,28 @@ def describe(action: Action, change: Change) -> str:
     return text
 
 
+def internal(e: Exception) -> NetapplyError:
+    """An exception met while changing the kernel, as a NetapplyError: as it
+    is when it is one, else an InternalError (a bug in netapply) naming it."""
+    if isinstance(e, NetapplyError):
+        return e
+    return InternalError(f"internal error ({type(e).__name__}: {e}): a bug in netapply, "
+                         "please report it with the spec")
+
+
 @dataclass
 class Result:
     done: list[str] = field(default_factory=list)
 
 
 def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None = None) -> Result:
-    """Run every step in order; on the first kernel error stop and raise
-    ApplyError naming the failed step and what was already done. Whatever was
-    done stays done: the next apply plans from the kernel as it is."""
+    """Run every step in order; on the first failure stop and raise
+    ApplyError naming the failed step and what was already done. A failure
+    is the kernel's refusal (KernelError), Ctrl-C, or a bug in netapply
+    (InternalError as the cause): every way a step can end but success.
+    Whatever was done stays done: the next apply plans from the kernel as it
+    is. An exception `progress` raises (a request to stop between two steps)
+    goes through unchanged."""
     result = Result()
     for action, change in plan.steps():
         text = describe(action, change)
@@ -48,6 +61,8 @@ def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None 
             # Report what is done; the step itself may or may not have happened.
             interrupted = NetapplyError("interrupted by the user")
             raise ApplyError(text, interrupted, result.done) from None
+        except Exception as e:  # a bug: still a failed step, with what was done
+            raise ApplyError(text, internal(e), result.done) from e
         result.done.append(text)
         if progress is not None:
             progress(action, change)

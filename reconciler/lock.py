@@ -43,6 +43,65 @@ def pending_path(project: str, directory: str = LOCK_DIR) -> str:
     return os.path.join(directory, f"{project}.confirm")
 
 
+def staged_pending_path(project: str, directory: str = LOCK_DIR) -> str:
+    """The pending file, written before an apply --confirm-timeout changes
+    anything and renamed to pending_path once it waits for `confirm`."""
+    return os.path.join(directory, f"{project}.confirm.staged")
+
+
+def stage_pending(project: str, directory: str = LOCK_DIR) -> None:
+    """Before an apply --confirm-timeout makes its first change (holding the
+    project's lock): write the pending file under its staged name, so a lock
+    directory that cannot take it (full, read-only) stops the apply before
+    anything is changed, and a `confirm` cannot keep a change still being
+    made. A pending file a killed apply left is removed: under the lock, no
+    other apply waits. Raises LockError, leaving nothing behind."""
+    staged = staged_pending_path(project, directory)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pending_path(project, directory))
+        write_private(staged, f"{os.getpid()}\n")
+    except (LockError, OSError) as e:
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
+        if isinstance(e, LockError):
+            raise
+        raise LockError(f"cannot remove {pending_path(project, directory)}: "
+                        f"{e.strerror}") from None
+
+
+def publish_pending(project: str, directory: str = LOCK_DIR) -> None:
+    """The apply waits: from now on `netapply confirm` can keep the change.
+    A rename (rename(2)), which needs no space. Raises LockError."""
+    staged, pending = staged_pending_path(project, directory), pending_path(project, directory)
+    try:
+        os.rename(staged, pending)
+    except OSError as e:
+        raise LockError(f"cannot rename {staged} to {pending}: {e.strerror}") from None
+
+
+def claim_pending(project: str, directory: str = LOCK_DIR) -> bool:
+    """Remove the pending file for a rollback. False when `netapply confirm`
+    removed it first: whoever removes it decides, so a confirm at the last
+    moment either keeps the change or is told it came too late, never both."""
+    try:
+        os.unlink(pending_path(project, directory))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # cannot be removed: not confirmed either
+    return True
+
+
+def discard_pending(project: str, directory: str = LOCK_DIR) -> None:
+    """At the end of an apply --confirm-timeout, whatever its outcome: the
+    staged and the pending file are gone (best effort: a confirm of a finished
+    apply is refused anyway, since the lock is no longer held)."""
+    for path in (staged_pending_path(project, directory), pending_path(project, directory)):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def is_held(project: str, directory: str = LOCK_DIR) -> bool:
     """Whether a run holds the project's lock now."""
     try:
@@ -88,10 +147,15 @@ def read_private(path: str) -> str | None:
 
 
 def write_private(path: str, content: str) -> None:
-    """A file only root can read or write, in the lock directory."""
+    """A file only root can read or write, in the lock directory. Raises
+    LockError when it cannot be written (ENOSPC, EROFS, EDQUOT...)."""
     fd = _open_private(path, os.O_WRONLY | os.O_TRUNC, "write")
     try:
-        os.write(fd, content.encode())
+        data = content.encode()
+        if os.write(fd, data) != len(data):
+            raise LockError(f"cannot write {path}: short write")
+    except OSError as e:
+        raise LockError(f"cannot write {path}: {e.strerror}") from None
     finally:
         os.close(fd)
 

@@ -584,8 +584,11 @@ def test_apply_fails_loudly_when_the_kernel_does_not_converge(
     code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
     assert code == 1
     lines = err.splitlines()
-    assert lines[0] == "error: the kernel did not converge after apply; still different:"
+    assert lines[0] == ("error: failed: verify the kernel after the apply: the kernel did not "
+                        "converge after apply; still different:")
     assert "  update bridge br-e01ae19469f0 (network alpine-net): mtu 1500 -> 1400" in lines
+    # A failed apply: the steps done are named, and stay.
+    assert "Already done (3 step(s)), left in place:" in lines
 
 
 def test_spec_directory_is_merged(sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:

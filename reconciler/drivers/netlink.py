@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import stat
 import threading
@@ -28,6 +29,7 @@ from reconciler.drivers.kernel import (
     FdbInfo,
     LinkInfo,
     NeighInfo,
+    NsFile,
     RouteInfo,
 )
 from reconciler.drivers.rtnl import NetlinkError, Rtnl
@@ -40,6 +42,19 @@ MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
+OWN_NETNS = "/proc/thread-self/ns/net"
+# Namespace files are opened only once known to be nsfs inodes (see _open_ns);
+# these flags are a second guard: no blocking, no controlling terminal.
+NS_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+NS_TYPES = {  # CLONE_NEW* -> name, as namespaces(7) calls them
+    0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "UTS", 0x08000000: "IPC",
+    0x10000000: "user", 0x20000000: "PID", 0x40000000: "network", 0x00000080: "time",
+}
+FILE_KINDS = (  # for "is a FIFO, not a network namespace"
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
 RT_TABLE_MAIN = 254
 SYSCTL_DIR = "/proc/sys"
 PROBE_IFNAME = "netapply-probe"
@@ -126,6 +141,9 @@ class NetlinkKernel:
 
     def ns_exists(self, ns: str) -> bool:
         return not ns or ns_type(_ns_path(ns)) == CLONE_NEWNET
+
+    def ns_file(self, ns: str) -> NsFile:
+        return inspect_ns(_ns_path(ns) if ns else OWN_NETNS)
 
     def links(self, ns: str) -> list[LinkInfo]:
         return self._call(f"list links in {_ns_label(ns)}", lambda: self._sock(ns).links())
@@ -275,7 +293,7 @@ class NetlinkKernel:
     @contextmanager
     def _ns_fd(self, ns: str, what: str) -> Iterator[int]:
         try:
-            fd = os.open(_ns_path(ns), os.O_RDONLY)
+            fd = _open_ns(_ns_path(ns))
         except OSError as e:
             raise KernelError(what, e.errno or errno.ENOENT) from None
         try:
@@ -482,10 +500,10 @@ def in_namespace(ns: str, make: Callable[[], T]) -> T:
     if not ns:
         return make()
     try:
-        target = os.open(_ns_path(ns), os.O_RDONLY)
+        target = _open_ns(_ns_path(ns))
     except OSError as e:
         raise KernelError(f"open {_ns_label(ns)}", e.errno or errno.ENOENT) from None
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open(OWN_NETNS, os.O_RDONLY)
     try:
         _setns(target, f"enter {_ns_label(ns)}")
         try:
@@ -500,7 +518,7 @@ def in_namespace(ns: str, make: Callable[[], T]) -> T:
 def ns_type(path: str) -> int | None:
     """The CLONE_NEW* type of the namespace file at path, or None if it is none."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_ns(path)
     except OSError:
         return None
     try:
@@ -509,6 +527,64 @@ def ns_type(path: str) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def inspect_ns(path: str) -> NsFile:
+    """What the file at path is: a network namespace and its identity, or why
+    not. Nothing but an nsfs inode is ever opened (_open_ns), so a FIFO, a
+    socket or a device there cannot block or be acted on."""
+    try:
+        fd = _open_ns(path)
+    except _NotNamespace as e:
+        return NsFile(problem=f"is {e.kind}, not a network namespace")
+    except (FileNotFoundError, NotADirectoryError):
+        return NsFile(problem="does not exist")
+    except OSError as e:
+        return NsFile(problem=f"cannot be opened ({os.strerror(e.errno or errno.EIO)})")
+    try:
+        found = os.fstat(fd)
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return NsFile(problem="is not a network namespace")
+    finally:
+        os.close(fd)
+    if kind != CLONE_NEWNET:
+        name = NS_TYPES.get(kind, "another kind of")
+        return NsFile(problem=f"is a {name} namespace, not a network namespace")
+    return NsFile(identity=(found.st_dev, found.st_ino))
+
+
+class _NotNamespace(OSError):
+    """The file exists but is no namespace; `kind` says what it is instead."""
+
+    def __init__(self, kind: str):
+        super().__init__(errno.EINVAL, f"{kind}, not a namespace")
+        self.kind = kind
+
+
+def _open_ns(path: str) -> int:
+    """A descriptor of the namespace file at path. The file is first opened with
+    O_PATH, which runs no driver code and cannot block (open(2)), and its type
+    is checked on that descriptor: only an nsfs inode is then opened for real,
+    through /proc/self/fd, so what was checked is what is opened. Raises
+    _NotNamespace for any other file, OSError when path cannot be reached."""
+    probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        found = os.fstat(probe)
+        if not stat.S_ISREG(found.st_mode):
+            kind = next((k for test, k in FILE_KINDS if test(found.st_mode)), "a special file")
+            raise _NotNamespace(kind)
+        if found.st_dev != _nsfs_dev():
+            raise _NotNamespace("a regular file")
+        return os.open(f"/proc/self/fd/{probe}", NS_OPEN_FLAGS)
+    finally:
+        os.close(probe)
+
+
+@functools.cache
+def _nsfs_dev() -> int:
+    """The device of nsfs, the kernel's one file system of namespace inodes."""
+    return os.stat(OWN_NETNS).st_dev
 
 
 def _prepare_netns_dir(what: str) -> None:

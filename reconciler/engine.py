@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from reconciler import desired as desired_mod
 from reconciler import firewall, machines, managers, planner
 from reconciler.drivers.kernel import Kernel
-from reconciler.errors import ConvergenceError, PrivilegeError
+from reconciler.errors import ConvergenceError, PrivilegeError, SpecError
 from reconciler.executor import Progress, Result, execute
 from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
@@ -135,10 +135,16 @@ def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> Obse
     """What the spec's project owns in the kernel, and the foreign names around it."""
     share = machines.share(spec, host)
     with no_gc_pauses():
-        return observe(
+        observed = observe(
             kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share),
             hosts_blocks(share),
         )
+    # Every command refuses these, destroy and show too: a path to the host's
+    # namespace or a second name of one would be read as a container's.
+    problems = desired_mod.namespace_problems(share, observed)
+    if problems:
+        raise SpecError(problems)
+    return observed
 
 
 def snapshot(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler import model, reserved
+from reconciler.drivers.kernel import NETNS_DIR
 from reconciler.errors import Problem, SpecError, Where
 from reconciler.model import Driver, NetworkMode, Spec
 from reconciler.yamlsource import Path, locate, show
@@ -756,6 +757,19 @@ class Builder:
             if owner != name:
                 cause = f"netns '{container.netns}' is already used by container '{owner}'"
                 self.report(("containers", name, "netns"), f"container '{name}': {cause}")
+        for name, container in containers.items():
+            # The same namespace by identity is refused at plan time
+            # (desired.namespace_problems); the path's text already tells here.
+            path = container.netns_path
+            if path is None or os.path.dirname(os.path.normpath(path)) != NETNS_DIR:
+                continue
+            target = netns_owners.get((container.host, os.path.basename(os.path.normpath(path))))
+            if target is not None:
+                self.report(("containers", name, "netns_path"), (
+                    f"container '{name}': netns_path {path} is the namespace of container "
+                    f"'{target}' (netns {containers[target].netns}), which netapply makes and "
+                    "deletes with that container; a container cannot also be attached to it "
+                    "by path"))
         engine_owners: dict[tuple[str | None, str, str], str] = {}
         for name, container in containers.items():
             if container.runtime is None:

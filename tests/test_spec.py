@@ -794,6 +794,18 @@ INVALID = {
         HEAD + "containers:\n  a: {netns: a, netns_path: /proc/1/ns/net}\n",
         ["s.yaml:4:17: container 'a': netns and netns_path cannot both be set"],
     ),
+    "netns_path to another container's netns": (
+        HEAD + "containers:\n  web: {}\n  side: {netns_path: /run/netns/web}\n"
+        "  other: {netns: own}\n  far: {netns_path: /run/netns//./own/}\n",
+        [
+            "s.yaml:5:10: container 'side': netns_path /run/netns/web is the namespace of"
+            " container 'web' (netns web), which netapply makes and deletes with that container;"
+            " a container cannot also be attached to it by path",
+            "s.yaml:7:9: container 'far': netns_path /run/netns//./own/ is the namespace of"
+            " container 'other' (netns own), which netapply makes and deletes with that"
+            " container; a container cannot also be attached to it by path",
+        ],
+    ),
     "netns_path relative": (
         HEAD + "containers:\n  a: {netns_path: proc/1/ns/net}\n",
         ["s.yaml:4:7: container 'a': netns_path 'proc/1/ns/net' must be an absolute path"],

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -240,3 +241,15 @@ def test_a_netns_path_to_a_namespace_the_project_made_for_a_removed_container() 
             "shop.yaml:8:5: container 'side': netns_path /run/netns/web is namespace 'web', "
             "which project 'shop' made and deletes (no container here uses it)"]
     assert kernel.writes == writes
+
+
+@pytest.mark.kernel
+def test_a_fifo_where_a_namespace_is_to_be_made_stops_apply_without_hanging(
+    sandbox: Path,
+) -> None:
+    os.mkfifo("/run/netns/web")
+    spec = write_spec(sandbox, "", SPEC.split("  side:")[0])
+    result = netapply("apply", "--auto-approve", str(spec))
+    assert result.returncode == 1
+    assert "error: failed: create netns web: " in result.stderr and "(EEXIST)" in result.stderr
+    assert stat.S_ISFIFO(os.lstat("/run/netns/web").st_mode)  # someone else's, left alone

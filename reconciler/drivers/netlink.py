@@ -229,10 +229,17 @@ class NetlinkKernel:
             raise KernelError(what, errno.EEXIST)
         try:
             # An existing file that is no namespace is what an interrupted
-            # `ip netns add` (or netapply) leaves behind: mount over it.
-            os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o444))
+            # `ip netns add` (or netapply) leaves behind: mount over it. Only
+            # over a regular file: a FIFO or device there is someone else's
+            # (and opening it must not block).
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY
+                         | os.O_CLOEXEC, 0o444)
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            os.close(fd)
         except OSError as e:
             raise KernelError(what, e.errno or errno.EIO) from None
+        if not regular:
+            raise KernelError(what, errno.EEXIST)
         failure: list[KernelError] = []
 
         def run() -> None:

@@ -29,6 +29,9 @@ class AddressClass:
     network: model.IPNetwork
     name: str  # "multicast"
     why: str  # what the kernel does with it, for the error message
+    # Whether a machine of `hosts` can have such an address as its VXLAN
+    # endpoint (169.254.x.y on a point-to-point link can; a multicast one cannot).
+    endpoint: bool = False
 
 
 ADDRESS_CLASSES: tuple[AddressClass, ...] = (
@@ -39,7 +42,7 @@ ADDRESS_CLASSES: tuple[AddressClass, ...] = (
                  "every namespace delivers these to its own lo, so no other end is reached"),
     AddressClass(ipaddress.IPv4Network("169.254.0.0/16"), "link-local",
                  "the host routes link-local traffic on its own links (169.254.169.254 is the "
-                 "cloud metadata service)"),
+                 "cloud metadata service)", endpoint=True),
     AddressClass(ipaddress.IPv4Network("224.0.0.0/4"), "multicast",
                  "the kernel routes no unicast traffic to multicast addresses (ENETUNREACH)"),
     AddressClass(ipaddress.IPv4Network("255.255.255.255/32"), "the limited broadcast address",
@@ -87,6 +90,15 @@ def subnet_problem(subnet: model.IPNetwork) -> str | None:
     else:
         where = f"includes {entry.network}, which is {entry.name}"
     return f"{where}: {entry.why}"
+
+
+def endpoint_problem(address: model.IPAddress) -> str | None:
+    """Why address cannot be a machine's underlay (VXLAN endpoint) address,
+    as the end of a sentence starting with it, or None when it can."""
+    entry = address_class(address)
+    if entry is None or entry.endpoint:
+        return None
+    return f"is {entry.name} ({entry.network}): other machines cannot send VXLAN packets to it"
 
 
 def zone_problem(text: str) -> str | None:

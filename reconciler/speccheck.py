@@ -147,6 +147,8 @@ class Builder:
         address = self._address(path, f"host '{name}'", "address", raw["address"], None)
         if address is None:
             return
+        if cause := reserved.endpoint_problem(address):
+            self.report(path, f"host '{name}': address {address} {cause}")
         for other in self.hosts.values():
             if other.address == address:
                 self.report(

@@ -896,6 +896,18 @@ INVALID = {
         ],
     ),
     # -- values the kernel refuses (reserved.py)
+    "host address multicast, loopback or unspecified": (
+        HEAD + "hosts:\n  a: {address: 239.1.1.1}\n  b: {address: '::1'}\n"
+        "  c: {address: 0.0.0.0}\n  d: {address: 169.254.7.1}\n",
+        [
+            "s.yaml:4:7: host 'a': address 239.1.1.1 is multicast (224.0.0.0/4): other machines"
+            " cannot send VXLAN packets to it",
+            "s.yaml:5:7: host 'b': address ::1 is loopback (::1/128): other machines cannot send"
+            " VXLAN packets to it",
+            "s.yaml:6:7: host 'c': address 0.0.0.0 is unspecified ('this network') (0.0.0.0/8):"
+            " other machines cannot send VXLAN packets to it",
+        ],
+    ),
     "subnet multicast": (
         HEAD + "networks:\n  a: {subnet: 224.0.0.0/24}\n",
         [
@@ -1201,3 +1213,22 @@ def test_subnets_next_to_the_reserved_classes_load(subnet: str, ipv6: str) -> No
           a: {{subnet: '{subnet}', ipv6: {{subnet: '{ipv6}'}}}}
         """))
     assert str(loaded.networks["a"].subnet) == subnet
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("eth0", None), ("br-0123456789ab", None), ("a.b_c-d", None),
+    ("", "is not 1 to 15 bytes long, which the kernel requires"),
+    ("x" * 16, "is not 1 to 15 bytes long, which the kernel requires"),
+    (".", "is a path name, which the kernel refuses"),
+    ("..", "is a path name, which the kernel refuses"),
+    ("eth/0", "contains '/', ':' or whitespace, which the kernel refuses"),
+    ("eth0:1", "contains '/', ':' or whitespace, which the kernel refuses"),
+    ("eth 0", "contains '/', ':' or whitespace, which the kernel refuses"),
+    ("all", "is reserved: the kernel refuses it (/proc/sys/net/ipv4/conf/all holds the settings"
+            " of every interface)"),
+    ("default", "is reserved: the kernel refuses it (/proc/sys/net/ipv4/conf/default holds the"
+                " settings of new interfaces)"),
+])
+def test_interface_names_the_kernel_refuses(name: str, problem: str | None) -> None:
+    """The kernel's dev_valid_name() and its reserved names, in one place."""
+    assert reserved.ifname_problem(name) == problem

@@ -284,6 +284,8 @@ class Cli:
         self.out.print(render.plan_text(snap.plan, spec.project, snap.notes,
                                         self.resolution.labels()))
         if snap.plan.empty:
+            if destroy:
+                engine.destroyed(snap.observed, 0)
             return EXIT_OK
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
             self.err.print("Cancelled; nothing was changed.")
@@ -414,15 +416,18 @@ class Cli:
         return answer.strip() == "yes"
 
     def show(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
-        owned = [r for r in engine.observe_project(kernel, spec, self.host).resources.values()
-                 if not is_shared(r)]
+        """What the project owns; what was read, and then an error, when a part
+        of the kernel could not be read."""
+        observed = engine.observe_project(kernel, spec, self.host)
+        owned = [r for r in observed.resources.values() if not is_shared(r)]
         if self.args.output == "json":
             resources = [
                 {"kind": str(r.kind), "key": list(r.key), **fields_json(r)} for r in owned
             ]
             print(json.dumps(
                 {"project": spec.project, "resources": resources,
-                 "runtime_containers": self.resolution.to_json()},
+                 "runtime_containers": self.resolution.to_json(),
+                 "unread": list(observed.unread)},
                 indent=2, sort_keys=True,
             ))
         else:
@@ -430,6 +435,7 @@ class Cli:
             runtimes_text = render.runtimes_text(self.resolution.to_json())
             if runtimes_text:
                 self.out.print(runtimes_text)
+        engine.require_read(observed, "what is shown may miss what the project owns there")
         return EXIT_OK
 
 

@@ -12,8 +12,10 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from reconciler import firewall, machines
+from reconciler import firewall, machines, ports
+from reconciler.drivers.kernel import ETC_NETNS_DIR, NETNS_DIR
 from reconciler.errors import InternalError, MachineError, Problem, SpecError, Where
+from reconciler.lock import LOCK_DIR
 from reconciler.model import (
     IFNAMSIZ,
     Attachment,
@@ -35,6 +37,7 @@ from reconciler.resources import (
     Address,
     Bridge,
     Fdb,
+    Firewall,
     HostsBlock,
     HostsFile,
     HostsTable,
@@ -118,6 +121,9 @@ def build(spec: Spec, observed: ObservedState, host: str | None = None) -> dict[
     endpoints = [ep for ep in everywhere
                  if machines.runs_here(ep.container, host) and ep.container.running]
     published = list(_published(spec, endpoints))
+    problems = list(_taken_ports(spec, published, observed))
+    if problems:
+        raise MachineError(problems)
     table, forwarding = firewall.build(spec.project, spec.networks.values(), published)
     resources: list[Resource] = [r for r in (table, forwarding) if r is not None]
     resources.extend(firewall.docker_user(
@@ -131,9 +137,11 @@ def build(spec: Spec, observed: ObservedState, host: str | None = None) -> dict[
             f"ports, but netapply could not {observed.foreign.nft_error}",
         )])
     localnet = firewall.localnet_bridges(published)
+    loose = _reply_networks(spec, published)
     for network in spec.networks.values():
         if network.driver in BRIDGED_DRIVERS:
-            resources.extend(_bridge(spec.project, network, network.name in localnet))
+            resources.extend(_bridge(spec.project, network, network.name in localnet,
+                                     network.name in loose or _is_loose(observed, network)))
         if network.driver == Driver.OVERLAY:
             assert host is not None
             resources.extend(_overlay(whole, network, host, everywhere))
@@ -278,6 +286,73 @@ def _published(spec: Spec, endpoints: list[Endpoint]) -> Iterator[firewall.Publi
             yield firewall.Published(container.name, port, ep.network, ep.ipv4)
 
 
+def _reply_networks(spec: Spec, published: list[firewall.Published]) -> set[str]:
+    """Networks where replies to a published port arrive from another network's
+    address: the default route's network of a container whose port is on
+    another of its networks (such a bridge needs loose rp_filter)."""
+    return {container.default_route for p in published
+            if (container := spec.containers[p.container]).default_route
+            and container.default_route != p.network.name}
+
+
+def _is_loose(observed: ObservedState, network: Network) -> bool:
+    """A bridge already loose stays so: netapply sets rp_filter, never reverts it."""
+    have = observed.resources.get((Kind.BRIDGE, network.name))
+    return isinstance(have, Bridge) and have.rp_loose
+
+
+def _own_ports(observed: ObservedState) -> set[tuple[str, IPAddress | None, int]]:
+    """What the project's table publishes now: (protocol, address, port)."""
+    table = next((r for r in observed.resources.values() if isinstance(r, Firewall)), None)
+    if table is None:
+        return set()
+    return {(h.protocol, h.address, h.port)
+            for h in ports.published_by_rules((r.expr for r in table.rules), "")}
+
+
+def _port_key(p: firewall.Published) -> tuple[str, IPAddress | None, int]:
+    host_ip = p.port.host_ip
+    address = None if host_ip is None or host_ip.is_unspecified else host_ip
+    return p.port.protocol, address, p.port.published
+
+
+def _taken_ports(
+    spec: Spec, published: list[firewall.Published], observed: ObservedState
+) -> Iterator[Problem]:
+    """A port to publish that someone else holds (SPEC.md: never a silent
+    takeover). What the project publishes already is left to late_port_holders."""
+    own = _own_ports(observed)
+    for p in published:
+        key = _port_key(p)
+        if key in own:
+            continue
+        for held in observed.foreign.held_ports:
+            if held.overlaps(*key):
+                container = spec.containers[p.container]
+                index = container.ports.index(p.port)
+                on = f" on {key[1]}" if key[1] is not None else ""
+                yield Problem(
+                    spec.locate("containers", p.container, "ports", str(index)),
+                    f"container '{p.container}': port {key[2]}/{key[0]}{on} is already taken "
+                    f"by {held.holder}; publish another port, or free that one",
+                )
+                break
+
+
+def late_port_holders(observed: ObservedState) -> list[str]:
+    """Notes for ports the project publishes that someone else holds too (a
+    service started after the project published the port: the project's rule
+    still takes the traffic)."""
+    notes = []
+    for protocol, address, port in sorted(_own_ports(observed), key=str):
+        for held in observed.foreign.held_ports:
+            if held.overlaps(protocol, address, port):
+                notes.append(f"port {port}/{protocol}, which the project publishes, is also "
+                             f"held by {held.holder}, which gets none of its traffic")
+                break
+    return notes
+
+
 def _missing_paths(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
     for container in spec.containers.values():
         why = observed.missing_paths.get(container.netns_path) if container.netns_path else None
@@ -352,10 +427,11 @@ def _ns_where(spec: Spec, container: Container) -> Where | None:
     return spec.locate("containers", container.name, key)
 
 
-def _bridge(project: str, network: Network, localnet: bool) -> Iterator[Resource]:
+def _bridge(project: str, network: Network, localnet: bool, rp_loose: bool
+            ) -> Iterator[Resource]:
     bridge = Bridge(
         network.name, network.interface, network.mtu, bridge_mac(project, network.name),
-        localnet=localnet,
+        localnet=localnet, rp_loose=rp_loose,
     )
     yield bridge
     if network.gateway is not None:
@@ -433,6 +509,7 @@ def _sublink(container: Container, ep: Endpoint, ns: str) -> Sublink:
         mode=ep.network.mode,
         mac=Sublink.own_mac(kind, ep.network.mode, ep.mac),
         mtu=ep.network.mtu,
+        allocated=_record(ep),
         owned_ns=container.netns is not None,
     )
 
@@ -453,6 +530,7 @@ def _veth(spec: Spec, container: Container, ep: Endpoint, ns: str) -> Veth:
         # Back out of the port it came in by: the container reaching its own
         # published port (port isolation forbids that anyway under icc: false).
         hairpin=ep.network.icc and publishes,
+        allocated=_record(ep),
         owned_ns=container.netns is not None,
         master_ifname=ep.network.interface,
     )
@@ -466,11 +544,10 @@ def _routes(container: Container, own: list[Endpoint]) -> Iterator[Route]:
     ns = container.ns
     assert ns is not None
     for ep in own:
-        if ep.network.name != container.default_route:
-            continue
-        if ep.network.gateway is not None:
+        if ep.network.name == container.default_route and ep.network.gateway is not None:
             yield _route(ns, DEFAULT_V4, ep.network.gateway, ep)
-        if ep.ipv6 is not None and ep.network.ipv6_gateway is not None:
+        if (ep.network.name == container.default_route_ipv6 and ep.ipv6 is not None
+                and ep.network.ipv6_gateway is not None):
             yield _route(ns, DEFAULT_V6, ep.network.ipv6_gateway, ep)
     for extra in container.routes:
         for ep in own:
@@ -599,11 +676,28 @@ def _position(ep: Endpoint) -> int:
 
 
 def _observed_addresses(observed: ObservedState) -> dict[Key, list[IPAddress]]:
+    """What each attachment keeps: the allocation recorded in its link's mark;
+    where a mark has no record (made by an older version), the addresses on
+    the link. An address someone put there by hand is drift, not a choice."""
     kept: dict[Key, list[IPAddress]] = {}
+    recorded: set[Key] = set()
     for res in observed.resources.values():
-        if isinstance(res, Address) and res.link[0] in (Kind.VETH, Kind.SUBLINK):
+        if isinstance(res, Veth | Sublink) and res.allocated:
+            try:
+                kept[res.key] = [ipaddress.ip_address(a) for a in res.allocated.split(",")]
+            except ValueError:
+                continue  # not a record this version wrote: fall back to the link
+            recorded.add(res.key)
+    for res in observed.resources.values():
+        if isinstance(res, Address) and res.link[0] in (Kind.VETH, Kind.SUBLINK) \
+                and res.link not in recorded:
             kept.setdefault(res.link, []).append(ipaddress.ip_interface(res.cidr).ip)
     return kept
+
+
+def _record(ep: Endpoint) -> str:
+    """The allocation record of an endpoint, for its link's mark."""
+    return f"{ep.ipv4},{ep.ipv6}" if ep.ipv6 is not None else str(ep.ipv4)
 
 
 def _allocate_family(
@@ -705,6 +799,8 @@ def _collisions(
     foreign = observed.foreign
     project = spec.project
     not_owned = f"exists and is not owned by project '{project}'"
+    if foreign.files:
+        yield from _file_collisions(spec, resources, dict(foreign.files))
     for res in resources:
         if isinstance(res, Netns) and res.name in foreign.netns:
             container = _container_of_netns(spec, res.name)
@@ -743,6 +839,49 @@ def _collisions(
                 spec.locate("containers", container),
                 f"container '{container}': route {res.dst} in its namespace {not_owned}",
             )
+
+
+def _file_collisions(
+    spec: Spec, resources: list[Resource], files: dict[str, str]
+) -> Iterator[Problem]:
+    """Desired objects whose place in the file system something netapply did
+    not make takes: a symbolic link (never followed), a file where a directory
+    goes, a FIFO, a directory where a file goes. Each such path is said once."""
+    said: set[str] = set()
+    tail = (f", which project '{spec.project}' did not make: netapply never follows a link "
+            "or replaces what is in its way")
+
+    def check(paths: Iterable[str], where: Where | None, label: str,
+              hint: str) -> Iterator[Problem]:
+        for path in paths:
+            if path in files and path not in said:
+                said.add(path)
+                yield Problem(where, f"{label}{files[path]}{tail}; {hint}")
+
+    if resources:
+        yield from check([LOCK_DIR], spec.locate("project"), f"project '{spec.project}': ",
+                         f"remove it (netapply holds the lock of a run in {LOCK_DIR})")
+    own_dir = f"{ETC_NETNS_DIR}/{tables_dir(spec.project)}"
+    other_netns = "remove it or choose another netns"
+    for res in resources:
+        if isinstance(res, Netns):
+            container = _container_of_netns(spec, res.name)
+            yield from check(
+                (NETNS_DIR, f"{NETNS_DIR}/{res.name}"),
+                spec.locate("containers", container, "netns"),
+                f"container '{container}': netns {res.name} cannot be made: ", other_netns)
+        elif isinstance(res, HostsFile):
+            container = _container_of_netns(spec, res.netns)
+            yield from check(
+                (ETC_NETNS_DIR, f"{ETC_NETNS_DIR}/{res.netns}"),
+                spec.locate("containers", container),
+                f"container '{container}': /etc/netns/{res.netns}/hosts cannot be written: ",
+                other_netns)
+        elif isinstance(res, HostsTable):
+            yield from check(
+                (ETC_NETNS_DIR, own_dir, res.path), spec.locate("project"),
+                f"project '{spec.project}': its hosts tables cannot be written: ",
+                "remove it (netapply keeps the project's hosts tables there)")
 
 
 def _veth_collisions(

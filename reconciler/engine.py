@@ -10,22 +10,31 @@ import os
 import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from reconciler import desired as desired_mod
 from reconciler import firewall, machines, managers, planner
 from reconciler.drivers.kernel import Kernel
-from reconciler.errors import ConvergenceError, PrivilegeError, SpecError
+from reconciler.errors import (
+    ConvergenceError,
+    MachineError,
+    PrivilegeError,
+    Problem,
+    SpecError,
+    UnreadError,
+)
 from reconciler.executor import Progress, Result, execute
 from reconciler.model import IPAddress, Spec
 from reconciler.planner import Plan
 from reconciler.resources import (
     HOST_NS,
+    Bridge,
     Firewall,
     HostsFile,
     Key,
     Kind,
     Leftover,
+    LeftoverFile,
     Resource,
     Sysctl,
     Veth,
@@ -52,14 +61,29 @@ def require_privileges() -> None:
         )
 
 
+MIN_OPEN_FILES = 64  # the files, pipes and sockets of a run with one namespace at a time
+
+
 def raise_open_files_limit() -> None:
     """netlink keeps a socket per namespace for a run (and watch one more per
     namespace to listen in), so a machine with hundreds of containers needs
-    more descriptors than the usual soft limit of 1024: take the hard limit."""
+    more descriptors than the usual soft limit of 1024: take the hard limit.
+    Where even that is lower than the namespaces need, the driver closes the
+    least recently used sockets as it goes (drivers/netlink.py).
+
+    Raises MachineError, before anything is read or changed, when the limit
+    (RLIMIT_NOFILE, getrlimit(2)) stays below MIN_OPEN_FILES."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        raise MachineError([Problem(None, (
+            f"this process may open only {soft} files (ulimit -n; hard limit {hard}), which is "
+            f"too low: netapply needs at least {MIN_OPEN_FILES}; raise the limit (`ulimit -n "
+            f"{MIN_OPEN_FILES * 16}` as root, or LimitNOFILE= in a systemd unit) and run again"
+        ))])
 
 
 def _has_capability(bit: int) -> bool:
@@ -80,6 +104,11 @@ def local_addresses(kernel: Kernel) -> list[IPAddress]:
 
 def netns_paths(spec: Spec) -> list[str]:
     return sorted({c.netns_path for c in spec.containers.values() if c.netns_path})
+
+
+def netns_names(spec: Spec) -> list[str]:
+    """The named namespaces of the spec's containers."""
+    return sorted({c.netns for c in spec.containers.values() if c.netns})
 
 
 def hosts_blocks(spec: Spec) -> dict[str, tuple[str, str]]:
@@ -115,11 +144,16 @@ def plan_from(
     spec: Spec, observed: ObservedState, destroy: bool = False, host: str | None = None
 ) -> Snapshot:
     """Desired state and plan from an observation (no I/O). `host`: which of
-    the spec's hosts this machine is."""
+    the spec's hosts this machine is. UnreadError when a part of the kernel
+    that may hold the project's objects could not be read, unless destroying
+    (destroy removes the rest, then fails: see apply)."""
+    if not destroy:
+        require_read(observed, "nothing is planned: what the project owns there is unknown")
     with no_gc_pauses():
         wanted = {} if destroy else desired_mod.build(spec, observed, host)
         filtering = any(isinstance(r, Firewall) for r in wanted.values())
         notes = managers.notes(observed.foreign, filtering)
+        notes.extend(_unread_notes(observed))
         forwarding = (Kind.SYSCTL, firewall.IP_FORWARD)
         have = observed.resources.get(forwarding)
         note = managers.forwarding_note(
@@ -128,7 +162,32 @@ def plan_from(
         if note is not None:
             notes.append(note)
         notes.extend(desired_mod.overlay_renumbering(spec, wanted, observed))
+        notes.extend(desired_mod.late_port_holders(observed))
         return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), tuple(notes))
+
+
+def require_read(observed: ObservedState, outcome: str) -> None:
+    """UnreadError, saying `outcome`, when observed has parts that could not be
+    read and may hold the project's objects."""
+    if observed.unread:
+        raise UnreadError(observed.unread, outcome)
+
+
+def destroyed(observed: ObservedState, steps: int) -> None:
+    """After a destroy of `steps` steps, observed (read afterwards) says
+    nothing is left, or UnreadError names what could not be read."""
+    require_read(observed, f"destroy removed what it could read ({steps} step(s)), but "
+                           "the project may still own objects there")
+
+
+def _unread_notes(observed: ObservedState) -> list[str]:
+    if observed.unread:  # only a destroy gets here
+        return [f"netapply could not read {part}; destroy removes everything else, then "
+                "fails" for part in observed.unread]
+    if observed.foreign.nft_error:
+        return [f"netapply could not {observed.foreign.nft_error}; the kernel has no nftables "
+                "table that could hold the project's objects, so none is missed"]
+    return []
 
 
 def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> ObservedState:
@@ -137,7 +196,7 @@ def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> Obse
     with no_gc_pauses():
         observed = observe(
             kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share),
-            hosts_blocks(share),
+            hosts_blocks(share), netns_names(share),
         )
     # Every command refuses these, destroy and show too: a path to the host's
     # namespace or a second name of one would be read as a container's.
@@ -163,6 +222,8 @@ def apply(
     result = execute(kernel, spec.project, plan, progress)
     after = snapshot(kernel, spec, destroy=destroy, host=host)
     _verify(after.plan, "the kernel did not converge after apply")
+    if destroy:
+        destroyed(after.observed, len(result.done))
     return result
 
 
@@ -172,7 +233,7 @@ def _restorable(res: Resource) -> bool:
     applies, veth pairs that were already broken (a missing end cannot be made
     as it was), hosts files of an older format, VXLAN devices with flags
     netapply does not set."""
-    if is_shared(res) or isinstance(res, Leftover):
+    if is_shared(res) or isinstance(res, Leftover | LeftoverFile):
         return False
     if isinstance(res, Veth):
         return res.ns != UNSEEN_NS and bool(res.host_ifname)
@@ -188,6 +249,9 @@ def rollback_target(before: dict[Key, Resource], now: dict[Key, Resource]) -> di
     again as it was stays as it is now."""
     target: dict[Key, Resource] = {}
     for key, res in before.items():
+        have = now.get(key)
+        if isinstance(res, Bridge) and isinstance(have, Bridge):
+            res = replace(res, rp_loose=res.rp_loose or have.rp_loose)  # never reverted
         if _restorable(res):
             target[key] = res
         elif key in now:

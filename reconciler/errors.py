@@ -62,6 +62,8 @@ class PrivilegeError(NetapplyError):
 PRIVILEGE_HINT = ("netapply needs CAP_NET_ADMIN and CAP_SYS_ADMIN (as root, or in a container "
                   "with --privileged or --cap-add NET_ADMIN --cap-add SYS_ADMIN); if it has "
                   "them, a security module (SELinux, AppArmor) or a seccomp profile refuses it")
+IN_THE_WAY_HINT = ("netapply never follows a symbolic link where it writes as root, nor "
+                   "replaces what is in its way: remove it (plan shows it), then apply again")
 # What the operator can do about each errno the kernel gives netapply.
 HINTS = {
     errno_mod.EEXIST: "something else made an object with that name after netapply looked; "
@@ -82,6 +84,13 @@ HINTS = {
     errno_mod.EOPNOTSUPP: "the running kernel cannot do this (a missing module or option); "
                           "load the module, or change the spec",
     errno_mod.EROFS: "the file system is mounted read-only; remount it read-write",
+    errno_mod.EMFILE: "this process may open too few files (ulimit -n) for the namespaces it "
+                      "works in; raise the limit (`ulimit -n`, or LimitNOFILE= in a systemd "
+                      "unit), then run again",
+    errno_mod.ENFILE: "the machine has no file descriptor left (fs.file-max); close files or "
+                      "raise the limit, then run again",
+    errno_mod.ELOOP: IN_THE_WAY_HINT,
+    errno_mod.ENOTDIR: IN_THE_WAY_HINT,
     errno_mod.EADDRINUSE: "the address or port is used by something else on this machine; "
                           "free it or change the spec",
 }
@@ -115,6 +124,24 @@ class ApplyError(NetapplyError):
     @property
     def hint(self) -> str:
         return self.cause.hint if isinstance(self.cause, KernelError) else ""
+
+
+class UnreadError(NetapplyError):
+    """A part of the kernel that may hold the project's objects could not be
+    read (the nftables ruleset without a working `nft`, a namespace that could
+    not be entered), so netapply cannot vouch for a plan, a listing or a clean
+    destroy. The operator must make that part readable, then run it again."""
+
+    def __init__(self, parts: Sequence[str], outcome: str):
+        self.parts = list(parts)
+        self.outcome = outcome
+        listed = "\n".join(f"  {part}" for part in self.parts)
+        super().__init__(f"netapply could not read part of the kernel, so {outcome}:\n{listed}")
+
+    @property
+    def hint(self) -> str:
+        return ("make that part readable (for the nftables ruleset: install the nftables "
+                "package, or repair the nft command), then run the command again")
 
 
 class ConvergenceError(NetapplyError):

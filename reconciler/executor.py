@@ -41,7 +41,7 @@ def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None 
                 ops.create(kernel, project, change.after)
             else:
                 assert change.before is not None and change.after is not None
-                ops.update(kernel, change.before, change.after)
+                ops.update(kernel, project, change.before, change.after)
         except KernelError as e:
             raise ApplyError(text, e, result.done) from None
         except KeyboardInterrupt:

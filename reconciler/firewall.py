@@ -31,10 +31,12 @@ can be written before the bridges it names.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler import ports
 from reconciler.model import Driver, IPAddress, Network, Port
 from reconciler.resources import (
     DOCKER_USER_CHAIN,
@@ -68,10 +70,11 @@ class Chain:
 
 GUARD = Chain("guard", "filter", "prerouting", PRIO_RAW)
 FORWARD = Chain("forward", "filter", "forward", PRIO_FILTER)
+INPUT = Chain("input", "filter", "input", PRIO_FILTER)
 PREROUTING = Chain("prerouting", "nat", "prerouting", PRIO_DSTNAT)
 OUTPUT = Chain("output", "nat", "output", PRIO_DSTNAT)
 POSTROUTING = Chain("postrouting", "nat", "postrouting", PRIO_SRCNAT)
-CHAINS = (GUARD, FORWARD, PREROUTING, OUTPUT, POSTROUTING)
+CHAINS = (GUARD, FORWARD, INPUT, PREROUTING, OUTPUT, POSTROUTING)
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ def build(
     ports = list(published)
     with_ports = {p.network.name for p in ports}
     localnet = localnet_bridges(ports)
-    rules = [*_guard(bridges, localnet), *_forward(bridges, with_ports), *_dnat(ports),
-             *_postrouting(bridges, with_ports, localnet)]
+    rules = [*_guard(bridges, localnet), *_forward(bridges, with_ports), *_input(bridges),
+             *_dnat(ports), *_postrouting(bridges, with_ports, localnet)]
     order = {chain.name: i for i, chain in enumerate(CHAINS)}
     rules.sort(key=lambda r: order[r.chain])  # stable: keeps the order within a chain
     firewall = Firewall(table, tuple(chain_key(table, c) for c in CHAINS), tuple(rules))
@@ -156,6 +159,19 @@ def docker_user_commands(
     for rule in reversed(after.rules if after else ()):
         out.append({"insert": {"rule": {**where, "expr": rule.to_json()["expr"],
                                         "comment": rule.comment}}})
+    return out
+
+
+def changed_ports(before: Firewall | None, after: Firewall | None) -> set[tuple[str, int]]:
+    """(protocol, port) of every DNAT rule that one table has and the other
+    has not: a port published, unpublished, or leading somewhere else now."""
+    old = set(before.rules if before else ())
+    new = set(after.rules if after else ())
+    out = set()
+    for rule in old ^ new:
+        found = ports.dnat_port(json.loads(rule.expr))
+        if found is not None:
+            out.add((found[0], found[2]))
     return out
 
 
@@ -235,6 +251,41 @@ def _forward(bridges: list[Network], with_ports: set[str]) -> Iterator[Rule]:
             yield Rule.of(FORWARD.name, f"{name}: published ports",
                           [*into, _ct("status", "dnat"), ACCEPT])
         yield Rule.of(FORWARD.name, f"{name}: nothing else enters", [*into, DROP])
+
+
+# Link-local unicast and multicast: IPv6 neighbour discovery with the gateway.
+IPV6_LINK = {"set": [{"prefix": {"addr": "fe80::", "len": 10}},
+                     {"prefix": {"addr": "ff02::", "len": 16}}]}
+
+
+def _input(bridges: list[Network]) -> Iterator[Rule]:
+    """SPEC.md: containers of an internal network reach their own network and its
+    gateway address, nothing else, whatever routes they are given. Forwarding
+    is already dropped; this stops what the host would take in itself: its
+    other addresses (an outside address, other networks' gateways)."""
+    for net in bridges:
+        if not net.internal:
+            continue
+        dev = net.interface
+        for family, gateway in (("ip", net.gateway), ("ip6", net.ipv6_gateway)):
+            if family == "ip6" and net.ipv6_subnet is None:
+                continue
+            allowed: list[Any] = [str(gateway)] if gateway is not None else []
+            if family == "ip6":
+                allowed.extend(IPV6_LINK["set"])
+            # As nft lists it back: one address bare, several as a set; a
+            # daddr match implies the family, and without a gateway the
+            # family alone (nfproto) is matched.
+            match = [_meta("iifname", dev)]
+            if not allowed:
+                match.append(_meta("nfproto", "ipv4" if family == "ip" else "ipv6"))
+            else:
+                right: Any = allowed[0] if len(allowed) == 1 else {"set": allowed}
+                match.append({"match": {"op": "!=", "left": {"payload": {
+                    "protocol": family, "field": "daddr"}}, "right": right}})
+            what = "IPv4" if family == "ip" else "IPv6"
+            yield Rule.of(INPUT.name, f"{net.name}: internal, only its gateway address on the "
+                          f"host ({what})", [*match, DROP])
 
 
 def _dnat(ports: list[Published]) -> Iterator[Rule]:

@@ -6,17 +6,23 @@ kernel is verified. A second run waits up to its --lock-timeout, then fails
 naming the holder's PID. The kernel releases the lock when the holder exits,
 even by SIGKILL, so a crash never leaves the project locked. The directory is
 0700 and the file 0600: nobody else can take, hold or forge the lock.
+
+The directory is reached without following a link (drivers/files.py): a link
+at /run/netapply (to /tmp, say) is refused, never chmod'ed through.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
 import time
 from collections.abc import Iterator
 
+from reconciler.drivers import files
+from reconciler.drivers.kernel import FileType
 from reconciler.errors import NetapplyError
 
 LOCK_DIR = "/run/netapply"
@@ -40,7 +46,9 @@ def pending_path(project: str, directory: str = LOCK_DIR) -> str:
 def is_held(project: str, directory: str = LOCK_DIR) -> bool:
     """Whether a run holds the project's lock now."""
     try:
-        fd = os.open(lock_path(project, directory), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        with files.directory(directory) as dir_fd:
+            fd = os.open(f"{project}.lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+                         | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return False
     try:
@@ -60,8 +68,11 @@ def runtimes_cache_path(project: str, directory: str = LOCK_DIR) -> str:
 def read_private(path: str) -> str | None:
     """The text of a file written by write_private, or None when it is absent
     or not such a file (a link, another owner, writable by others)."""
+    directory, name = os.path.split(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with files.directory(directory) as dir_fd:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -111,16 +122,29 @@ def project_lock(project: str, timeout: float, directory: str = LOCK_DIR) -> Ite
 
 
 def _open_private(path: str, flags: int, what: str) -> int:
-    """Open (making it) a 0600 file in a 0700 directory, never through a link."""
-    directory = os.path.dirname(path)
+    """Open (making it) a 0600 regular file in a 0700 directory; no link is
+    followed on the way or at the end, and a FIFO there is not waited on."""
+    directory, name = os.path.split(path)
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        st = os.lstat(directory)
-        if st.st_uid == os.geteuid() and st.st_mode & 0o077:
-            os.chmod(directory, 0o700)  # made by an older version or by hand: tighten it
-        fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        with files.directory(directory, create=0o700) as dir_fd:
+            st = os.fstat(dir_fd)
+            if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                os.fchmod(dir_fd, 0o700)  # made by an older version or by hand: tighten it
+            fd = os.open(name, flags | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         0o600, dir_fd=dir_fd)
     except OSError as e:
+        if e.errno == errno.ELOOP and not isinstance(e, files.InTheWay):  # the file itself
+            e = files.InTheWay(path, FileType.LINK, files.read_link(path))
+        if isinstance(e, files.InTheWay):
+            raise LockError(f"cannot {what} {path}: {e}, which netapply did not make: it "
+                            "never follows a link or uses what is in its way; remove it"
+                            ) from None
         raise LockError(f"cannot {what} {path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LockError(f"cannot {what} {path}: it is not a regular file, and netapply did not "
+                        "make it; remove it")
+    os.set_blocking(fd, True)
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o600)
     return fd

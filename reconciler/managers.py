@@ -34,10 +34,10 @@ def _manager(table: str, chain: str = "") -> str | None:
 
 def notes(foreign: Foreign, filtering: bool) -> list[str]:
     """Sentences for the plan: when the spec filters (has bridge networks), about
-    other firewall managers and chains that drop forwarded traffic by default;
-    always, when the ruleset could not be read."""
+    other firewall managers and chains that drop forwarded traffic by default.
+    (A ruleset that could not be read is engine.py's to say.)"""
     if not filtering:
-        return [_unread_note(foreign.nft_error)] if foreign.nft_error else []
+        return []
     seen: dict[str, set[str]] = {}
     for family, table in foreign.nft_tables:
         manager = _manager(table)
@@ -61,11 +61,6 @@ def notes(foreign: Foreign, filtering: bool) -> list[str]:
             out.append(_docker_user_note(c) if c.table == DOCKER_USER_TABLE
                        and c.family in user else _policy_note(c))
     return out
-
-
-def _unread_note(error: str) -> str:
-    return (f"netapply could not {error}, so the project's nftables table, if there is one, "
-            "was not checked")
 
 
 def forwarding_note(observed_value: str | None, wanted: bool) -> str | None:

@@ -118,7 +118,11 @@ class Container:
     netns_path: str | None = None
     host: str | None = None
     attachments: tuple[Attachment, ...] = ()
-    default_route: str | None = None  # filled with the first listed non-internal network
+    # The networks giving the IPv4 and the IPv6 default route (SPEC.md
+    # `default_route`); by default the first listed non-internal network that
+    # has a gateway of that family.
+    default_route: str | None = None
+    default_route_ipv6: str | None = None
     routes: tuple[Route, ...] = ()
     ports: tuple[Port, ...] = ()
     runtime: Runtime | None = None  # a container of this engine, found by runtime_name

@@ -38,7 +38,7 @@ from reconciler.resources import (
 KIND_ORDER = (
     Kind.FIREWALL, Kind.DOCKER_USER, Kind.SYSCTL, Kind.NETNS, Kind.BRIDGE, Kind.VETH,
     Kind.SUBLINK, Kind.VXLAN, Kind.FDB, Kind.NEIGH, Kind.ADDRESS, Kind.ROUTE, Kind.HOSTS_TABLE,
-    Kind.HOSTS, Kind.HOSTS_BLOCK, Kind.LEFTOVER,
+    Kind.HOSTS, Kind.HOSTS_BLOCK, Kind.LEFTOVER, Kind.LEFTOVER_FILE,
 )
 RANK = {kind: i for i, kind in enumerate(KIND_ORDER)}
 

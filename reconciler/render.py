@@ -95,6 +95,7 @@ def state_text(resources: Iterable[Resource], project: str,
 
 SHOWN_FIELDS = (
     "mtu", "mac", "up", "master", "host_ifname", "lo_up", "isolated", "hairpin", "localnet",
+    "rp_loose",
     "mode",
 )
 

@@ -40,6 +40,7 @@ class Kind(StrEnum):
     HOSTS = "hosts"
     HOSTS_BLOCK = "hosts-block"
     LEFTOVER = "leftover"
+    LEFTOVER_FILE = "leftover-file"
 
 
 def _hex(text: str, length: int) -> str:
@@ -88,6 +89,15 @@ class Dep:
 def owner_alias(project: str, *parts: str) -> str:
     """The ifalias that marks a link (or a namespace's loopback) as owned."""
     return "/".join((ALIAS_PREFIX, project, *parts))
+
+
+def link_alias(project: str, kind: str, container: str, network: str, end: str = "",
+               allocated: str = "") -> str:
+    """The mark of an attachment's link: `netapply/<project>/<kind>/<container>/
+    <network>`, then `/host` for a veth's host end, then the allocation record."""
+    parts = [kind, container, network, *([end] if end else []),
+             *([allocated] if allocated else [])]
+    return owner_alias(project, *parts)
 
 
 def ns_label(ns: str) -> str:
@@ -141,6 +151,11 @@ class Bridge(_HostWide):
     # net.ipv4.conf.<bridge>.route_localnet: lets the host reach published ports
     # through 127.0.0.1 (the DNATed packet leaves with a loopback source).
     localnet: bool = False
+    # net.ipv4.conf.<bridge>.rp_filter = 2 (loose): replies of a container
+    # whose published port is on another network arrive here with a source of
+    # that network, which strict reverse-path filtering drops. Set, never
+    # reverted, and a bridge already loose is left loose (desired.py).
+    rp_loose: bool = False
 
     @property
     def key(self) -> Key:
@@ -173,6 +188,10 @@ class Veth:
     # The host end may send a frame back where it came from: the container reaches
     # its own published port through a host address.
     hairpin: bool = False
+    # The addresses netapply allocated to the attachment ("ipv4" or "ipv4,ipv6"),
+    # recorded in the host end's mark: stickiness keeps these, never an address
+    # someone put on the link by hand ("" where an older mark has none).
+    allocated: str = ""
     owned_ns: bool = field(default=True, compare=False)  # ns is a Netns of the project
     master_ifname: str | None = field(default=None, compare=False)
 
@@ -209,6 +228,7 @@ class Sublink:
     mac: str  # "" for ipvlan, whose links carry the parent's address
     mtu: int
     up: bool = True
+    allocated: str = ""  # as Veth.allocated, recorded in the link's own mark
     owned_ns: bool = field(default=True, compare=False)
 
     @property
@@ -366,8 +386,12 @@ class Route:
         return tuple(deps)
 
     def title(self) -> str:
-        dst = "default" if self.dst in ("0.0.0.0/0", "::/0") else self.dst
-        return f"route {dst} via {self.via} dev {self.ifname}"
+        if self.dst in ("0.0.0.0/0", "::/0"):
+            # Which network gives each family's default route (SPEC.md default_route).
+            family = "IPv6" if ":" in self.dst else "IPv4"
+            return (f"route default via {self.via} dev {self.ifname} ({family} default from "
+                    f"network {self.link[-1]})")
+        return f"route {self.dst} via {self.via} dev {self.ifname}"
 
 
 def tables_dir(project: str) -> str:
@@ -520,6 +544,26 @@ class Leftover:
         return f"leftover link {self.ifname} of an interrupted apply"
 
 
+@dataclass(frozen=True)
+class LeftoverFile(_HostWide):
+    """What an interrupted run left under a name the project's: an empty file in
+    /run/netns that no namespace is mounted on, an empty directory in /etc/netns,
+    a half-written file (`*.netapply-tmp`). Never desired; always deleted, so
+    that `ip netns add` and the next apply find the name free."""
+
+    kind: ClassVar[Kind] = Kind.LEFTOVER_FILE
+    path: str
+    directory: bool = False
+
+    @property
+    def key(self) -> Key:
+        return (self.kind, self.path)
+
+    def title(self) -> str:
+        what = "directory" if self.directory else "file"
+        return f"leftover {what} {self.path} of an interrupted run"
+
+
 COMMENT_MAX = 128  # nftables' limit on a rule comment
 
 
@@ -629,7 +673,7 @@ class Sysctl(_HostWide):
 
 Resource = (
     Firewall | DockerUser | Sysctl | Netns | Bridge | Veth | Sublink | Vxlan | Fdb | Neigh
-    | Address | Route | HostsTable | HostsFile | HostsBlock | Leftover
+    | Address | Route | HostsTable | HostsFile | HostsBlock | Leftover | LeftoverFile
 )
 State = Mapping[Key, Resource]
 

@@ -269,9 +269,8 @@ class Resolver:
             self._clients[runtime] = client
         return client
 
-    def _why(self, runtime: Runtime, error: Exception) -> str:
-        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return f"{runtime} does not answer at {self.urls[runtime]} ({cause})"
+    def _why(self, runtime: Runtime, error: BaseException) -> str:
+        return f"{runtime} does not answer at {self.urls[runtime]} ({_cause(error)})"
 
     def _list(self, runtime: Runtime) -> dict[str, dict[str, Any]]:
         """All containers of the engine (one API call), by name. With an API
@@ -324,6 +323,29 @@ class Resolver:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
+
+
+def _os_error(error: object, depth: int = 0) -> OSError | None:
+    """The OSError under the SDK's and requests' wrappers, if there is one."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error
+    if not isinstance(error, BaseException) or depth > 6:
+        return None
+    for inner in (*error.args, error.__cause__, error.__context__):
+        found = _os_error(inner, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _cause(error: BaseException) -> str:
+    """Why an engine did not answer, in words: the system's reason where there
+    is one ("No such file or directory" for a socket that is not there)."""
+    found = _os_error(error)
+    if found is not None:
+        return os.strerror(found.errno) if found.errno else str(found)
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:200]
 
 
 def _attached(container: Container, found: Running) -> Container:
@@ -400,9 +422,8 @@ class EngineEvents:
                 if self._stop.is_set():
                     break
                 if not lost:
-                    cause = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    self.log_error(f"{runtime} events lost at {self.urls[runtime]} ({cause}); "
-                                   "reconnecting with backoff")
+                    self.log_error(f"{runtime} events lost at {self.urls[runtime]} "
+                                   f"({_cause(e)}); reconnecting with backoff")
                     lost = True
                 delay = min(max(delay * 2, RECONNECT_FIRST), RECONNECT_MAX)
                 self._stop.wait(delay)

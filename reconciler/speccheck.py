@@ -54,6 +54,12 @@ PROTOCOLS = ("tcp", "udp")
 MIN_PREFIX_V6 = 126
 
 
+def _gateway(network: model.Network, family: int) -> model.IPAddress | None:
+    if family == 4:
+        return network.gateway
+    return network.ipv6_gateway if network.ipv6_subnet is not None else None
+
+
 class Builder:
     """Turns schema-valid data into model values, collecting every semantic problem."""
 
@@ -364,10 +370,12 @@ class Builder:
         if mode != NetworkMode.BRIDGE:
             return container
         attachments = self._attachments(base, what, raw.get("networks"))
+        defaults = self._default_routes(base, what, raw, attachments)
         return replace(
             container,
             attachments=attachments,
-            default_route=self._default_route(base, what, raw, attachments),
+            default_route=defaults[4],
+            default_route_ipv6=defaults[6],
             routes=self._routes(base, what, raw.get("routes") or [], attachments),
             ports=self._ports(base, what, raw.get("ports") or [], attachments),
         )
@@ -548,30 +556,54 @@ class Builder:
             return None
         return mac
 
-    def _default_route(
+    def _default_routes(
         self, base: Path, what: str, raw: dict[str, Any], attachments: tuple[model.Attachment, ...]
-    ) -> str | None:
-        networks = [self.networks.get(a.network) for a in attachments]
-        if "default_route" not in raw:
-            for network in networks:
-                if network and not network.internal and network.gateway is not None:
-                    return network.name
-            return None
-        chosen: str = raw["default_route"]
+    ) -> dict[int, str | None]:
+        """The networks giving each family's default route: `default_route: NAME`
+        (each family that network has a gateway for), `{ipv4: NAME, ipv6: NAME}`,
+        and for a family left open the first listed non-internal network with a
+        gateway of that family (SPEC.md; Docker picks per family likewise)."""
+        chosen = raw.get("default_route")
         path = (*base, "default_route")
-        network = self.networks.get(chosen)
-        if chosen not in [a.network for a in attachments]:
-            self.report(
-                path, f"{what}: default_route {show(chosen)} is not one of the container's networks"
-            )
-        elif network is not None and network.internal:
-            self.report(
-                path,
-                f"{what}: default_route '{chosen}' is an internal network, which has no way out",
-            )
-        elif network is not None and network.gateway is None:
-            self.report(path, f"{what}: default_route '{chosen}' has no gateway")
-        return chosen
+        asked: dict[int, str | None] = {}
+        if isinstance(chosen, str):
+            network = self._default_network(path, what, "default_route", chosen, attachments)
+            if network is not None:
+                if network.gateway is None and network.ipv6_gateway is None:
+                    self.report(path, f"{what}: default_route '{chosen}' has no gateway")
+                asked = {family: chosen for family in (4, 6)
+                         if _gateway(network, family) is not None}
+        elif isinstance(chosen, dict):
+            for key, family in (("ipv4", 4), ("ipv6", 6)):
+                if key not in chosen:
+                    continue
+                name = chosen[key]
+                label = f"default_route.{key}"
+                asked[family] = name  # named: no other network gives it
+                network = self._default_network((*path, key), what, label, name, attachments)
+                if network is not None and _gateway(network, family) is None:
+                    has = "ipv6 gateway" if family == 6 else "gateway"
+                    self.report((*path, key), f"{what}: {label} '{name}' has no {has}")
+        return {family: asked[family] if family in asked else next(
+                    (n.name for a in attachments if (n := self.networks.get(a.network))
+                     and not n.internal and _gateway(n, family) is not None), None)
+                for family in (4, 6)}
+
+    def _default_network(
+        self, path: Path, what: str, label: str, name: str,
+        attachments: tuple[model.Attachment, ...],
+    ) -> model.Network | None:
+        """The network a default_route names, if it can give one."""
+        if name not in [a.network for a in attachments]:
+            self.report(path, f"{what}: {label} {show(name)} is not one of the container's "
+                        "networks")
+            return None
+        network = self.networks.get(name)
+        if network is not None and network.internal:
+            self.report(path, f"{what}: {label} '{name}' is an internal network, which has no "
+                        "way out")
+            return None
+        return network
 
     def _routes(
         self,

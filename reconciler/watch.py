@@ -320,24 +320,30 @@ class Watcher:
         try:
             spec = spec_mod.load(str(self.spec_path))
         except SpecError as e:
-            errors = [str(p) for p in e.problems]
-            if self.last_good is None:
-                return Outcome("invalid spec", errors=errors, detail="nothing applied yet")
-            outcome = self._apply(self.last_good)
-            outcome.errors = errors + outcome.errors
-            outcome.detail = "the spec is invalid; the last good one stays in force"
-            if outcome.result == "converged":
-                outcome.result = "invalid spec"
-            return outcome
+            return self._keep_last_good([str(p) for p in e.problems])
         except NetapplyError as e:
-            return Outcome("invalid spec", errors=[str(e)])
+            return self._keep_last_good([str(e)])
         if self.last_good is not None and spec.project != self.last_good.project:
-            return Outcome("invalid spec", errors=[
+            # Not this watch's project: its objects are not touched, and the
+            # last good spec's drift is still repaired.
+            return self._keep_last_good([
                 f"the project changed from '{self.last_good.project}' to '{spec.project}': "
                 "destroy the old project first, then restart watch"])
         outcome = self._apply(spec)
         if outcome.result == "converged":
             self.last_good = spec
+        return outcome
+
+    def _keep_last_good(self, errors: list[str]) -> Outcome:
+        """The spec as saved cannot be applied (errors say why): the last good
+        one stays in force, drift repaired against it, until a fix is saved."""
+        if self.last_good is None:
+            return Outcome("invalid spec", errors=errors, detail="nothing applied yet")
+        outcome = self._apply(self.last_good)
+        outcome.errors = errors + outcome.errors
+        outcome.detail = "the spec is invalid; the last good one stays in force"
+        if outcome.result == "converged":
+            outcome.result = "invalid spec"
         return outcome
 
     def _apply(self, spec: Spec) -> Outcome:
@@ -360,13 +366,16 @@ class Watcher:
                               host=host, why=chosen.why)
                 self.host_said = host
             resolution = self.resolver.resolve(spec, host)
-            if resolution.notes != self.notes_said:
-                for note in resolution.notes:
-                    self.log.line("runtime", note, note=note)
-                self.notes_said = resolution.notes
             spec = resolution.spec
             with lock.project_lock(spec.project, self.options.lock_timeout):
                 snap = engine.snapshot(kernel, spec, host=host)
+                # Said once each time they change: skipped runtime containers,
+                # a port someone else started holding, other managers.
+                notes = (*resolution.notes, *snap.notes)
+                if notes != self.notes_said:
+                    for note in notes:
+                        self.log.line("note", note, note=note)
+                    self.notes_said = notes
                 if not snap.plan.empty:
                     engine.apply(kernel, spec, snap.plan, progress=progress, host=host)
             # Converged: the namespaces with the project's links are the desired

@@ -29,6 +29,11 @@ SECTIONS = {"hosts": "host", "networks": "network", "containers": "container"}
 
 # A document that expands to more values than this is an alias bomb, not a spec.
 MAX_VALUES = 200_000
+# Keys and values as written (an alias counts once), counted while the document
+# is composed: the budget that bounds the time and memory of reading a file
+# within MAX_FILE_BYTES (PyYAML composes about 50,000 a second, each ~700 bytes).
+# A spec of 10,000 containers has about 50,000.
+MAX_NODES = 100_000
 # A spec file larger than this is not read at all (10,000 containers take about 1 MiB).
 MAX_FILE_BYTES = 16 << 20
 MAX_FILES = 1000  # spec files read from one directory
@@ -103,7 +108,7 @@ def parse(
     are YAML 1.2); specs use the SafeLoader itself.
     """
     try:
-        loader = loader_class(text)
+        loader = _budgeted(loader_class)(text)
     except yaml.YAMLError as err:  # a character YAML does not allow
         return Document(file, ok=False), [_reader_problem(err, text, file)]
     try:
@@ -122,6 +127,11 @@ def parse(
         return Document(file, ok=False), [_reader_problem(err, text, file)]
     except _TooBig:
         problem = Problem(Where(file, 1, 1), "YAML: the document expands to too many values")
+        return Document(file, ok=False), [problem]
+    except _TooManyNodes as err:
+        problem = Problem(position(file, err.mark), (
+            f"YAML: the document has more than {MAX_NODES:,} keys and values, far more than "
+            "any spec needs (10,000 containers take about 50,000); it is not read further"))
         return Document(file, ok=False), [problem]
     except RecursionError:
         problem = Problem(Where(file, 1, 1), "YAML: the document is nested too deeply")
@@ -188,6 +198,38 @@ def _duplicate_keys(root: yaml.Node, file: str) -> list[Problem]:
 
 class _TooBig(Exception):
     pass
+
+
+class _TooManyNodes(Exception):
+    def __init__(self, mark: yaml.Mark | None):
+        super().__init__()
+        self.mark = mark
+
+
+class _Budget(yaml.SafeLoader):
+    """Counts nodes as they are composed and stops at MAX_NODES, where the
+    node that is one too many begins: a huge document is refused after
+    composing that many nodes, not after composing all of them."""
+
+    nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooManyNodes(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        return super().compose_node(parent, index)
+
+
+_BUDGETED: dict[type[yaml.SafeLoader], type[yaml.SafeLoader]] = {yaml.SafeLoader: _Budget}
+
+
+def _budgeted(loader_class: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
+    """loader_class (SafeLoader or a subclass with other rules) with _Budget."""
+    found = _BUDGETED.get(loader_class)
+    if found is None:
+        found = _BUDGETED[loader_class] = type(
+            f"Budgeted{loader_class.__name__}", (_Budget, loader_class), {})
+    return found
 
 
 class _Walker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
 from typing import Any
 
@@ -14,6 +15,7 @@ from reconciler.planner import Action, Plan
 from reconciler.resources import (
     HOSTS_HEADER,
     Address,
+    Bridge,
     Key,
     Kind,
     Resource,
@@ -62,7 +64,10 @@ def owned(kernel: Kernel, spec: Spec | None = None) -> dict[Key, Resource]:
     """What the project owns: machine-wide settings it only ensures (IPv4
     forwarding) are not owned, and stay as they are after a destroy."""
     paths = engine.netns_paths(spec) if spec is not None else []
-    return {k: r for k, r in observe(kernel, PROJECT, paths).resources.items()
+    # A bridge's loose rp_filter is set when a spec needs it and never reverted,
+    # like IPv4 forwarding: it depends on history by design.
+    return {k: dataclasses.replace(r, rp_loose=False) if isinstance(r, Bridge) else r
+            for k, r in observe(kernel, PROJECT, paths).resources.items()
             if not is_shared(r)}
 
 

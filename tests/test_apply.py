@@ -17,6 +17,7 @@ import pytest
 from reconciler import cli, engine
 from reconciler import spec as spec_mod
 from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.drivers.rtnl import Rtnl
 from reconciler.errors import ApplyError, KernelError
 from tests.kernelutil import (
     addresses,
@@ -514,6 +515,37 @@ def test_every_example_applies_converges_and_destroys(
     assert code == 0, out + err
     assert netns_list() == []
     assert sorted(links()) == ["lo"]
+
+
+# Every spec among the examples (examples/compose also holds Compose files),
+# with what planning it on one machine needs: the host it is, and engines that
+# do not answer (their containers are reported and skipped).
+EXAMPLE_SPECS = sorted(p for p in REPO.glob("examples/**/*.yaml")
+                       if not p.name.startswith("compose."))
+HOSTS = {"mesh.yaml": ("node-a", "192.0.2.11/24")}
+
+
+@pytest.mark.parametrize("example", EXAMPLE_SPECS, ids=lambda p: str(p.relative_to(REPO)))
+def test_plan_of_every_example_sends_no_change_to_the_kernel(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], example: Path
+) -> None:
+    """Plan only reads: no netlink request that creates, changes or deletes
+    (counted where every request is sent), and nothing different after it,
+    also for an overlay, whose vxlan driver plan checks for."""
+    args = ["--docker-host", f"unix://{sandbox}/none.sock",
+            "--podman-host", f"unix://{sandbox}/none.sock"]
+    if example.name in HOSTS:
+        host, address = HOSTS[example.name]
+        subprocess.run(["ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1"],
+                       check=True)
+        subprocess.run(["ip", "addr", "add", address, "dev", "under0"], check=True)
+        subprocess.run(["ip", "link", "set", "under0", "up"], check=True)
+        args += ["--host", host]
+    before, sent = kernel_snapshot(), Rtnl.changes_sent
+    code, out, err = run_cli(capsys, "plan", "--detailed-exitcode", *args, str(example))
+    assert code == 2, out + err  # a plan with changes, not a refusal
+    assert Rtnl.changes_sent == sent
+    assert kernel_snapshot() == before
 
 
 def test_shop_example_names_and_isolation(sandbox: Path, have_ping: None) -> None:

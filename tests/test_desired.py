@@ -208,3 +208,22 @@ def test_one_netns_path_shared_by_two_containers_is_allowed() -> None:
     state = desired.build(spec, observed_ids(_proc_7_ns_net=(4, 8)))
     assert {state[(Kind.VETH, "side", "front")].ns, state[(Kind.VETH, "other", "back")].ns} == {
         "/proc/7/ns/net"}
+
+
+def test_paths_in_the_way_are_spec_errors_with_positions_said_once() -> None:
+    spec = load_text(SPEC, "shop.yaml")
+    observed = ObservedState({}, Foreign(files=(
+        ("/etc/netns", "/etc/netns is a symbolic link to /srv/netns"),
+        ("/run/netns/web", "/run/netns/web is a FIFO"),
+    )))
+    with pytest.raises(SpecError) as caught:
+        desired.build(spec, observed)
+    made = (", which project 'shop' did not make: netapply never follows a link or replaces "
+            "what is in its way")
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:2:1: project 'shop': its hosts tables cannot be written: /etc/netns is a "
+        f"symbolic link to /srv/netns{made}; remove it (netapply keeps the project's hosts "
+        "tables there)",
+        f"shop.yaml:8:3: container 'web': netns web cannot be made: /run/netns/web is a "
+        f"FIFO{made}; remove it or choose another netns",
+    ]

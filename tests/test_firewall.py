@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from reconciler import desired, engine, managers, planner, render
 from reconciler.drivers.memory import MemoryKernel
-from reconciler.errors import KernelError, MachineError, SpecError
+from reconciler.errors import KernelError, MachineError, SpecError, UnreadError
 from reconciler.resources import Bridge, Firewall, Kind, Sublink, Sysctl, Veth
 from reconciler.spec import load_text
 from reconciler.state.observe import Foreign, ObservedState
@@ -52,6 +53,7 @@ def test_rules_follow_docker_per_network() -> None:
         "forward: front: nothing else enters",
         "forward: back: internal, nothing leaves",
         "forward: back: internal, nothing enters",
+        "input: back: internal, only its gateway address on the host (IPv4)",
         "prerouting: web: publish 8080/tcp -> 80",
         "output: web: publish 8080/tcp -> 80, from this host",
         "output: web: publish 127.0.0.1:8081/udp -> 80, from this host",
@@ -95,6 +97,7 @@ def test_internal_networks_only_need_no_forwarding() -> None:
     assert (Kind.SYSCTL, "net/ipv4/ip_forward") not in state
     assert comments(table(state)) == [
         "forward: back: internal, nothing leaves", "forward: back: internal, nothing enters",
+        "input: back: internal, only its gateway address on the host (IPv4)",
     ]
 
 
@@ -142,8 +145,51 @@ def test_without_nft_bridge_networks_stop_before_any_change() -> None:
         "netapply could not list the nftables ruleset: the nft command is missing"
     )
     assert kernel.writes == 0
-    # Nothing to filter, nothing needed: destroy and specs without bridges still work.
+    # No table the project could own: nothing is missed, destroy has nothing to do.
     assert engine.snapshot(kernel, load_text(SPEC, "shop.yaml"), destroy=True).plan.empty
+
+
+def test_an_unread_ruleset_that_may_hold_the_projects_table_is_never_called_clean() -> None:
+    spec = load_text(SPEC, "shop.yaml")
+    applied = MemoryKernel()
+    engine.apply(applied, spec, engine.snapshot(applied, spec).plan)
+    kernel = NoNftKernel()
+    kernel.nft = applied.nft  # the table is there; nft cannot list it
+    with pytest.raises(UnreadError) as caught:
+        engine.snapshot(kernel, spec)
+    assert caught.value.parts == [
+        "the nftables ruleset, which holds table inet netapply-shop (list the nftables "
+        "ruleset: the nft command is missing)"]
+    snap = engine.snapshot(kernel, spec, destroy=True)  # destroy removes the rest
+    assert snap.notes == (f"netapply could not read {caught.value.parts[0]}; destroy removes "
+                          "everything else, then fails",)
+    with pytest.raises(UnreadError):
+        engine.destroyed(snap.observed, 0)
+    assert kernel.writes == 0
+
+
+class NoEnteringKernel(MemoryKernel):
+    """A namespace that cannot be entered (out of descriptors), or is gone."""
+
+    errno_ = 0
+
+    def links(self, ns: str) -> list[Any]:
+        if ns == "web" and self.errno_:
+            raise KernelError("open netns web", self.errno_)
+        return super().links(ns)
+
+
+def test_a_namespace_that_cannot_be_entered_is_unread_not_foreign() -> None:
+    spec = load_text(SPEC, "shop.yaml")
+    kernel = NoEnteringKernel()
+    engine.apply(kernel, spec, engine.snapshot(kernel, spec).plan)
+    kernel.errno_ = errno.EMFILE
+    with pytest.raises(UnreadError) as caught:
+        engine.snapshot(kernel, spec)
+    assert caught.value.parts == [
+        "netns web (open netns web: Too many open files (EMFILE))"]
+    kernel.errno_ = errno.ENOENT  # deleted after it was listed: not the project's
+    assert not engine.observe_project(kernel, spec).unread
 
 
 LAN = """\

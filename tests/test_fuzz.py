@@ -4,8 +4,10 @@ rejected reaches the kernel."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -102,6 +104,60 @@ def test_deep_nesting_and_huge_files_are_refused(tmp_path: Path) -> None:
     assert [str(p) for p in caught.value.problems] == [
         f"{huge}:1:1: spec: the file is larger than 16 MiB, more than any spec needs; "
         "it is not read"]
+
+
+# Loads a spec in a process of its own: its problems, and its peak memory.
+LOAD_AND_MEASURE = """\
+import json, resource, sys
+from reconciler import spec
+try:
+    problems, containers = [], len(spec.load(sys.argv[1]).containers)
+except spec.SpecError as e:
+    problems, containers = [str(p) for p in e.problems], 0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"problems": problems, "containers": containers, "peak_mib": peak}))
+"""
+
+
+def load_and_measure(path: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_MEASURE, str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_a_huge_spec_of_many_small_keys_is_refused_while_it_is_read(tmp_path: Path) -> None:
+    """The node budget holds while the document is composed: refused with the
+    place where the budget ran out, without composing the rest (which took a
+    minute and 1.4 GB)."""
+    header = ["version: 1", "project: p", "x:"]
+    width = len("  k0000000: 1\n")
+    count = (yamlsource.MAX_FILE_BYTES - 1024) // width
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("\n".join(header) + "\n" + "".join(f"  k{i:07}: 1\n" for i in range(count)))
+    assert huge.stat().st_size > 15 << 20
+    result = load_and_measure(huge)
+    # Nodes: the top mapping, version and project with their values, x and
+    # its mapping; then a key and a value per line. The first one too many:
+    first = 8
+    line = len(header) + 1 + (yamlsource.MAX_NODES + 1 - first) // 2
+    col = 3 if (yamlsource.MAX_NODES + 1 - first) % 2 == 0 else width - 1
+    assert result["problems"] == [
+        f"{huge}:{line}:{col}: YAML: the document has more than 100,000 keys and values, far "
+        "more than any spec needs (10,000 containers take about 50,000); it is not read "
+        "further"]
+    assert result["peak_mib"] < 300, result
+
+
+def test_a_spec_of_ten_thousand_containers_is_within_the_budget(tmp_path: Path) -> None:
+    lines = ["version: 1", "project: p", "networks:", "  front: {subnet: 10.0.0.0/16}",
+             "containers:", *(f"  c{i}:\n    networks: [front]" for i in range(10_000))]
+    spec = tmp_path / "big.yaml"
+    spec.write_text("\n".join(lines) + "\n")
+    result = load_and_measure(spec)
+    assert (result["problems"], result["containers"]) == ([], 10_000)
+    assert result["peak_mib"] < 300, result
 
 
 def test_a_fifo_or_a_crowded_directory_is_refused(tmp_path: Path) -> None:

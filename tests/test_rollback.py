@@ -123,7 +123,8 @@ def test_a_confirmed_apply_is_kept(sandbox: Path, capsys: pytest.CaptureFixture[
     out, err = apply.communicate(timeout=30)
     assert apply.returncode == 0, err
     assert "Confirmed: the change is kept." in out
-    assert run_cli(capsys, "plan", "--detailed-exitcode", str(spec))[0] == 0
+    code, out, err = run_cli(capsys, "plan", "--detailed-exitcode", str(spec))
+    assert code == 0, out + err
     assert run_cli(capsys, "confirm", str(spec))[:3] == (
         1, "", "error: no apply of project 'seed' is waiting for confirmation on this machine\n")
 

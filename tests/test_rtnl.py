@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
+from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.drivers.rtnl import Rtnl
 
 pytestmark = pytest.mark.kernel
@@ -101,3 +102,28 @@ def test_overlay_reads_agree_with_pyroute2(sandbox: Path) -> None:
         )
         assert {n.ip for n in ours.neighbours() if n.state == 0x80} == {
             "10.200.0.5", "fd00:200::5"}
+
+
+KINDS = ("bridge", "veth", "vxlan", "macvlan", "ipvlan", "dummy", "geneve", "netapply-none")
+
+
+def test_a_kind_is_found_supported_without_a_change_as_making_one_would_tell(
+    sandbox: Path,
+) -> None:
+    """The answer of the read-only probe is the kernel's own: making a link of
+    the kind fails with EOPNOTSUPP exactly when the probe says no (the kernel
+    would have loaded a module for it meanwhile, so the probe comes first)."""
+    kernel = NetlinkKernel()
+    try:
+        before = Rtnl.changes_sent
+        supported = {kind: kernel.link_kind_supported(kind) for kind in KINDS}
+        assert Rtnl.changes_sent == before
+    finally:
+        kernel.close()
+    assert supported["bridge"] and supported["veth"] and not supported["netapply-none"]
+    for kind in KINDS:
+        made = subprocess.run(["ip", "link", "add", "probe0", "type", kind],
+                              capture_output=True, text=True)
+        subprocess.run(["ip", "link", "del", "probe0"], capture_output=True)
+        refused = "not supported" in made.stderr or "Unknown device type" in made.stderr
+        assert supported[kind] == (not refused), (kind, made.stderr)

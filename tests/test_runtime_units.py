@@ -57,34 +57,25 @@ def test_runtime_keys_load_unresolved() -> None:
                                    Runtime.PODMAN: frozenset({"db"})}
 
 
+MISTAKES = """\
+version: 1
+project: rt
+containers:
+  a: {runtime: docker}
+  b: {runtime: docker, runtime_name: a}
+  c: {runtime: docker, netns: c}
+  d: {runtime: podman, netns_path: /proc/1/ns/net}
+  e: {runtime_name: x}
+  f: {runtime: podman, network_mode: host}
+"""
+
+
 def test_runtime_mistakes_are_errors_with_positions() -> None:
-    found = problems("""\
-version: 1
-project: rt
-containers:
-  a: {runtime: docker}
-  b: {runtime: docker, runtime_name: a}
-  c: {runtime: docker, netns: c}
-  d: {runtime: podman, netns_path: /proc/1/ns/net}
-  e: {runtime_name: x}
-  f: {runtime: podman, network_mode: host}
-  g: {runtime: rkt}
-""")
-    assert found == [
+    # The schema's problems come first; the rest once the shape is right.
+    assert problems(MISTAKES + "  g: {runtime: rkt}\n") == [
         "s.yaml:10:7: container 'g': runtime must be one of docker, podman (got 'rkt')",
-    ]  # the schema's problems come first; the rest once the shape is right
-    found = problems("""\
-version: 1
-project: rt
-containers:
-  a: {runtime: docker}
-  b: {runtime: docker, runtime_name: a}
-  c: {runtime: docker, netns: c}
-  d: {runtime: podman, netns_path: /proc/1/ns/net}
-  e: {runtime_name: x}
-  f: {runtime: podman, network_mode: host}
-""")
-    assert found == [
+    ]
+    assert problems(MISTAKES) == [
         "s.yaml:5:24: container 'b': docker container 'a' is already used by container 'a'",
         "s.yaml:6:24: container 'c': runtime docker and netns cannot both be set (the engine's "
         "container has its own namespace)",
@@ -270,3 +261,17 @@ def test_a_runtime_container_in_netapply_s_own_or_another_s_namespace_is_refused
         "of container 'plain' (netns plain), which netapply makes and deletes with that "
         "container; a container cannot also be attached to it by path",
     ]
+
+
+def test_engine_sockets_follow_the_engines_conventions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.runtimes import engine_url
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("CONTAINER_HOST", raising=False)
+    assert engine_url(Runtime.DOCKER) == "unix:///var/run/docker.sock"
+    assert engine_url(Runtime.PODMAN) == "unix:///run/podman/podman.sock"
+    monkeypatch.setenv("DOCKER_HOST", "unix:///d.sock")
+    monkeypatch.setenv("CONTAINER_HOST", "unix:///p.sock")
+    assert engine_url(Runtime.DOCKER) == "unix:///d.sock"
+    assert engine_url(Runtime.PODMAN) == "unix:///p.sock"
+    assert engine_url(Runtime.DOCKER, "unix:///given.sock") == "unix:///given.sock"

@@ -242,7 +242,7 @@ containers:
                              str(spec))
     assert code == 0, out + err
     assert f"container 'gone' (podman container 'gone'): skipped, podman does not answer at " \
-           f"{nowhere}" in out
+           f"{nowhere} (No such file or directory)" in out
     ping = subprocess.run(["ip", "netns", "exec", "a", "ping", "-c", "1", "-W", "2", "b"],
                           capture_output=True, text=True)
     assert ping.returncode == 0, ping.stdout
@@ -407,3 +407,25 @@ def test_a_no_op_plan_asks_each_engine_one_list_call(
     code, _, _ = run_cli(capsys, "destroy", "--auto-approve", *hosts_opts(docker),
                          str(DOCKER_SEED))
     assert code == 0
+
+
+def test_watch_follows_podmans_events_too(pod: Engine, tmp_path: Path) -> None:
+    """Podman's Docker-compatible event stream (it says "died" where Docker
+    says "die") is a trigger as Docker's is."""
+    for name in ("container1", "container2"):
+        pod.start_container(name)
+    spec = tmp_path / "seed.yaml"
+    spec.write_text(PODMAN_SEED.read_text())
+    watch = Watch(spec, tmp_path / "watch.log", "--podman-host", pod.url)
+    try:
+        watch.started()
+        watch.quiet()
+        pod.run("restart", "-t", "0", "container2")
+        wait_for("a reconcile triggered by podman", lambda: any(
+            "engine" in r["trigger"] for r in watch.reconciles()), 2)
+        wait_for("container2 named again in its new hosts file", lambda: "container1" in
+                 pod.exec("container2", "cat", "/etc/hosts").stdout, 2)
+        assert pod.exec("container1", "ping", "-c", "1", "-W", "2",
+                        "container2").returncode == 0
+    finally:
+        assert watch.stop() == 0

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from reconciler import watch as watch_mod
+from reconciler.drivers import events as events_mod
 from reconciler.drivers.rtnl import Rtnl
 from tests.kernelutil import addresses, in_ns, lock_held, netns_list
 
@@ -215,9 +216,13 @@ def test_drift_is_repaired_and_foreign_changes_are_left_alone(sandbox: Path) -> 
         subprocess.run(["ip", "link", "del", host_end], check=True)
         wait_for("the veth is back", lambda: host_end in link_names()
                  and addrs("web", "eth0") == ["172.30.1.10/24"])
+        # Each repair ends before the next tampering: the address seen back does
+        # not mean the route after it is made yet.
+        watch.quiet()
         subprocess.run(["ip", "-n", "web", "addr", "del", "172.30.1.10/24", "dev", "eth0"],
                        check=True)
         wait_for("the address is back", lambda: addrs("web", "eth0") == ["172.30.1.10/24"])
+        watch.quiet()
         subprocess.run(["ip", "netns", "del", "web"], check=True)
         wait_for("the namespace is back", lambda: "web" in netns_list()
                  and addrs("web", "eth0") == ["172.30.1.10/24"])
@@ -346,7 +351,9 @@ def test_resync_runs_on_its_own_and_text_logs_on_request(sandbox: Path) -> None:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=5) == 0
     lines = log.read_text().splitlines()
-    assert "reconcile (start): converged" in lines[1]
+    # (Plan notes, such as IPv4 forwarding being switched on, come first.)
+    first = next(line for line in lines if "reconcile (" in line)
+    assert "reconcile (start): converged" in first
     assert "reconcile (resync): converged, 0 action(s) in" in log.read_text()
 
 
@@ -410,3 +417,129 @@ def test_a_reconcile_waits_for_another_run_holding_the_lock(sandbox: Path) -> No
         assert netns_list() == []
         holder.send_signal(signal.SIGKILL)
         wait_for("converged once the holder is gone", lambda: "web" in netns_list(), 5)
+
+
+PATH_SPEC = """\
+version: 1
+project: w
+networks:
+  front: {{subnet: 172.30.1.0/24, interface: br-w}}
+containers:
+  web:
+    netns_path: {path}
+    networks:
+      front: {{ipv4_address: 172.30.1.10}}
+"""
+
+
+def default_via(path: str) -> list[str]:
+    """The gateways of the default routes in the namespace at path."""
+    out = subprocess.run(["nsenter", f"--net={path}", "ip", "-j", "route", "show", "default"],
+                         capture_output=True, text=True)
+    return [r.get("gateway", "") for r in json.loads(out.stdout or "[]")]
+
+
+def tentative(path: str | None) -> str:
+    """IPv6 addresses still in duplicate address detection, in the host's
+    namespace or the one at path."""
+    enter = [] if path is None else ["nsenter", f"--net={path}"]
+    return subprocess.run([*enter, "ip", "-6", "addr", "show", "tentative"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@contextmanager
+def container_namespaces(count: int) -> Iterator[list[str]]:
+    """Namespaces of processes, as a container engine's are: /proc/PID/ns/net."""
+    processes = [subprocess.Popen(["unshare", "--net", "sleep", "600"]) for _ in range(count)]
+    try:
+        paths = [f"/proc/{p.pid}/ns/net" for p in processes]
+        wait_for("the processes' namespaces", lambda: all(
+            os.path.exists(path) and os.readlink(path) != os.readlink("/proc/self/ns/net")
+            for path in paths), 5)
+        yield paths
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def test_a_namespace_that_leaves_the_spec_and_comes_back_is_heard_again(sandbox: Path) -> None:
+    """A -> B -> A: drift in A is repaired at once (no resync in the test's
+    time), so watch listens in A again."""
+    with container_namespaces(2) as (a, b), \
+            watching(sandbox, PATH_SPEC.format(path=a), "--resync", "3600") as watch:
+        watch.started()
+        wait_for("A has its default route", lambda: default_via(a) == ["172.30.1.1"], 5)
+        watch.spec.write_text(PATH_SPEC.format(path=b))
+        wait_for("B has it, A not", lambda: default_via(b) == ["172.30.1.1"]
+                 and default_via(a) == [], 5)
+        watch.quiet()  # A is no longer listened in
+        watch.spec.write_text(PATH_SPEC.format(path=a))
+        wait_for("A has it again", lambda: default_via(a) == ["172.30.1.1"], 5)
+        # The kernel's own follow-ups (IPv6 addresses leaving the tentative
+        # state) make reconciles too: the drift must be the only cause left.
+        wait_for("no tentative IPv6 address", lambda: not tentative(None)
+                 and not tentative(a), 10)
+        watch.quiet()
+        subprocess.run(["nsenter", f"--net={a}", "ip", "route", "del", "default"], check=True)
+        wait_for("the default route in A is repaired", lambda: default_via(a) == ["172.30.1.1"],
+                 5)
+
+
+def test_a_namespace_made_anew_under_an_old_identity_is_heard(
+    sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel gives a new namespace the lowest free inode number, so a name
+    that leaves the watched set and is made again often gets its old one. The
+    identity is pinned here, so that it is certain."""
+    monkeypatch.setattr(events_mod, "_identity", lambda ns: (
+        (0, 1) if os.path.exists(os.path.join("/run/netns", ns)) else None))
+    heard: list[str] = []
+    events = events_mod.KernelEvents("w", "netapply-w", heard.append, heard.append)
+    events.start()
+    mtu = iter(range(1300, 1500))
+
+    def heard_from_web() -> bool:
+        """Change web's loopback until a notification from web comes."""
+        subprocess.run(["ip", "-n", "web", "link", "set", "lo", "mtu", str(next(mtu))],
+                       check=True)
+        time.sleep(0.05)
+        return any(text.startswith("netns web:") for text in heard)
+
+    try:
+        subprocess.run(["ip", "netns", "add", "web"], check=True)
+        events.watch({"web"})
+        wait_for("a notification from web", heard_from_web)
+        events.watch(set())
+        wait_for("no listener left", lambda: not events._listeners)
+        subprocess.run(["ip", "netns", "del", "web"], check=True)
+        subprocess.run(["ip", "netns", "add", "web"], check=True)
+        heard.clear()
+        events.watch({"web"})
+        wait_for("a notification from the new web", heard_from_web)
+    finally:
+        events.stop()
+
+
+def test_a_spec_of_another_project_keeps_the_last_good_one_in_force(sandbox: Path) -> None:
+    with watching(sandbox, SPEC, "--resync", "3600") as watch:
+        watch.started()
+        watch.quiet()
+        watch.spec.write_text(SPEC.replace("project: w", "project: other"))
+        wait_for("the change is refused", lambda: any(
+            r["result"] == "invalid spec" for r in watch.reconciles()))
+        refused = next(r for r in watch.reconciles() if r["result"] == "invalid spec")
+        assert refused["errors"] == ["the project changed from 'w' to 'other': destroy the old "
+                                     "project first, then restart watch"]
+        assert refused["detail"] == "the spec is invalid; the last good one stays in force"
+        subprocess.run(["ip", "-n", "web", "addr", "del", "172.30.1.10/24", "dev", "eth0"],
+                       check=True)
+        wait_for("the address is back", lambda: addrs("web", "eth0") == ["172.30.1.10/24"])
+        count = watch.quiet()
+        watch.process.send_signal(signal.SIGHUP)
+        wait_for("a resync", lambda: len(watch.reconciles()) > count)
+        assert watch.reconciles()[count]["result"] == "invalid spec"
+        watch.quiet()
+        subprocess.run(["ip", "netns", "del", "web"], check=True)
+        wait_for("the namespace is back", lambda: netns_list() == ["web"]
+                 and addrs("web", "eth0") == ["172.30.1.10/24"])

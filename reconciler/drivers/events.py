@@ -63,13 +63,21 @@ def _subscribed(protocol: int, groups: Iterable[int]) -> socket.socket:
     return sock
 
 
+Identity = tuple[int, int]  # a namespace's nsfs device and inode
+
+
 class KernelEvents:
     """A thread that calls notify(what) for each batch of relevant messages.
     `watch(namespaces)` sets the project's namespaces to listen in; the thread
     opens and closes their sockets itself, so no socket is closed under it.
-    Sockets are the only references it holds: closing one lets a namespace
-    that was deleted meanwhile go. If the thread fails, it says so through
-    on_error, asks for a reconcile, and starts over with new sockets."""
+    Listeners are keyed by namespace identity, not by name or path: a name
+    whose namespace was made anew, a path that leaves the set and comes back,
+    two paths of one namespace all come out right, whether or not the kernel
+    gave the new namespace an old inode number. Sockets are the only
+    references it holds: closing one lets a namespace that was deleted
+    meanwhile go (and while one is open, its namespace's identity cannot be
+    given to another). If the thread fails, it says so through on_error, asks
+    for a reconcile, and starts over with new sockets."""
 
     def __init__(self, project: str, nft_table: str, notify: Notify, on_error: Notify):
         self.alias_prefix = owner_alias(project) + "/"
@@ -79,8 +87,11 @@ class KernelEvents:
         self._lock = threading.Lock()
         self._wanted: set[str] = set()
         self._changed = True  # the wanted namespaces changed since the last sync
-        self._sockets: dict[str, socket.socket] = {}
-        self._identities: dict[str, tuple[int, int] | None] = {}  # of each namespace listened in
+        self._sockets: dict[str, socket.socket] = {}  # the host's and nftables'
+        self._listeners: dict[Identity, tuple[str, socket.socket]] = {}  # namespace: (name, socket)
+        # Wanted namespaces that could not be listened in, with the identity
+        # their path had then: said once, and tried again when it changes.
+        self._failed: dict[str, Identity | None] = {}
         self._owned_host_links: set[int] = set()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = threading.Event()
@@ -126,8 +137,11 @@ class KernelEvents:
     def _close_all(self) -> None:
         for sock in self._sockets.values():
             sock.close()
+        for _name, sock in self._listeners.values():
+            sock.close()
         self._sockets.clear()
-        self._identities.clear()
+        self._listeners.clear()
+        self._failed.clear()
         with self._lock:
             self._changed = True
 
@@ -150,35 +164,47 @@ class KernelEvents:
                     elif ns == NFT:
                         self._read(nft, self._nft_relevant, "nftables")
                     else:
-                        self._read(self._sockets[ns], functools.partial(self._route_relevant, ns),
+                        assert isinstance(key.fileobj, socket.socket)
+                        self._read(key.fileobj, functools.partial(self._route_relevant, ns),
                                    f"netns {ns}" if ns else "host namespace")
 
     def _sync(self, selector: selectors.BaseSelector) -> None:
-        """Listen in exactly the wanted namespaces. A name whose namespace was
-        replaced (deleted and made again) gets a socket in the new one, and the
-        old socket goes, with the last reference to the old namespace. Runs
-        when watch() asked for it, not on every message."""
+        """Listen in exactly the namespaces the wanted names and paths lead to
+        now: a listener whose namespace no path leads to any more goes (with its
+        socket, the last reference to a namespace deleted meanwhile), and each
+        namespace without one gets one. Runs when watch() asked for it (every
+        reconcile), not on every message."""
         with self._lock:
             if not self._changed:
                 return
             wanted, self._changed = set(self._wanted), False
-        current = {ns: _identity(ns) for ns in wanted}
-        for ns in list(self._sockets):
-            if ns not in (HOST, NFT) and (ns not in wanted
-                                          or current[ns] != self._identities.get(ns)):
-                sock = self._sockets.pop(ns)
+        current: dict[Identity, str] = {}
+        for ns in sorted(wanted):
+            identity = _identity(ns)
+            if identity is not None:
+                current.setdefault(identity, ns)
+            elif self._failed.get(ns, ()) is not None:
+                self._failed[ns] = None
+                self.notify(f"netns {ns} is gone")  # deleted before we could listen
+        for identity in list(self._listeners):
+            if identity not in current:
+                _name, sock = self._listeners.pop(identity)
                 selector.unregister(sock)
                 sock.close()
-        for ns in wanted - set(self._sockets):
-            if ns in self._identities and self._identities[ns] == current[ns]:
-                continue  # could not listen there before either: said so then
-            self._identities[ns] = current[ns]
+        for ns in list(self._failed):
+            if ns not in wanted:
+                del self._failed[ns]
+        for identity, ns in current.items():
+            if identity in self._listeners or self._failed.get(ns, ()) == identity:
+                continue  # listening, or could not listen there before either: said so then
             try:
                 sock = in_namespace(ns, lambda: _subscribed(rtnl.NETLINK_ROUTE, GROUPS))
             except (KernelError, OSError):
+                self._failed[ns] = identity
                 self.notify(f"netns {ns} is gone")  # deleted before we could listen
                 continue
-            self._sockets[ns] = sock
+            self._failed.pop(ns, None)
+            self._listeners[identity] = (ns, sock)
             selector.register(sock, selectors.EVENT_READ, ns)
 
     def _host_links(self) -> set[int]:
@@ -273,8 +299,10 @@ class KernelEvents:
         return None
 
 
-def _identity(ns: str) -> tuple[int, int] | None:
-    """Which namespace /run/netns/<ns> is now (device and inode of nsfs)."""
+def _identity(ns: str) -> Identity | None:
+    """Which namespace a name (/run/netns/<ns>) or path (/proc/PID/ns/net)
+    leads to now: the device and inode of its nsfs file, which the kernel
+    keeps for the namespace's life (ns_common.inum). None when there is none."""
     try:
         st = os.stat(os.path.join(NETNS_DIR, ns))
     except OSError:

@@ -10,13 +10,33 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
+
+from reconciler.model import IPAddress
 
 # Idempotency from an errno table, not from luck: these mean "already gone".
 GONE = frozenset({errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL})
 
 NETNS_DIR = "/run/netns"
 ETC_NETNS_DIR = "/etc/netns"
+# A file is written beside its place under this suffix, then renamed over it:
+# an entry with it is what an interrupted write of netapply left.
+TMP_SUFFIX = ".netapply-tmp"
+
+
+class FileType(StrEnum):
+    """What is at a path, seen without following a link (lstat(2)); the value
+    says it in words."""
+
+    DIRECTORY = "a directory"
+    FILE = "a regular file"
+    EMPTY = "an empty regular file"
+    LINK = "a symbolic link"
+    FIFO = "a FIFO"
+    SOCKET = "a socket"
+    DEVICE = "a device file"
+    NAMESPACE = "a namespace file"  # a namespace bind-mounted there (nsfs)
 
 
 @dataclass(frozen=True)
@@ -109,15 +129,36 @@ class Kernel(Protocol):
     def links(self, ns: str) -> list[LinkInfo]: ...
     def addresses(self, ns: str) -> list[AddrInfo]: ...
     def routes(self, ns: str) -> list[RouteInfo]: ...
-    def read_file(self, path: str) -> str | None: ...
+    def read_file(self, path: str) -> str | None:
+        """The text of the regular file at path; None when there is none (absent,
+        a directory, a FIFO, which is never waited on). Under /run/netns and
+        /etc/netns no link is followed, on the way or at the end."""
+    def policy_routes(self) -> list[tuple[RouteInfo, int, int]]:
+        """Routes of the host namespace in tables other than main and local that
+        a policy rule looks up: (route, table, the first rule's preference)."""
+        return []
+    def sockets(self) -> list[tuple[str, IPAddress, int]]:
+        """The host namespace's listening TCP and bound UDP sockets:
+        (protocol, local address, port)."""
     def read_link(self, path: str) -> str | None:
         """The target of a symbolic link; None if path is no link."""
     def list_dir(self, path: str) -> list[str]: ...
+    def file_type(self, path: str) -> FileType | None:
+        """What is at path, no link followed on the way or at the end (lstat(2)
+        one component at a time); None when absent or a component on the way
+        is no directory."""
+    def dir_entries(self, path: str) -> dict[str, FileType]:
+        """The entries of the directory at path, each with its type, reached and
+        seen without following a link and without opening any; {} when there is
+        no such directory."""
     def sysctl_get(self, name: str) -> str | None:
         """A sysctl of the machine's namespace by its /proc/sys path
         ("net/ipv4/ip_forward"); None when it does not exist."""
     def nft_ruleset(self) -> list[dict[str, Any]]:
         """The machine's nftables ruleset as `nft -j list ruleset` lists it."""
+    def nft_tables(self) -> list[tuple[str, str]]:
+        """(family, name) of the machine's nftables tables, read without the
+        nft command (what is known when nft_ruleset fails)."""
     def link_kind_supported(self, kind: str) -> bool:
         """Whether the kernel can make links of this kind, found out without
         making one."""
@@ -182,5 +223,18 @@ class Kernel(Protocol):
         """Replace the content of an existing regular file in place (same inode:
         engines bind-mount their hosts files). ENOENT when it is gone; ELOOP when
         path is a symbolic link, which is never followed."""
-    def remove_file(self, path: str) -> None: ...
+    def forget_flows(self, protocol: str, port: int) -> None:
+        """Delete the host's connection tracking entries to a port (protocol
+        "tcp" or "udp"), so that flows in progress meet the current DNAT rules."""
+    def announce(self, ns: str, ifname: str) -> None:
+        """Announce every address of the interface at its MAC to the neighbours
+        (gratuitous ARP, unsolicited neighbour advertisement). Changes no
+        state; a failure to send is ignored."""
+    def remove_file(self, path: str) -> None:
+        """Remove the file or link at path (a link on the way is never
+        followed: ELOOP); then its directory, when it is one of /etc/netns
+        and is left empty."""
+    def remove_dir(self, path: str) -> None:
+        """Remove the directory at path if it is empty; one that is not (or is
+        no directory) is left as it is."""
     def close(self) -> None: ...

@@ -52,6 +52,7 @@ from reconciler.drivers.kernel import (
     NUD_PERMANENT,
     AddrInfo,
     FdbInfo,
+    FileType,
     LinkInfo,
     NeighInfo,
     NsFile,
@@ -59,13 +60,14 @@ from reconciler.drivers.kernel import (
     VxlanInfo,
 )
 from reconciler.errors import KernelError
-from reconciler.model import IFNAMSIZ
+from reconciler.model import IFNAMSIZ, IPAddress
 from reconciler.resources import RTPROT_NETAPPLY, ZERO_MAC
 
 MIN_MTU, MAX_MTU = 68, 65535
 KINDS = frozenset({"bridge", "veth", "macvlan", "ipvlan", "vxlan"})
 VXLAN_N_VID = 1 << 24
-LOCALNET = "route_localnet"
+# Per-link settings modelled, with the values the kernel takes.
+LINK_SYSCTLS = {"route_localnet": ("0", "1"), "rp_filter": ("0", "1", "2")}
 DEFAULT_MTU = 1500
 RTPROT_KERNEL = 2
 
@@ -88,6 +90,7 @@ class _Link:
     parent: int | None = None  # macvlan/ipvlan: the parent's index in the host namespace
     mode: str | None = None
     route_localnet: str = "0"  # the link's net/ipv4/conf/<ifname>/route_localnet
+    rp_filter: str = "0"  # the link's net/ipv4/conf/<ifname>/rp_filter
     vxlan: VxlanInfo | None = None
 
 
@@ -139,6 +142,9 @@ class MemoryKernel:
         self._named: dict[str, _Namespace] = {}
         self.files: dict[str, str] = {}
         self.symlinks: dict[str, str] = {}
+        self.listening: list[tuple[str, IPAddress, int]] = []  # the host's sockets
+        self.announced: list[tuple[str, str]] = []  # (ns, ifname) of each announce
+        self.forgotten: list[tuple[str, int]] = []  # (protocol, port) of each forget_flows
 
     # ---- namespaces ---------------------------------------------------------------
 
@@ -231,31 +237,71 @@ class MemoryKernel:
     def read_file(self, path: str) -> str | None:
         target = self.symlinks.get(path)
         if target is not None:
+            if path.startswith((ETC_NETNS_DIR + "/", NETNS_DIR + "/")):
+                return None  # links are not followed there
             path = os.path.normpath(os.path.join(os.path.dirname(path), target))
         return self.files.get(path)
 
     def read_link(self, path: str) -> str | None:
         return self.symlinks.get(path)
 
+    def sockets(self) -> list[tuple[str, IPAddress, int]]:
+        return list(self.listening)
+
+    def forget_flows(self, protocol: str, port: int) -> None:
+        self.forgotten.append((protocol, port))  # no flows here
+
+    def announce(self, ns: str, ifname: str) -> None:
+        self.announced.append((ns, ifname))  # no neighbours here to tell
+
+    def policy_routes(self) -> list[tuple[RouteInfo, int, int]]:
+        return []  # one routing table here, as on a machine without policy rules
+
     def list_dir(self, path: str) -> list[str]:
+        return sorted(self.dir_entries(path))
+
+    def file_type(self, path: str) -> FileType | None:
+        """Directories exist here only as the parents of files and links."""
+        if path in self.symlinks:
+            return FileType.LINK
+        if path in self.files:
+            return FileType.FILE if self.files[path] else FileType.EMPTY
+        if os.path.dirname(path) == NETNS_DIR and os.path.basename(path) in self._named:
+            return FileType.NAMESPACE
+        if path == NETNS_DIR and self._named:
+            return FileType.DIRECTORY
         prefix = path.rstrip("/") + "/"
-        return sorted({p[len(prefix):].split("/")[0] for p in (*self.files, *self.symlinks)
-                       if p.startswith(prefix)})
+        if any(p.startswith(prefix) for p in (*self.files, *self.symlinks)):
+            return FileType.DIRECTORY
+        return None
+
+    def dir_entries(self, path: str) -> dict[str, FileType]:
+        prefix = path.rstrip("/") + "/"
+        names = {p[len(prefix):].split("/")[0] for p in (*self.files, *self.symlinks)
+                 if p.startswith(prefix)}
+        if path == NETNS_DIR:
+            names |= set(self._named)
+        found = {name: self.file_type(prefix + name) for name in names}
+        return {name: kind for name, kind in found.items() if kind is not None}
 
     def sysctl_get(self, name: str) -> str | None:
-        link = self._localnet_link(name)
+        link, key = self._link_sysctl(name)
         if link is not None:
-            return link.route_localnet
+            return str(getattr(link, key))
         return self.sysctls.get(name)
 
-    def _localnet_link(self, name: str) -> _Link | None:
+    def _link_sysctl(self, name: str) -> tuple[_Link | None, str]:
+        """A link's own setting (net/ipv4/conf/<ifname>/<key>): the link and the key."""
         parts = name.split("/")
-        if len(parts) == 5 and parts[:3] == ["net", "ipv4", "conf"] and parts[4] == LOCALNET:
-            return self._host.by_name(parts[3])
-        return None
+        if len(parts) == 5 and parts[:3] == ["net", "ipv4", "conf"] and parts[4] in LINK_SYSCTLS:
+            return self._host.by_name(parts[3]), parts[4]
+        return None, ""
 
     def nft_ruleset(self) -> list[dict[str, Any]]:
         return self.nft.listing()
+
+    def nft_tables(self) -> list[tuple[str, str]]:
+        return list(self.nft.tables)
 
     def link_kind_supported(self, kind: str) -> bool:
         return kind in self.kinds
@@ -277,13 +323,13 @@ class MemoryKernel:
     def sysctl_set(self, name: str, value: str) -> None:
         self.writes += 1
         what = f"set {name}"
-        link = self._localnet_link(name)
+        link, key = self._link_sysctl(name)
         if link is None and name not in self.sysctls:
             raise KernelError(what, errno.ENOENT)
-        if value not in ("0", "1"):
+        if value not in LINK_SYSCTLS.get(key, ("0", "1")):
             raise KernelError(what, errno.EINVAL)
         if link is not None:
-            link.route_localnet = value
+            setattr(link, key, value)
         else:
             self.sysctls[name] = value
 
@@ -700,6 +746,9 @@ class MemoryKernel:
         self.writes += 1
         self.files.pop(path, None)
         self.symlinks.pop(path, None)
+
+    def remove_dir(self, path: str) -> None:
+        self.writes += 1  # a directory without entries does not exist here
 
     def close(self) -> None:
         pass

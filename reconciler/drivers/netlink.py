@@ -4,6 +4,9 @@ One netlink socket per namespace, opened after entering that namespace and kept
 for the whole run (pyroute2's own netns support forks a helper per socket).
 Namespaces are created in-process the way iproute2 does: a thread unshares its
 network namespace and bind-mounts it under /run/netns.
+
+Under /run/netns and /etc/netns no symbolic link is followed, on the way or at
+the end (drivers/files.py): what is in the way is reported, never written through.
 """
 
 from __future__ import annotations
@@ -12,21 +15,25 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import functools
+import ipaddress
 import os
+import resource
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from reconciler.drivers import nft
+from reconciler import ports
+from reconciler.drivers import announce, conntrack, files, nft
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
     GONE,
     NETNS_DIR,
+    TMP_SUFFIX,
     AddrInfo,
     FdbInfo,
+    FileType,
     LinkInfo,
     NeighInfo,
     NsFile,
@@ -34,6 +41,7 @@ from reconciler.drivers.kernel import (
 )
 from reconciler.drivers.rtnl import NetlinkError, Rtnl
 from reconciler.errors import KernelError
+from reconciler.model import IPAddress
 from reconciler.resources import RTPROT_NETAPPLY
 
 CLONE_NEWNET = 0x40000000
@@ -41,23 +49,24 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
 OWN_NETNS = "/proc/thread-self/ns/net"
-# Namespace files are opened only once known to be nsfs inodes (see _open_ns);
+# Namespace files are opened only once known to be nsfs inodes (_open_ns_path);
 # these flags are a second guard: no blocking, no controlling terminal.
 NS_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 NS_TYPES = {  # CLONE_NEW* -> name, as namespaces(7) calls them
     0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "UTS", 0x08000000: "IPC",
     0x10000000: "user", 0x20000000: "PID", 0x40000000: "network", 0x00000080: "time",
 }
-FILE_KINDS = (  # for "is a FIFO, not a network namespace"
-    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-    (stat.S_ISLNK, "a symbolic link"),
-)
-RT_TABLE_MAIN = 254
+RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 SYSCTL_DIR = "/proc/sys"
-PROBE_IFNAME = "netapply-probe"
+MODULES_DIR = "/lib/modules"
+# Descriptors left free for everything but the namespaces' sockets (files,
+# nft's pipes, the lock, an engine's API socket, a namespace entered for a moment).
+FD_RESERVE = 32
+MIN_SOCKETS = 4  # the host's, and the namespace a step works in, with room to spare
+MANAGED_DIRS = (NETNS_DIR, ETC_NETNS_DIR)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -80,22 +89,53 @@ def _ns_label(ns: str) -> str:
     return f"netns {ns}" if ns else "host namespace"
 
 
+def _managed(path: str) -> bool:
+    """Whether path is in a directory where netapply follows no link."""
+    return any(path == d or path.startswith(d + "/") for d in MANAGED_DIRS)
+
+
+def socket_budget() -> int:
+    """How many namespace sockets a run keeps open at once: what the limit
+    on open files (RLIMIT_NOFILE, `ulimit -n`) leaves after FD_RESERVE."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(MIN_SOCKETS, soft - FD_RESERVE)
+
+
 class NetlinkKernel:
     """Kernel interface on the running kernel (see drivers/kernel.py)."""
 
     def __init__(self) -> None:
         self.writes = 0
         self.file_writes = 0  # of `writes`, those to managed files (hosts)
+        # Least recently used first. More namespaces than the limit on open
+        # files allows are served by closing the least recently used socket.
         self._sockets: dict[str, Rtnl] = {}
+        self._budget = socket_budget()
 
     # ---- sockets -------------------------------------------------------------
 
     def _sock(self, ns: str) -> Rtnl:
-        sock = self._sockets.get(ns)
+        sock = self._sockets.pop(ns, None)
         if sock is None:
-            sock = self._open(ns)
-            self._sockets[ns] = sock
+            while len(self._sockets) >= self._budget:
+                self._forget(next(iter(self._sockets)))
+            sock = self._open_evicting(ns)
+        self._sockets[ns] = sock
         return sock
+
+    def _open_evicting(self, ns: str) -> Rtnl:
+        """A new socket in ns; when the process is out of descriptors (another
+        part holds more than FD_RESERVE), close cached sockets until it fits."""
+        while True:
+            try:
+                return self._open(ns)
+            except (KernelError, OSError) as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE) or not self._sockets:
+                    raise
+                self._budget = max(1, len(self._sockets) - 1)
+                self._forget(next(iter(self._sockets)))
 
     def _open(self, ns: str) -> Rtnl:
         return in_namespace(ns, Rtnl)
@@ -129,21 +169,31 @@ class NetlinkKernel:
     # ---- reads ---------------------------------------------------------------
 
     def netns_names(self) -> list[str]:
-        """Named namespaces; entries of /run/netns that are no namespace (left by
-        an interrupted create) are not listed."""
+        """Named network namespaces: the entries of /run/netns with a network
+        namespace mounted on them. Anything else there (a link, which is not
+        followed; a file left by an interrupted create) is not listed."""
         try:
-            names = sorted(os.listdir(NETNS_DIR))
-        except FileNotFoundError:
+            with files.directory(NETNS_DIR) as fd:
+                return [name for name in sorted(os.listdir(fd))
+                        if _named_ns_type(fd, name) == CLONE_NEWNET]
+        except (FileNotFoundError, files.InTheWay):
             return []
         except OSError as e:
             raise KernelError(f"list {NETNS_DIR}", e.errno or errno.EIO) from None
-        return [n for n in names if ns_type(os.path.join(NETNS_DIR, n)) == CLONE_NEWNET]
 
     def ns_exists(self, ns: str) -> bool:
-        return not ns or ns_type(_ns_path(ns)) == CLONE_NEWNET
+        if not ns:
+            return True
+        if ns.startswith("/"):
+            return ns_type(ns) == CLONE_NEWNET
+        try:
+            with files.directory(NETNS_DIR) as fd:
+                return _named_ns_type(fd, ns) == CLONE_NEWNET
+        except OSError:
+            return False
 
     def ns_file(self, ns: str) -> NsFile:
-        return inspect_ns(_ns_path(ns) if ns else OWN_NETNS)
+        return inspect_ns(ns or OWN_NETNS)
 
     def links(self, ns: str) -> list[LinkInfo]:
         return self._call(f"list links in {_ns_label(ns)}", lambda: self._sock(ns).links())
@@ -160,26 +210,65 @@ class NetlinkKernel:
         ]
 
     def read_file(self, path: str) -> str | None:
-        """The text of a file (bytes that are not UTF-8 replaced), None if absent."""
+        """The text of a regular file (bytes that are not UTF-8 replaced), None
+        if there is none (absent, a FIFO, a directory; under /run/netns and
+        /etc/netns also a link). A FIFO is never waited on."""
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return f.read()
+            if _managed(path):
+                return files.read_text(path)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            return files.read_fd(fd)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             raise KernelError(f"read {path}", e.errno or errno.EIO) from None
 
+    def policy_routes(self) -> list[tuple[RouteInfo, int, int]]:
+        rules = self._call("list policy rules", lambda: self._sock("").rules())
+        first: dict[int, int] = {}
+        for pref, table in sorted(rules):
+            if table not in (RT_TABLE_MAIN, RT_TABLE_LOCAL):
+                first.setdefault(table, pref)
+        if not first:
+            return []
+        found = self._call("list routes", lambda: self._sock("").routes())
+        return [(RouteInfo(r.dst, r.via, r.oif, r.proto), r.table, first[r.table])
+                for r in found if r.table in first]
+
+    def sockets(self) -> list[tuple[str, IPAddress, int]]:
+        """From /proc/net/{tcp,tcp6,udp,udp6} of this process's namespace, the
+        host's (proc(5))."""
+        found: list[tuple[str, IPAddress, int]] = []
+        for protocol in ports.PROTOCOLS:
+            for suffix in ("", "6"):
+                text = self.read_file(f"/proc/self/net/{protocol}{suffix}")
+                found.extend((protocol, address, port)
+                             for address, port in ports.proc_net_sockets(text or "", protocol))
+        return found
+
     def read_link(self, path: str) -> str | None:
         try:
-            return os.readlink(path)
-        except (FileNotFoundError, NotADirectoryError, OSError):
+            return files.read_link(path) if _managed(path) else os.readlink(path)
+        except OSError:
             return None  # absent, or no link (EINVAL)
 
     def list_dir(self, path: str) -> list[str]:
         try:
-            return sorted(os.listdir(path))
+            return files.list_dir(path) if _managed(path) else sorted(os.listdir(path))
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as e:
+            raise KernelError(f"list {path}", e.errno or errno.EIO) from None
+
+    def file_type(self, path: str) -> FileType | None:
+        try:
+            return files.file_type(path)
+        except OSError as e:
+            raise KernelError(f"look at {path}", e.errno or errno.EIO) from None
+
+    def dir_entries(self, path: str) -> dict[str, FileType]:
+        try:
+            return files.entries(path)
         except OSError as e:
             raise KernelError(f"list {path}", e.errno or errno.EIO) from None
 
@@ -190,6 +279,9 @@ class NetlinkKernel:
     def nft_ruleset(self) -> list[dict[str, Any]]:
         return nft.ruleset()
 
+    def nft_tables(self) -> list[tuple[str, str]]:
+        return self._call("list the nftables tables over netlink", nft.tables)
+
     def fdb(self) -> list[FdbInfo]:
         return self._call("list forwarding entries", lambda: self._sock("").fdb())
 
@@ -197,10 +289,16 @@ class NetlinkKernel:
         return self._call("list neighbour entries", lambda: self._sock("").neighbours())
 
     def link_kind_supported(self, kind: str) -> bool:
-        return self._call(
+        """A driver for `kind` is built in or loaded (asked with a link dump,
+        which changes nothing), or is a module the kernel would load when a
+        link of that kind is made: rtnetlink asks modprobe for
+        "rtnl-link-<kind>" (request_module in net/core/rtnetlink.c), an alias
+        that depmod lists in modules.alias of the running kernel."""
+        registered = self._call(
             f"find out whether the kernel supports {kind} links",
-            lambda: self._sock("").kind_supported(kind, PROBE_IFNAME),
+            lambda: self._sock("").kind_registered(kind),
         )
+        return registered or _module_alias(f"rtnl-link-{kind}")
 
     # ---- machine-wide settings -------------------------------------------------
 
@@ -224,22 +322,28 @@ class NetlinkKernel:
         self.writes += 1
         what = f"create netns {name}"
         _prepare_netns_dir(what)
-        path = _ns_path(name)
-        if ns_type(path) is not None:
-            raise KernelError(what, errno.EEXIST)
         try:
-            # An existing file that is no namespace is what an interrupted
-            # `ip netns add` (or netapply) leaves behind: mount over it. Only
-            # over a regular file: a FIFO or device there is someone else's
-            # (and opening it must not block).
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY
-                         | os.O_CLOEXEC, 0o444)
-            regular = stat.S_ISREG(os.fstat(fd).st_mode)
-            os.close(fd)
+            with files.directory(NETNS_DIR) as dir_fd:
+                fd, made = _netns_file(dir_fd, name, what)
+                try:
+                    self._mount_netns(name, lo_alias, fd, what)
+                except KernelError:
+                    if made:
+                        with contextlib.suppress(OSError):
+                            os.unlink(name, dir_fd=dir_fd)
+                    raise
+                finally:
+                    os.close(fd)
+        except files.InTheWay as e:
+            raise KernelError(f"{what}: {e}", e.errno or errno.ELOOP) from None
         except OSError as e:
             raise KernelError(what, e.errno or errno.EIO) from None
-        if not regular:
-            raise KernelError(what, errno.EEXIST)
+
+    def _mount_netns(self, name: str, lo_alias: str, fd: int, what: str) -> None:
+        """A new namespace, its loopback marked, bind-mounted on the file fd
+        (through /proc/self/fd, so the mount lands on that very file even if
+        a link took its name meanwhile)."""
+        target = f"/proc/self/fd/{fd}".encode()
         failure: list[KernelError] = []
 
         def run() -> None:
@@ -252,29 +356,40 @@ class NetlinkKernel:
                     index = self._call(what, lambda: sock.index("lo"))
                     self._call(what, lambda: sock.link_set(index, alias=lo_alias, up=True))
                 src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
-                _check(_libc.mount(src, path.encode(), b"none", MS_BIND, None), what)
+                _check(_libc.mount(src, target, b"none", MS_BIND, None), what)
             except KernelError as e:
                 failure.append(e)
+            except OSError as e:  # no descriptor left for the socket
+                failure.append(KernelError(what, e.errno or errno.EIO))
 
         thread = threading.Thread(target=run, name=f"netns-{name}")
         thread.start()
         thread.join()
         if failure:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
             raise failure[0]
 
     def netns_del(self, name: str) -> None:
+        """Unmount and remove /run/netns/<name>: the namespace, or the empty
+        file an interrupted create left. Anything else there (a link, which is
+        not followed) is not netapply's: EEXIST."""
         self.writes += 1
         self._forget(name)
-        path = _ns_path(name)
-        _libc.umount2(path.encode(), MNT_DETACH)
+        what = f"delete netns {name}"
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+            with files.directory(NETNS_DIR) as dir_fd:
+                found = files.entry_type(dir_fd, name)
+                if found is None:
+                    return
+                if found not in (FileType.NAMESPACE, FileType.EMPTY):
+                    described = files.describe(_ns_path(name), found, self.read_link(
+                        _ns_path(name)))
+                    raise KernelError(f"{what}: {described}", errno.EEXIST)
+                _libc.umount2(_ns_path(name).encode(), MNT_DETACH | UMOUNT_NOFOLLOW)
+                os.unlink(name, dir_fd=dir_fd)
+        except (FileNotFoundError, files.InTheWay):
+            pass  # no /run/netns (reached without a link): no namespace of that name
         except OSError as e:
-            raise KernelError(f"delete netns {name}", e.errno or errno.EIO) from None
+            raise KernelError(what, e.errno or errno.EIO) from None
 
     # ---- links ---------------------------------------------------------------
 
@@ -300,7 +415,7 @@ class NetlinkKernel:
     @contextmanager
     def _ns_fd(self, ns: str, what: str) -> Iterator[int]:
         try:
-            fd = _open_ns(_ns_path(ns))
+            fd = _open_ns(ns)
         except OSError as e:
             raise KernelError(what, e.errno or errno.ENOENT) from None
         try:
@@ -439,10 +554,18 @@ class NetlinkKernel:
     # ---- files -----------------------------------------------------------------
 
     def write_file(self, path: str, content: str) -> None:
-        def make(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(content)
-            os.chmod(tmp, 0o644)
+        data = content.encode()
+
+        def make(dir_fd: int, tmp: str) -> None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+            try:
+                os.fchmod(fd, 0o644)  # whatever the umask
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+            finally:
+                os.close(fd)
 
         self._install(path, f"write {path}", make)
 
@@ -467,37 +590,87 @@ class NetlinkKernel:
         finally:
             os.close(fd)
 
-    def write_link(self, path: str, target: str) -> None:
-        self._install(path, f"link {path}", lambda tmp: os.symlink(target, tmp))
+    def forget_flows(self, protocol: str, port: int) -> None:
+        conntrack.forget(protocol, port)
 
-    def _install(self, path: str, what: str, make: Callable[[str], None]) -> None:
+    def announce(self, ns: str, ifname: str) -> None:
+        try:
+            link = next((k for k in self.links(ns) if k.ifname == ifname), None)
+            if link is None or not link.up:
+                return
+            addresses = [a for a in self.addresses(ns) if a.index == link.index]
+
+            def send_all() -> None:
+                for a in addresses:
+                    ip = ipaddress.ip_interface(a.cidr).ip
+                    if not ip.is_link_local:
+                        announce.send(ifname, link.index, link.mac, ip)
+
+            in_namespace(ns, send_all)
+        except (OSError, KernelError):
+            pass  # an announcement only speeds up what neighbours learn anyway
+
+    def write_link(self, path: str, target: str) -> None:
+        def make(dir_fd: int, tmp: str) -> None:
+            os.symlink(target, tmp, dir_fd=dir_fd)
+
+        self._install(path, f"link {path}", make)
+
+    def _install(self, path: str, what: str, make: Callable[[int, str], None]) -> None:
         """Make the new file (or link) beside path, then replace path in one rename,
-        so that a reader never sees a half-written file."""
+        so that a reader never sees a half-written file. Directories on the way
+        are made (0755) and reached without following a link."""
         self.writes += 1
         self.file_writes += 1
-        tmp = f"{path}.netapply-tmp"
+        parent, name = os.path.split(path)
+        tmp = name + TMP_SUFFIX
         try:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            make(tmp)
-            os.replace(tmp, path)
+            with files.directory(parent, create=0o755) as dir_fd:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+                make(dir_fd, tmp)
+                files.rename(dir_fd, tmp, name)
+        except files.InTheWay as e:
+            raise KernelError(f"{what}: {e}", e.errno or errno.ELOOP) from None
         except OSError as e:
             raise KernelError(what, e.errno or errno.EIO) from None
 
     def remove_file(self, path: str) -> None:
+        """Remove the file or link at path (never a link on the way); then its
+        directory under /etc/netns if that is left empty."""
         self.writes += 1
         self.file_writes += 1
+        parent, name = os.path.split(path)
         try:
-            os.unlink(path)
+            with files.directory(parent) as dir_fd, contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
-            pass
+            return
+        except files.InTheWay as e:
+            raise KernelError(f"remove {path}: {e}", e.errno or errno.ELOOP) from None
         except OSError as e:
             raise KernelError(f"remove {path}", e.errno or errno.EIO) from None
-        parent = os.path.dirname(path)
         if os.path.dirname(parent) == ETC_NETNS_DIR:
-            with contextlib.suppress(OSError):
-                os.rmdir(parent)  # only when empty: other files there are not ours
+            self._rmdir(parent)  # only when empty: other files there are not ours
+
+    def remove_dir(self, path: str) -> None:
+        self.writes += 1
+        self.file_writes += 1
+        self._rmdir(path)
+
+    @staticmethod
+    def _rmdir(path: str) -> None:
+        """Remove the directory at path if it is empty (a link is not followed)."""
+        parent, name = os.path.split(path)
+        try:
+            with files.directory(parent) as dir_fd:
+                if files.entry_type(dir_fd, name) == FileType.DIRECTORY:
+                    os.rmdir(name, dir_fd=dir_fd)
+        except files.InTheWay:
+            pass  # not reached without a link: not netapply's
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                raise KernelError(f"remove {path}", e.errno or errno.EIO) from None
 
 
 def in_namespace(ns: str, make: Callable[[], T]) -> T:
@@ -507,7 +680,7 @@ def in_namespace(ns: str, make: Callable[[], T]) -> T:
     if not ns:
         return make()
     try:
-        target = _open_ns(_ns_path(ns))
+        target = _open_ns(ns)
     except OSError as e:
         raise KernelError(f"open {_ns_label(ns)}", e.errno or errno.ENOENT) from None
     own = os.open(OWN_NETNS, os.O_RDONLY)
@@ -522,10 +695,33 @@ def in_namespace(ns: str, make: Callable[[], T]) -> T:
         os.close(own)
 
 
-def ns_type(path: str) -> int | None:
-    """The CLONE_NEW* type of the namespace file at path, or None if it is none."""
+def _module_alias(alias: str) -> bool:
+    """Whether modules.alias of the running kernel names a module for alias;
+    False without one (a kernel without modules, or none installed)."""
+    path = os.path.join(MODULES_DIR, os.uname().release, "modules.alias")
     try:
-        fd = _open_ns(path)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return any(line.split()[1:2] == [alias] for line in f if line.startswith("alias "))
+    except OSError:
+        return False
+def _open_ns(ns: str) -> int:
+    """A descriptor of namespace ns: a name in /run/netns is opened without
+    following a link (what netapply made there is never one); a path only once
+    it is known to be a namespace file (_open_ns_path)."""
+    if ns.startswith("/"):
+        return _open_ns_path(ns)
+    with files.directory(NETNS_DIR) as dir_fd:
+        return os.open(ns, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                       dir_fd=dir_fd)
+
+
+def _named_ns_type(dir_fd: int, name: str) -> int | None:
+    """The CLONE_NEW* type of the namespace mounted on name in dir_fd; None when
+    there is none (a link, which is not followed, a plain file, a FIFO)."""
+    if files.entry_type(dir_fd, name) != FileType.NAMESPACE:
+        return None
+    try:
+        fd = os.open(name, files.READ_FLAGS, dir_fd=dir_fd)
     except OSError:
         return None
     try:
@@ -536,12 +732,45 @@ def ns_type(path: str) -> int | None:
         os.close(fd)
 
 
-def inspect_ns(path: str) -> NsFile:
-    """What the file at path is: a network namespace and its identity, or why
-    not. Nothing but an nsfs inode is ever opened (_open_ns), so a FIFO, a
-    socket or a device there cannot block or be acted on."""
+def _netns_file(dir_fd: int, name: str, what: str) -> tuple[int, bool]:
+    """The file to mount a new namespace on, opened, and whether it was made
+    now. An empty file is what an interrupted `ip netns add` (or netapply)
+    leaves behind: it is mounted over. Anything else there is EEXIST."""
+    found = files.entry_type(dir_fd, name)
+    if found not in (None, FileType.EMPTY):
+        target = files.read_link(_ns_path(name)) if found == FileType.LINK else None
+        raise KernelError(f"{what}: {files.describe(_ns_path(name), found, target)}",
+                          errno.EEXIST)
+    flags = files.READ_FLAGS | (os.O_CREAT | os.O_EXCL if found is None else 0)
+    fd = os.open(name, flags, 0o444, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if files.type_of(st) != FileType.EMPTY:  # changed since it was looked at
+        os.close(fd)
+        raise KernelError(f"{what}: {_ns_path(name)} changed meanwhile", errno.EEXIST)
+    return fd, found is None
+
+
+def ns_type(path: str) -> int | None:
+    """The CLONE_NEW* type of the namespace file at path, or None if it is none."""
     try:
-        fd = _open_ns(path)
+        fd = _open_ns_path(path)
+    except OSError:
+        return None
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def inspect_ns(ns: str) -> NsFile:
+    """What ns (an absolute path, or a name in /run/netns) is: a network
+    namespace and its identity, or why not. Nothing but a namespace file is
+    ever opened (_open_ns), so a FIFO, a socket or a device there cannot block
+    or be acted on."""
+    try:
+        fd = _open_ns(ns)
     except _NotNamespace as e:
         return NsFile(problem=f"is {e.kind}, not a network namespace")
     except (FileNotFoundError, NotADirectoryError):
@@ -569,36 +798,30 @@ class _NotNamespace(OSError):
         self.kind = kind
 
 
-def _open_ns(path: str) -> int:
-    """A descriptor of the namespace file at path. The file is first opened with
-    O_PATH, which runs no driver code and cannot block (open(2)), and its type
-    is checked on that descriptor: only an nsfs inode is then opened for real,
-    through /proc/self/fd, so what was checked is what is opened. Raises
-    _NotNamespace for any other file, OSError when path cannot be reached."""
+def _open_ns_path(path: str) -> int:
+    """A descriptor of the namespace file at path (links followed: /proc/PID/ns/net
+    is one). The file is first opened with O_PATH, which runs no driver code and
+    cannot block (open(2)), and its type is checked on that descriptor: only a
+    namespace file is then opened for real, through /proc/self/fd, so what was
+    checked is what is opened. Raises _NotNamespace for any other file, OSError
+    when path cannot be reached."""
     probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
     try:
-        found = os.fstat(probe)
-        if not stat.S_ISREG(found.st_mode):
-            kind = next((k for test, k in FILE_KINDS if test(found.st_mode)), "a special file")
-            raise _NotNamespace(kind)
-        if found.st_dev != _nsfs_dev():
-            raise _NotNamespace("a regular file")
+        found = files.type_of(os.fstat(probe))
+        if found != FileType.NAMESPACE:
+            raise _NotNamespace(found.value)
         return os.open(f"/proc/self/fd/{probe}", NS_OPEN_FLAGS)
     finally:
         os.close(probe)
-
-
-@functools.cache
-def _nsfs_dev() -> int:
-    """The device of nsfs, the kernel's one file system of namespace inodes."""
-    return os.stat(OWN_NETNS).st_dev
 
 
 def _prepare_netns_dir(what: str) -> None:
     """Make /run/netns a shared mount point, as `ip netns add` does, so that
     namespaces created here are visible from other mount namespaces."""
     try:
-        os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+        os.close(files.open_dir(NETNS_DIR, create=0o755))
+    except files.InTheWay as e:
+        raise KernelError(f"{what}: {e}", e.errno or errno.ELOOP) from None
     except OSError as e:
         raise KernelError(what, e.errno or errno.EIO) from None
     path = NETNS_DIR.encode()

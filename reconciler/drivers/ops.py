@@ -14,6 +14,7 @@ from reconciler import firewall
 from reconciler.drivers.kernel import ETC_NETNS_DIR, GONE, Kernel
 from reconciler.errors import InternalError, KernelError
 from reconciler.resources import (
+    HOST_NS,
     Address,
     Bridge,
     DockerUser,
@@ -23,6 +24,7 @@ from reconciler.resources import (
     HostsFile,
     HostsTable,
     Leftover,
+    LeftoverFile,
     Neigh,
     Netns,
     Resource,
@@ -31,6 +33,7 @@ from reconciler.resources import (
     Sysctl,
     Veth,
     Vxlan,
+    link_alias,
     owner_alias,
     splice_hosts_block,
     staging_ifname,
@@ -49,6 +52,7 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
     a wanted name: only a leftover that the next apply recognises and removes."""
     if isinstance(res, Firewall):
         kernel.nft_apply(firewall.commands(res), f"write nftables table inet {res.table}")
+        _forget_flows(kernel, None, res)
     elif isinstance(res, DockerUser):
         kernel.nft_apply(firewall.docker_user_commands(None, res), f"add {res.title()}")
     elif isinstance(res, Sysctl):
@@ -68,12 +72,15 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         )
         if res.localnet:
             kernel.sysctl_set(localnet_sysctl(res.ifname), "1")
+        if res.rp_loose:
+            kernel.sysctl_set(rp_filter_sysctl(res.ifname), RP_LOOSE)
     elif isinstance(res, Veth):
         host, inner = staging_ifname(project, res.key, "host"), staging_ifname(project, res.key)
         kernel.veth_add(host, res.host_mtu, res.ns, inner, res.mac, res.mtu)
-        alias = owner_alias(project, "veth", res.container, res.network)
+        alias = link_alias(project, "veth", res.container, res.network)
         kernel.link_set(
-            "", host, new_name=res.host_ifname, alias=alias + "/host",
+            "", host, new_name=res.host_ifname,
+            alias=link_alias(project, "veth", res.container, res.network, "host", res.allocated),
             master=res.master_ifname, up=res.host_up,
         )
         if res.isolated or res.hairpin:  # before the container end is up
@@ -84,7 +91,8 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         staged = staging_ifname(project, res.key)
         kernel.sublink_add(res.driver, res.parent, res.mode, res.ns, staged, res.mac or None,
                            res.mtu)
-        alias = owner_alias(project, "sublink", res.container, res.network)
+        alias = link_alias(project, "sublink", res.container, res.network,
+                           allocated=res.allocated)
         kernel.link_set(res.ns, staged, new_name=res.ifname, alias=alias, up=res.up)
     elif isinstance(res, Vxlan):
         staged = staging_ifname(project, res.key)
@@ -100,6 +108,8 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         kernel.neigh_add(res.ifname, res.ip, res.mac)
     elif isinstance(res, Address):
         kernel.addr_add(res.ns, res.ifname, res.cidr)
+        if res.ns != HOST_NS:  # an address may have moved here from another container
+            kernel.announce(res.ns, res.ifname)
     elif isinstance(res, Route):
         kernel.route_add(res.ns, res.dst, res.via, res.ifname)
     elif isinstance(res, HostsTable):
@@ -110,6 +120,14 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         _splice(kernel, res)
     else:  # pragma: no cover - the Resource union is closed
         raise InternalError(f"no create for {res!r}")
+
+
+def _forget_flows(kernel: Kernel, before: Firewall | None, after: Firewall | None) -> None:
+    """After the table changed, flows to a port whose DNAT rule came, went or
+    now leads elsewhere start over under the rules as they are now."""
+    changed = firewall.changed_ports(before, after)
+    for protocol, port in sorted(changed):
+        kernel.forget_flows(protocol, port)
 
 
 def _splice(kernel: Kernel, block: HostsBlock, remove: bool = False) -> None:
@@ -129,10 +147,18 @@ def localnet_sysctl(ifname: str) -> str:
     return f"net/ipv4/conf/{ifname}/route_localnet"
 
 
-def update(kernel: Kernel, before: Resource, after: Resource) -> None:
+RP_LOOSE = "2"  # the kernel uses the larger of conf/all and conf/<ifname>
+
+
+def rp_filter_sysctl(ifname: str) -> str:
+    return f"net/ipv4/conf/{ifname}/rp_filter"
+
+
+def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> None:
     if isinstance(before, Firewall) and isinstance(after, Firewall):
         # The whole table, in one transaction: never half a ruleset.
         kernel.nft_apply(firewall.commands(after), f"replace nftables table inet {after.table}")
+        _forget_flows(kernel, before, after)
     elif isinstance(before, DockerUser) and isinstance(after, DockerUser):
         kernel.nft_apply(firewall.docker_user_commands(before, after), f"replace {after.title()}")
     elif isinstance(before, Sysctl) and isinstance(after, Sysctl):
@@ -144,9 +170,16 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
                   before.mac, after.mac, before.up, after.up)
         if before.localnet != after.localnet:
             kernel.sysctl_set(localnet_sysctl(after.ifname), "1" if after.localnet else "0")
+        if after.rp_loose and not before.rp_loose:
+            kernel.sysctl_set(rp_filter_sysctl(after.ifname), RP_LOOSE)
     elif isinstance(before, Sublink) and isinstance(after, Sublink):
         _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac or None, after.mac or None, before.up, after.up)
+        if before.mac != after.mac:
+            kernel.announce(after.ns, after.ifname)
+        if before.allocated != after.allocated:
+            kernel.link_set(after.ns, after.ifname, alias=link_alias(
+                project, "sublink", after.container, after.network, allocated=after.allocated))
     elif isinstance(before, Vxlan) and isinstance(after, Vxlan):
         _set_link(kernel, "", before.ifname, after.ifname, before.mtu, after.mtu, None, None,
                   before.up, after.up)
@@ -162,6 +195,11 @@ def update(kernel: Kernel, before: Resource, after: Resource) -> None:
         _set_master(kernel, after.host_ifname, before.master, after.master,
                     after.master_ifname)
         _set_port_options(kernel, after.host_ifname, before, after, ("isolated", "hairpin"))
+        if before.mac != after.mac:  # neighbours still hold the old one
+            kernel.announce(after.ns, after.ifname)
+        if before.allocated != after.allocated:
+            kernel.link_set("", after.host_ifname, alias=link_alias(
+                project, "veth", after.container, after.network, "host", after.allocated))
     elif isinstance(before, Route) and isinstance(after, Route):
         kernel.route_add(after.ns, after.dst, after.via, after.ifname, replace=True)
     elif isinstance(before, HostsTable) and isinstance(after, HostsTable):
@@ -232,6 +270,7 @@ def _delete(kernel: Kernel, res: Resource) -> None:
     if isinstance(res, Firewall):
         kernel.nft_apply(firewall.delete_commands(res.table),
                          f"delete nftables table inet {res.table}")
+        _forget_flows(kernel, res, None)
     elif isinstance(res, DockerUser):
         kernel.nft_apply(firewall.docker_user_commands(res, None), f"delete {res.title()}")
     elif isinstance(res, Sysctl):
@@ -264,5 +303,10 @@ def _delete(kernel: Kernel, res: Resource) -> None:
         _splice(kernel, res, remove=True)
     elif isinstance(res, Leftover):
         kernel.link_del(res.ns, res.ifname)
+    elif isinstance(res, LeftoverFile):
+        if res.directory:
+            kernel.remove_dir(res.path)
+        else:
+            kernel.remove_file(res.path)
     else:  # pragma: no cover
         raise InternalError(f"no delete for {res!r}")

@@ -38,9 +38,16 @@ NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_GET = RTM_GETLINK
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTM_GETRULE = 34
+# linux/fib_rules.h: struct fib_rule_hdr (family, dst_len, src_len, tos, table,
+# res1, res2, action, flags), FRA_PRIORITY, FRA_TABLE, FR_ACT_TO_TBL.
+FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
+FRA_PRIORITY, FRA_TABLE = 6, 15
+FR_ACT_TO_TBL = 1
 NLM_F_APPEND = 0x800
 AF_BRIDGE = 7
 
@@ -126,6 +133,10 @@ class NetlinkError(OSError):
 class Rtnl:
     """One NETLINK_ROUTE socket, bound to the namespace it was opened in."""
 
+    # Requests that change the kernel (RTM_NEW*, RTM_DEL*, RTM_SET*), sent by any
+    # socket of this process: how tests check that plan sends none.
+    changes_sent = 0
+
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                   NETLINK_ROUTE)
@@ -145,6 +156,8 @@ class Rtnl:
     # ---- transport ----------------------------------------------------------------
 
     def _send(self, kind: int, flags: int, body: bytes) -> int:
+        if kind % 4 != RTM_GET % 4:  # rtnetlink types come in fours: new, del, get, set
+            Rtnl.changes_sent += 1
         self._seq += 1
         self.sock.send(HEADER.pack(HEADER.size + len(body), kind, flags | NLM_F_REQUEST,
                                    self._seq, 0) + body)
@@ -181,9 +194,15 @@ class Rtnl:
 
     # ---- reads ----------------------------------------------------------------------
 
-    def links(self) -> list[LinkInfo]:
+    def links(self, kind_filter: str | None = None) -> list[LinkInfo]:
+        """Every link, or (kind_filter) those of a kind the kernel knows: a kind
+        it does not know filters nothing (rtnl_dump_ifinfo in the kernel's
+        net/core/rtnetlink.c)."""
+        body = IFINFO.pack(0, 0, 0, 0, 0)
+        if kind_filter is not None:
+            body += attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, kind_filter))
         found = []
-        for msg, offset in self._dump(RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0)):
+        for msg, offset in self._dump(RTM_GETLINK, body):
             _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
             ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
             isolated, hairpin, parent, mode = False, False, None, None
@@ -268,6 +287,26 @@ class Rtnl:
             found.append(RouteEntry(str(net), via, oif, proto, table))
         return found
 
+    def rules(self) -> list[tuple[int, int]]:
+        """The policy routing rules that look up a table: (preference, table),
+        IPv4 and IPv6 (`ip rule`)."""
+        found = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            body = FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+            for msg, offset in self._dump(RTM_GETRULE, body):
+                _f, _d, _s, _t, table, _r1, _r2, action, _flags = FIB_RULE_HDR.unpack_from(
+                    msg, offset)
+                if action != FR_ACT_TO_TBL:
+                    continue
+                pref = 0
+                for key, value in attrs(msg, offset + FIB_RULE_HDR.size):
+                    if key == FRA_TABLE:
+                        table = U32.unpack_from(value)[0]
+                    elif key == FRA_PRIORITY:
+                        pref = U32.unpack_from(value)[0]
+                found.append((pref, table))
+        return found
+
     def fdb(self) -> list[FdbInfo]:
         found = []
         for msg, offset in self._dump(RTM_GETNEIGH, NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)):
@@ -346,19 +385,12 @@ class Rtnl:
                 + attr_u32(IFLA_MTU, mtu) + attr(IFLA_LINKINFO, info))
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
-    def kind_supported(self, kind: str, probe_name: str) -> bool:
-        """Ask for a link of `kind` without its parent: a kernel without the driver
-        (even after loading modules) answers EOPNOTSUPP; one with it refuses the
-        missing parent with another errno. Nothing is created either way."""
-        body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, probe_name)
-                + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, kind)))
-        try:
-            self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
-        except NetlinkError as e:
-            return e.errno != errno.EOPNOTSUPP
-        # Created after all (a kind that needs no parent): take it away again.
-        self.link_del(self.index(probe_name))
-        return True
+    def kind_registered(self, kind: str) -> bool:
+        """Whether a driver for links of `kind` is built in or loaded, asked
+        without changing anything: a link dump filtered by that kind lists only
+        links of it (maybe none) when the kernel knows the kind, and every link
+        (lo among them) when it does not."""
+        return all(link.kind == kind for link in self.links(kind))
 
     def link_set(
         self, index: int, *, ifname: str | None = None, mtu: int | None = None,

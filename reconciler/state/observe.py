@@ -4,6 +4,12 @@ Ownership is read from marks in the kernel itself: the ifalias of links and of
 each owned namespace's loopback, the protocol number of routes, and a header
 line in managed hosts files. Everything else that is seen is recorded only by
 name, as foreign, so that a desired name that collides with it is an error.
+
+Files under /run/netns and /etc/netns are looked at by type before anything is
+read (drivers/files.py): no link is followed and nothing but a regular file is
+opened, so a FIFO, a directory or a link anywhere there blocks only a name the
+spec wants. A namespace that cannot be read is an error, never "foreign": an
+unreadable mark must not turn an owned object into a foreign one.
 """
 
 from __future__ import annotations
@@ -12,17 +18,28 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler import firewall, model
+from reconciler import firewall, model, ports
 from reconciler.drivers.kernel import (
     ETC_NETNS_DIR,
+    GONE,
+    NETNS_DIR,
     NUD_NOARP,
     NUD_PERMANENT,
+    TMP_SUFFIX,
     AddrInfo,
+    FileType,
     Kernel,
     LinkInfo,
 )
-from reconciler.drivers.ops import LOOPBACK, hosts_path, localnet_sysctl
+from reconciler.drivers.ops import (
+    LOOPBACK,
+    RP_LOOSE,
+    hosts_path,
+    localnet_sysctl,
+    rp_filter_sysctl,
+)
 from reconciler.errors import KernelError
+from reconciler.lock import LOCK_DIR
 from reconciler.resources import (
     DOCKER_USER_CHAIN,
     DOCKER_USER_TABLE,
@@ -40,6 +57,7 @@ from reconciler.resources import (
     Key,
     Kind,
     Leftover,
+    LeftoverFile,
     Neigh,
     Netns,
     Resource,
@@ -91,6 +109,12 @@ class Foreign:
     # the interface each is on (where an overlay's VXLAN packets leave from).
     host_addresses: tuple[tuple[model.IPAddress, str], ...] = ()
     vxlans: tuple[tuple[str, int, int], ...] = ()  # other VXLAN devices: name, vni, port
+    # Ports others hold: the host's listening sockets, other tables' DNAT rules.
+    held_ports: tuple[ports.Held, ...] = ()
+    # Paths under /run/netns, /etc/netns (and those directories and /run/netapply
+    # themselves) taken by something netapply did not make, with what it is
+    # ("a symbolic link to /tmp", "a FIFO").
+    files: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,9 @@ class ObservedState:
     # named namespace the project owns: which references name one namespace.
     ns_ids: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     missing_kinds: frozenset[str] = frozenset()  # link kinds this kernel cannot make
+    # Parts of the kernel that could not be read and may hold the project's
+    # objects, each named with why: nothing may be claimed about them.
+    unread: tuple[str, ...] = ()
 
 
 @dataclass
@@ -113,6 +140,7 @@ class _End:
     link: LinkInfo
     master: str | None = None  # network of an owned bridge, "?name" for another device
     master_ifname: str | None = None
+    allocated: str = ""  # the allocation record of a host end's mark
 
 
 @dataclass
@@ -124,7 +152,9 @@ class _Scan:
     inner_ends: dict[tuple[str, str], _End] = field(default_factory=dict)
     foreign_links: set[tuple[str, str]] = field(default_factory=set)
     foreign_netns: set[str] = field(default_factory=set)
+    foreign_files: dict[str, str] = field(default_factory=dict)
     foreign_routes: set[tuple[str, str]] = field(default_factory=set)
+    unread: list[str] = field(default_factory=list)
     host_nets: list[tuple[model.IPNetwork, str]] = field(default_factory=list)
     host_names: dict[int, str] = field(default_factory=dict)
     host_links: list[tuple[str, int, bool]] = field(default_factory=list)
@@ -136,6 +166,19 @@ class _Scan:
         if link.alias and link.alias.startswith(prefix):
             return link.alias[len(prefix):].split("/")
         return None
+
+    def in_the_way(self, path: str, kind: FileType) -> None:
+        """Record what is at path as foreign, said as `ls -l` would."""
+        text = f"{path} is {kind.value}"
+        if kind == FileType.LINK:
+            target = self.kernel.read_link(path)
+            if target is not None:
+                text += f" to {target}"
+        self.foreign_files[path] = text
+
+    def leftover_file(self, path: str, directory: bool = False) -> None:
+        res = LeftoverFile(path, directory)
+        self.resources[res.key] = res
 
     def leftover(self, ns: str, link: LinkInfo, owned_ns: bool) -> bool:
         """Record an unmarked link under the project's staging prefix."""
@@ -151,26 +194,39 @@ SYSCTLS = (firewall.IP_FORWARD,)
 
 def observe(
     kernel: Kernel, project: str, paths: Iterable[str] = (), kinds: Iterable[str] = (),
-    blocks: Mapping[str, tuple[str, str]] | None = None,
+    blocks: Mapping[str, tuple[str, str]] | None = None, names: Iterable[str] = (),
 ) -> ObservedState:
     """Read the project's objects. `paths` are netns_path namespaces from the spec,
     which cannot be discovered from the kernel alone (their veths can: the host
     end is in the host namespace, and deleting it removes the pair). `kinds` are
     link kinds the spec needs, checked for support without making a link.
     `blocks`: container name -> (hosts file of its engine, its namespace), the
-    files of running runtime containers, which may hold the project's block."""
+    files of running runtime containers, which may hold the project's block.
+    `names`: the spec's named namespaces; what an interrupted run leaves under
+    those names (an empty file in /run/netns, an empty directory in /etc/netns)
+    is the project's leftover (LeftoverFile).
+
+    Raises KernelError when a part cannot be read, a namespace included (the
+    process out of descriptors, say): its mark unread, it is neither the
+    project's nor foreign."""
     scan = _Scan(project, kernel)
+    wanted_names = frozenset(names)
+    _scan_dirs(scan)
     _scan_host(scan)
     for name in SYSCTLS:
         value = kernel.sysctl_get(name)
         if value is not None:
             scan.resources[(Kind.SYSCTL, name)] = Sysctl(name, value)
     nft = _scan_nft(scan)
-    for name in kernel.netns_names():
+    netns_names = kernel.netns_names()
+    for name in netns_names:
         try:
             links = kernel.links(name)
-        except KernelError:
-            scan.foreign_netns.add(name)  # gone meanwhile, or not ours to enter
+        except KernelError as e:
+            if e.errno in GONE:
+                scan.foreign_netns.add(name)  # gone meanwhile
+            else:  # it may be the project's: its mark is unknown
+                scan.unread.append(f"netns {name} ({e})")
             continue
         lo = next((link for link in links if link.ifname == LOOPBACK), None)
         if lo is not None and lo.alias == owner_alias(project, "netns", name):
@@ -178,9 +234,10 @@ def observe(
             _scan_container_ns(scan, name, links, owned_ns=True)
         else:
             scan.foreign_netns.add(name)
+    _scan_netns_dir(scan, set(netns_names), wanted_names)
     missing, ids = _scan_paths(scan, sorted(set(paths)))
     _pair_veths(scan)
-    foreign_hosts = _scan_hosts_files(scan)
+    foreign_hosts = _scan_hosts_files(scan, wanted_names)
     for container, (path, ns) in sorted((blocks or {}).items()):
         text = kernel.read_file(path)
         lines = None if text is None else hosts_block_of(text, project)
@@ -201,10 +258,13 @@ def observe(
             nft_tables=nft.tables,
             nft_chains=nft.chains,
             nft_error=nft.error,
+            held_ports=(*ports.listeners(kernel.sockets()), *nft.held),
+            files=tuple(sorted(scan.foreign_files.items())),
         ),
         missing_paths=missing,
         ns_ids=ids,
         missing_kinds=frozenset(k for k in set(kinds) if not kernel.link_kind_supported(k)),
+        unread=(*([nft.unread] if nft.unread else []), *scan.unread),
     )
 
 
@@ -254,12 +314,15 @@ def _scan_host(scan: _Scan) -> None:
             owned[link.index] = (Kind.VXLAN, parts[1])
         elif parts and parts[0] == "bridge" and len(parts) == 2 and link.kind == "bridge":
             localnet = scan.kernel.sysctl_get(localnet_sysctl(link.ifname))
-            bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up, localnet == "1")
+            rp_filter = scan.kernel.sysctl_get(rp_filter_sysctl(link.ifname))
+            bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up, localnet == "1",
+                            rp_filter == RP_LOOSE)
             scan.resources[bridge.key] = bridge
             owned[link.index] = bridge.key
             bridges[link.index] = parts[1]
-        elif parts and parts[0] == "veth" and len(parts) == 4 and parts[3] == "host":
-            scan.host_ends[(parts[1], parts[2])] = _End(HOST_NS, link)
+        elif parts and parts[0] == "veth" and len(parts) in (4, 5) and parts[3] == "host":
+            end = scan.host_ends[(parts[1], parts[2])] = _End(HOST_NS, link)
+            end.allocated = parts[4] if len(parts) == 5 else ""
         elif not scan.leftover(HOST_NS, link, owned_ns=False):
             scan.foreign_links.add((HOST_NS, link.ifname))
             scan.host_links.append((link.ifname, link.mtu, link.master is not None))
@@ -331,7 +394,12 @@ def _scan_host_nets(
         scan.host_addresses.append((iface.ip, where))
         if not _special(iface.network):
             scan.host_nets.append((iface.network, f"address {iface} on {where}"))
-    for route in scan.kernel.routes(HOST_NS):
+    # The main table, and every table a policy rule looks up (a VPN's: the
+    # host would route a network's traffic there, not to the bridge).
+    tables = [(route, "") for route in scan.kernel.routes(HOST_NS)]
+    tables += [(route, f" in table {table} (looked up by rule {pref})")
+               for route, table, pref in scan.kernel.policy_routes()]
+    for route, where_table in tables:
         net = ipaddress.ip_network(route.dst)
         if (route.oif is not None and route.oif in owned) or _special(net) or _default_like(net):
             continue
@@ -340,7 +408,7 @@ def _scan_host_nets(
             what += f" via {route.via}"
         if route.oif is not None:
             what += f" dev {names.get(route.oif, route.oif)}"
-        scan.host_nets.append((net, what))
+        scan.host_nets.append((net, what + where_table))
 
 
 def _default_like(net: model.IPNetwork) -> bool:
@@ -359,6 +427,8 @@ class _Nft:
     tables: tuple[tuple[str, str], ...] = ()
     chains: tuple[NftChain, ...] = ()
     error: str | None = None
+    held: tuple[ports.Held, ...] = ()  # ports other tables publish (DNAT)
+    unread: str | None = None  # the ruleset, unread, may hold the project's objects
 
 
 def _scan_nft(scan: _Scan) -> _Nft:
@@ -366,7 +436,7 @@ def _scan_nft(scan: _Scan) -> _Nft:
     try:
         items = scan.kernel.nft_ruleset()
     except KernelError as e:
-        return _Nft(error=str(e))
+        return _unread_nft(scan, str(e))
     own = (firewall.FAMILY, firewall.table_name(scan.project))
     found = False
     shape: list[str] = []  # chains, and anything else someone put into the table
@@ -375,6 +445,7 @@ def _scan_nft(scan: _Scan) -> _Nft:
     chains: list[NftChain] = []
     # The project's rules in Docker's DOCKER-USER chain, by family: (rules, handles).
     docker_user: dict[str, tuple[list[Rule], list[int]]] = {}
+    held: list[ports.Held] = []
     mark = docker_user_comment(scan.project, "")
     for item in items:
         if not (isinstance(item, dict) and len(item) == 1):
@@ -391,6 +462,13 @@ def _scan_nft(scan: _Scan) -> _Nft:
             else:
                 tables.append(table)
         elif table != own:
+            if kind == "rule" and (dnat := ports.dnat_port(body.get("expr"))) is not None:
+                name = table[1]
+                holder = (f"netapply project '{name[len('netapply-'):]}'"
+                          if name.startswith("netapply-") else
+                          f"a DNAT rule of nftables table {table[0]} {name} (chain "
+                          f"{body.get('chain', '?')})")
+                held.append(ports.Held(*dnat, holder))
             if kind == "chain":
                 chains.append(NftChain(*table, body.get("name", ""), body.get("hook"),
                                        body.get("policy")))
@@ -413,7 +491,25 @@ def _scan_nft(scan: _Scan) -> _Nft:
         # Listed top to bottom, as they were inserted.
         user = DockerUser(family, tuple(marked), tuple(handles))
         scan.resources[user.key] = user
-    return _Nft(tuple(tables), tuple(chains))
+    return _Nft(tuple(tables), tuple(chains), held=tuple(held))
+
+
+def _unread_nft(scan: _Scan, error: str) -> _Nft:
+    """nft could not list the ruleset. The names of the tables, read without
+    nft, tell whether it may hold the project's objects: its own table, or a
+    table where Docker's DOCKER-USER chain (with the project's rules) can be."""
+    try:
+        tables = scan.kernel.nft_tables()
+    except KernelError as e:
+        return _Nft(error=error, unread=f"the nftables ruleset ({error}; {e})")
+    own = (firewall.FAMILY, firewall.table_name(scan.project))
+    holding = [t for t in tables
+               if t == own or (t[1] == DOCKER_USER_TABLE and t[0] in ("ip", "ip6"))]
+    unread = None
+    if holding:
+        names = " and ".join(f"table {family} {name}" for family, name in holding)
+        unread = f"the nftables ruleset, which holds {names} ({error})"
+    return _Nft(tuple(t for t in tables if t != own), error=error, unread=unread)
 
 
 def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bool) -> None:
@@ -423,12 +519,13 @@ def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bo
         if parts and parts[0] == "veth" and len(parts) == 3:
             scan.inner_ends[(parts[1], parts[2])] = _End(ns, link)
             owned[link.index] = (Kind.VETH, parts[1], parts[2])
-        elif parts and parts[0] == "sublink" and len(parts) == 3 and link.kind:
+        elif parts and parts[0] == "sublink" and len(parts) in (3, 4) and link.kind:
             sublink = Sublink(
                 parts[1], parts[2], ns, link.ifname, link.kind,
                 scan.host_names.get(link.parent or 0, "?"), link.mode or "",
                 Sublink.own_mac(link.kind, link.mode or "", link.mac),
                 link.mtu, link.up,
+                allocated=parts[3] if len(parts) == 4 else "",
                 owned_ns=owned_ns,
             )
             scan.resources[sublink.key] = sublink
@@ -494,41 +591,101 @@ def _pair_veths(scan: _Scan) -> None:
             host_up=host.link.up if host else False,
             isolated=host.link.isolated if host else False,
             hairpin=host.link.hairpin if host else False,
+            allocated=host.allocated if host else "",
             owned_ns=inner is not None and inner.ns in netns_owned,
         )
         scan.resources[veth.key] = veth
 
 
-def _scan_hosts_files(scan: _Scan) -> set[str]:
+def _scan_dirs(scan: _Scan) -> None:
+    """/run/netns, /etc/netns and /run/netapply must be directories (or absent,
+    to be made): anything else there, a link above all, is in the way."""
+    for path in (NETNS_DIR, ETC_NETNS_DIR, LOCK_DIR):
+        kind = scan.kernel.file_type(path)
+        if kind is not None and kind != FileType.DIRECTORY:
+            scan.in_the_way(path, kind)
+
+
+def _scan_netns_dir(scan: _Scan, netns: set[str], names: frozenset[str]) -> None:
+    """Entries of /run/netns that are no network namespace: an empty file (what
+    an interrupted `ip netns add` leaves) under a name of the spec is a
+    leftover; anything else is in the way of that name."""
+    for name, kind in sorted(scan.kernel.dir_entries(NETNS_DIR).items()):
+        if name in netns:
+            continue
+        path = f"{NETNS_DIR}/{name}"
+        if kind == FileType.EMPTY:
+            if name in names:
+                scan.leftover_file(path)
+        else:
+            scan.in_the_way(path, kind)
+
+
+def _scan_hosts_files(scan: _Scan, names: frozenset[str]) -> set[str]:
     """Hosts tables in the project's dir, and the hosts files of namespaces: a
-    link into that dir is the project's; anything else there is foreign."""
+    link into that dir is the project's; anything else there is foreign.
+    Types come first: only regular files are read, no link is followed."""
     foreign = set()
     header = f"{HOSTS_HEADER}{scan.project};"
     own_dir = tables_dir(scan.project)
     link_prefix = f"../{own_dir}/"
-    for name in scan.kernel.list_dir(ETC_NETNS_DIR):
-        if name == own_dir:
-            for table in scan.kernel.list_dir(f"{ETC_NETNS_DIR}/{name}"):
-                content = scan.kernel.read_file(f"{ETC_NETNS_DIR}/{name}/{table}")
-                if content is not None and content.startswith(header):
-                    res = HostsTable(scan.project, table, content)
-                    scan.resources[res.key] = res
+    for name, kind in sorted(scan.kernel.dir_entries(ETC_NETNS_DIR).items()):
+        directory = f"{ETC_NETNS_DIR}/{name}"
+        if kind != FileType.DIRECTORY:
+            scan.in_the_way(directory, kind)
             continue
+        inside = scan.kernel.dir_entries(directory)
+        if name == own_dir:
+            _scan_tables(scan, directory, inside, header)
+            continue
+        if name in names:
+            _scan_leftovers(scan, directory, inside)
         path = hosts_path(name)
-        link = scan.kernel.read_link(path)
-        if link is not None:
-            if link.startswith(link_prefix):
-                hosts = HostsFile(name, link)
-                scan.resources[hosts.key] = hosts
+        hosts = inside.get("hosts")
+        if hosts is None:
+            continue
+        if hosts == FileType.LINK:
+            link = scan.kernel.read_link(path)
+            if link is not None and link.startswith(link_prefix):
+                res = HostsFile(name, link)
+                scan.resources[res.key] = res
             else:
                 foreign.add(name)
             continue
-        content = scan.kernel.read_file(path)
-        if content is None:
-            continue
-        if content.startswith(header):  # written by an earlier version: replace it
-            hosts = HostsFile(name, "")
-            scan.resources[hosts.key] = hosts
+        content = None
+        if hosts in (FileType.FILE, FileType.EMPTY):
+            content = scan.kernel.read_file(path)
+        if content is not None and content.startswith(header):
+            res = HostsFile(name, "")  # written by an earlier version: replace it
+            scan.resources[res.key] = res
         else:
-            foreign.add(name)
+            foreign.add(name)  # a foreign file, or a directory or FIFO (never opened)
     return foreign
+
+
+def _scan_tables(scan: _Scan, directory: str, inside: dict[str, FileType], header: str) -> None:
+    """The project's own directory: its tables, and what an interrupted write
+    left; anything else there is in the way of a table of that name."""
+    if not inside:
+        scan.leftover_file(directory, directory=True)
+    for table, kind in sorted(inside.items()):
+        path = f"{directory}/{table}"
+        if table.endswith(TMP_SUFFIX) and kind in (FileType.FILE, FileType.EMPTY, FileType.LINK):
+            scan.leftover_file(path)
+            continue
+        content = scan.kernel.read_file(path) if kind == FileType.FILE else None
+        if content is not None and content.startswith(header):
+            res = HostsTable(scan.project, table, content)
+            scan.resources[res.key] = res
+        else:
+            scan.in_the_way(path, kind)
+
+
+def _scan_leftovers(scan: _Scan, directory: str, inside: dict[str, FileType]) -> None:
+    """/etc/netns/<name> of a namespace of the spec: left empty, or holding only
+    a half-written hosts file, by an interrupted run."""
+    if not inside:
+        scan.leftover_file(directory, directory=True)
+    for entry, kind in inside.items():
+        if entry.endswith(TMP_SUFFIX) and kind in (FileType.FILE, FileType.EMPTY, FileType.LINK):
+            scan.leftover_file(f"{directory}/{entry}")

@@ -109,7 +109,7 @@ def build(spec: Spec, observed: ObservedState, host: str | None = None) -> dict[
     if spec.hosts and host is None:
         raise InternalError("a spec with hosts is built for one of its hosts")
     whole, spec = spec, machines.share(spec, host)
-    problems = list(_missing_paths(spec, observed))
+    problems = list(_missing_paths(spec, observed)) + namespace_problems(spec, observed)
     if problems:
         raise SpecError(problems)
     problems = list(_machine_problems(spec, observed, host))
@@ -355,12 +355,76 @@ def late_port_holders(observed: ObservedState) -> list[str]:
 
 def _missing_paths(spec: Spec, observed: ObservedState) -> Iterator[Problem]:
     for container in spec.containers.values():
-        if container.netns_path and container.netns_path in observed.missing_paths:
-            yield Problem(
-                spec.locate("containers", container.name, "netns_path"),
-                f"container '{container.name}': netns_path {container.netns_path} does not exist "
-                "or is not a network namespace",
-            )
+        why = observed.missing_paths.get(container.netns_path) if container.netns_path else None
+        if why is not None:
+            yield Problem(_ns_where(spec, container),
+                          f"container '{container.name}': {_ns_reference(container)} {why}")
+
+
+def namespace_problems(spec: Spec, observed: ObservedState) -> list[Problem]:
+    """Containers whose namespace can never be right, found by namespace
+    identity (observed.ns_ids: the nsfs inode, never the path's text):
+
+    - a netns_path, or a runtime container's namespace, that is the namespace
+      netapply runs in: attaching would give the host the container's
+      interfaces and default route;
+    - one namespace under two references: a path to the named namespace the
+      project makes for a container (or made, for one no longer here), or two
+      different paths. Each reference would be read and planned as a namespace
+      of its own, so every apply would undo the other's links.
+
+    Containers may share a namespace under one netns_path (docs/docker.md).
+    Pure; each problem names both containers, at the path's position."""
+    ids = observed.ns_ids
+    own = ids.get(HOST_NS)
+    named = {c.netns: c.name for c in spec.containers.values() if c.netns}
+    # identity -> (container, its reference): named namespaces first
+    holders: dict[tuple[int, int], tuple[str | None, str]] = {
+        identity: (named.get(ref), ref) for ref, identity in ids.items()
+        if ref and not ref.startswith("/")
+    }
+    problems = []
+    for container in spec.containers.values():
+        path = container.netns_path
+        identity = ids.get(path) if path else None
+        if path is None or identity is None:
+            continue
+        what, ref = f"container '{container.name}'", _ns_reference(container)
+        if identity == own:
+            problems.append(Problem(_ns_where(spec, container), (
+                f"{what}: {ref} is the network namespace netapply runs in (the host's own); "
+                "attaching to it would give the host this container's interfaces and routes "
+                "(network_mode: host shares the host's network)")))
+            continue
+        other, other_ref = holders.setdefault(identity, (container.name, path))
+        if other_ref == path:
+            continue
+        if other_ref.startswith("/"):
+            first = spec.containers[other or ""]
+            cause = (f"is the namespace container '{other}' attaches to as "
+                     f"{_ns_reference(first)}; containers that share a namespace must name it "
+                     "by the same netns_path")
+        elif other is None:
+            cause = (f"is namespace '{other_ref}', which project '{spec.project}' made and "
+                     "deletes (no container here uses it)")
+        else:
+            cause = (f"is the namespace of container '{other}' (netns {other_ref}), which "
+                     "netapply makes and deletes with that container; a container cannot also "
+                     "be attached to it by path")
+        problems.append(Problem(_ns_where(spec, container), f"{what}: {ref} {cause}"))
+    return problems
+
+
+def _ns_reference(container: Container) -> str:
+    """How the spec names a container's namespace, for messages."""
+    if container.runtime is not None:
+        return f"{container.runtime} container '{container.engine_name}' ({container.netns_path})"
+    return f"netns_path {container.netns_path}"
+
+
+def _ns_where(spec: Spec, container: Container) -> Where | None:
+    key = "runtime" if container.runtime is not None else "netns_path"
+    return spec.locate("containers", container.name, key)
 
 
 def _bridge(project: str, network: Network, localnet: bool, rp_loose: bool

@@ -22,6 +22,7 @@ from reconciler.errors import (
     NetapplyError,
     PrivilegeError,
     Problem,
+    SpecError,
     UnreadError,
 )
 from reconciler.executor import Progress, Result, execute, internal
@@ -195,10 +196,16 @@ def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> Obse
     """What the spec's project owns in the kernel, and the foreign names around it."""
     share = machines.share(spec, host)
     with no_gc_pauses():
-        return observe(
+        observed = observe(
             kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share),
             hosts_blocks(share), netns_names(share),
         )
+    # Every command refuses these, destroy and show too: a path to the host's
+    # namespace or a second name of one would be read as a container's.
+    problems = desired_mod.namespace_problems(share, observed)
+    if problems:
+        raise SpecError(problems)
+    return observed
 
 
 def snapshot(

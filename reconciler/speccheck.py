@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reconciler import model
+from reconciler import model, reserved
+from reconciler.drivers.kernel import NETNS_DIR
 from reconciler.errors import Problem, SpecError, Where
 from reconciler.model import Driver, NetworkMode, Spec
 from reconciler.yamlsource import Path, locate, show
@@ -105,6 +106,10 @@ class Builder:
     ) -> model.IPNetwork | None:
         noun = f"an IPv{version} network" if version else "a network"
         example = "fd00:30:1::/64" if version == 6 else "172.30.1.0/24"
+        zone = reserved.zone_problem(text)
+        if zone is not None:
+            self.report(path, f"{what}: {label} {show(text)} {zone}")
+            return None
         try:
             interface = ipaddress.ip_interface(text) if "/" in text else None
         except ValueError:
@@ -128,6 +133,10 @@ class Builder:
         self, path: Path, what: str, label: str, text: str, version: int | None
     ) -> model.IPAddress | None:
         noun = f"an IPv{version} address" if version else "an IP address"
+        zone = reserved.zone_problem(text)
+        if zone is not None:
+            self.report(path, f"{what}: {label} {show(text)} {zone}")
+            return None
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
@@ -144,6 +153,8 @@ class Builder:
         address = self._address(path, f"host '{name}'", "address", raw["address"], None)
         if address is None:
             return
+        if cause := reserved.endpoint_problem(address):
+            self.report(path, f"host '{name}': address {address} {cause}")
         for other in self.hosts.values():
             if other.address == address:
                 self.report(
@@ -163,6 +174,9 @@ class Builder:
             path = (*base, "masquerade")
             self.report(path, f"{what}: masquerade cannot be true on an internal network")
         vni, parent, mode = self._driver_options(base, what, driver, raw)
+        if "interface" in raw:
+            self._ifname((*base, "interface"), what, "interface", raw["interface"],
+                         "the host's loopback device")
         default_mtu = model.OVERLAY_MTU if driver == Driver.OVERLAY else model.DEFAULT_MTU
         mtu = int(raw.get("mtu", default_mtu))
         if ipv6_subnet is not None and mtu < IPV6_MIN_MTU:
@@ -198,6 +212,9 @@ class Builder:
             self.report(
                 path, f"{what}: subnet {subnet} is too small (use /{MIN_PREFIX_V4} or larger)"
             )
+            return None
+        if subnet is not None and (cause := reserved.subnet_problem(subnet)):
+            self.report(path, f"{what}: subnet {subnet} {cause}")
             return None
         assert subnet is None or isinstance(subnet, ipaddress.IPv4Network)
         return subnet
@@ -248,6 +265,9 @@ class Builder:
                 path, f"{what}: ipv6.subnet {subnet} is too small (use /{MIN_PREFIX_V6} or larger)"
             )
             return None, None
+        if cause := reserved.subnet_problem(subnet):
+            self.report(path, f"{what}: ipv6.subnet {subnet} {cause}")
+            return None, None
         if "gateway" not in raw:
             return subnet, None if driver == Driver.OVERLAY else subnet.network_address + 1
         path = (*base, "ipv6", "gateway")
@@ -279,6 +299,10 @@ class Builder:
         parent, mode = raw.get("parent"), raw.get("mode")
         if parent is None:
             self.report(base, f"{what}: parent is required for {driver} networks")
+        else:
+            self._ifname((*base, "parent"), what, "parent", parent,
+                         f"the loopback device; the kernel refuses it as the parent of {driver} "
+                         "links, which must be an Ethernet device")
         modes = MODES[driver]
         if mode is not None and mode not in modes:
             cause = (
@@ -412,13 +436,27 @@ class Builder:
             if interface is None:
                 interface = _free_interface(position, used)
                 used.add(interface)
-            elif interface == "lo":
-                cause = "interface 'lo' is the namespace's loopback device; choose another name"
-                self.report((*path, "interface"), f"{what}: {cause}")
+            else:
+                self._ifname((*path, "interface"), what, "interface", interface,
+                             "the namespace's loopback device")
             attachment = self._attachment(path, what, network, options, interface)
             attachments.append(attachment)
             self.attachments.append(_Placed(base[1], attachment, path))
         return tuple(attachments)
+
+    def _ifname(self, path: Path, what: str, label: str, name: str, loopback: str) -> None:
+        """An interface name the spec gives: one the kernel takes (reserved.py),
+        and not the loopback device (`loopback` says which one it would be)."""
+        if name == reserved.LOOPBACK_IFNAME:
+            cause = f"{label} '{name}' is {loopback}"
+            if label == "interface":
+                cause += "; choose another name"
+        else:
+            problem = reserved.ifname_problem(name)
+            if problem is None:
+                return
+            cause = f"{label} {show(name)} {problem}"
+        self.report(path, f"{what}: {cause}")
 
     def _network_entries(
         self, base: Path, what: str, raw: Any
@@ -575,11 +613,15 @@ class Builder:
         attachments: tuple[model.Attachment, ...],
     ) -> tuple[model.Route, ...]:
         subnets: list[model.IPNetwork] = []
+        owners: dict[model.IPNetwork, str] = {}  # subnet -> network name
         for attachment in attachments:
             network = self.networks.get(attachment.network)
             if network is not None:
                 subnets.extend(s for s in (network.subnet, network.ipv6_subnet) if s is not None)
+                owners.update((s, network.name) for s in (network.subnet, network.ipv6_subnet)
+                              if s is not None)
         routes = []
+        listed: dict[model.IPNetwork, int] = {}  # destination -> first routes[] index
         for i, route in enumerate(raw):
             path = (*base, "routes", str(i))
             label = f"routes[{i}]"
@@ -597,12 +639,25 @@ class Builder:
                     f"{label}.via {via} is not inside the subnet of any of the container's networks"
                 )
                 self.report((*path, "via"), f"{what}: {cause}")
+            else:
+                # The kernel takes no broadcast address as a gateway (EINVAL), and
+                # a network address is no host to forward through.
+                for subnet in subnets:
+                    misplaced = _misplaced(via, subnet, f"network '{owners[subnet]}' ({subnet})")
+                    if via in subnet and misplaced:
+                        self.report((*path, "via"), f"{what}: {label}.via {via} {misplaced}")
+                        break
             if to in subnets or to.prefixlen == 0:
                 cause = (
                     f"{label}.to {to} is a subnet the container is attached to, reached directly"
                     if to.prefixlen else f"{label}.to {to} is the default route: use default_route"
                 )
                 self.report((*path, "to"), f"{what}: {cause}")
+            first = listed.setdefault(to, i)
+            if first != i:
+                self.report((*path, "to"),
+                            f"{what}: {label}.to {to} is listed twice (also routes[{first}])")
+                continue
             routes.append(model.Route(to, via))
         return tuple(routes)
 
@@ -736,6 +791,19 @@ class Builder:
             if owner != name:
                 cause = f"netns '{container.netns}' is already used by container '{owner}'"
                 self.report(("containers", name, "netns"), f"container '{name}': {cause}")
+        for name, container in containers.items():
+            # The same namespace by identity is refused at plan time
+            # (desired.namespace_problems); the path's text already tells here.
+            path = container.netns_path
+            if path is None or os.path.dirname(os.path.normpath(path)) != NETNS_DIR:
+                continue
+            target = netns_owners.get((container.host, os.path.basename(os.path.normpath(path))))
+            if target is not None:
+                self.report(("containers", name, "netns_path"), (
+                    f"container '{name}': netns_path {path} is the namespace of container "
+                    f"'{target}' (netns {containers[target].netns}), which netapply makes and "
+                    "deletes with that container; a container cannot also be attached to it "
+                    "by path"))
         engine_owners: dict[tuple[str | None, str, str], str] = {}
         for name, container in containers.items():
             if container.runtime is None:

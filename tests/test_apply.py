@@ -674,7 +674,7 @@ def test_netns_path_must_be_a_network_namespace(
     code, _, err = run_cli(capsys, "plan", str(spec))
     assert code == 1
     assert err.splitlines()[0] == (
-        f"error: {spec}:9:5: container 'web': netns_path /etc/hostname does not exist or is "
+        f"error: {spec}:9:5: container 'web': netns_path /etc/hostname is a regular file, "
         "not a network namespace"
     )
 

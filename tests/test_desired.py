@@ -149,6 +149,67 @@ def test_containers_sharing_an_attached_namespace_cannot_both_route_the_same() -
     ]
 
 
+ATTACHED = SPEC + """\
+  side:
+    netns_path: /proc/7/ns/net
+    networks:
+      front: {interface: eth1}
+  other:
+    netns_path: /run/netns/x
+    networks: [front]
+"""  # side's netns_path on line 14, other's on line 18
+
+
+def observed_ids(**paths: tuple[int, int]) -> ObservedState:
+    """An observation whose namespaces have these identities ("" is netapply's own)."""
+    ids = {HOST_NS: (4, 1), "web": (4, 2), "db": (4, 3), **{
+        k.replace("_", "/"): v for k, v in paths.items()}}
+    return ObservedState({}, ns_ids=ids)
+
+
+def test_a_netns_path_that_is_netapply_s_own_namespace_is_refused() -> None:
+    spec = load_text(ATTACHED, "shop.yaml")
+    with pytest.raises(SpecError) as caught:
+        desired.build(spec, observed_ids(_proc_7_ns_net=(4, 1), _run_netns_x=(4, 9)))
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:14:5: container 'side': netns_path /proc/7/ns/net is the network namespace "
+        "netapply runs in (the host's own); attaching to it would give the host this "
+        "container's interfaces and routes (network_mode: host shares the host's network)",
+    ]
+
+
+def test_one_namespace_under_two_references_is_refused_naming_both() -> None:
+    spec = load_text(ATTACHED, "shop.yaml")
+    with pytest.raises(SpecError) as caught:  # /proc/7/ns/net is web's named namespace
+        desired.build(spec, observed_ids(_proc_7_ns_net=(4, 2), _run_netns_x=(4, 2)))
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:14:5: container 'side': netns_path /proc/7/ns/net is the namespace of "
+        "container 'web' (netns web), which netapply makes and deletes with that container; "
+        "a container cannot also be attached to it by path",
+        "shop.yaml:18:5: container 'other': netns_path /run/netns/x is the namespace of "
+        "container 'web' (netns web), which netapply makes and deletes with that container; "
+        "a container cannot also be attached to it by path",
+    ]
+    with pytest.raises(SpecError) as caught:  # two paths, one namespace
+        desired.build(spec, observed_ids(_proc_7_ns_net=(4, 8), _run_netns_x=(4, 8)))
+    assert [str(p) for p in caught.value.problems] == [
+        "shop.yaml:18:5: container 'other': netns_path /run/netns/x is the namespace "
+        "container 'side' attaches to as netns_path /proc/7/ns/net; containers that share a "
+        "namespace must name it by the same netns_path",
+    ]
+
+
+def test_one_netns_path_shared_by_two_containers_is_allowed() -> None:
+    spec = load_text(SPEC.replace("containers:", "  back: {subnet: 172.30.2.0/24, internal: "
+                                  "true}\ncontainers:") + """\
+  side: {netns_path: /proc/7/ns/net, networks: [front]}
+  other: {netns_path: /proc/7/ns/net, networks: {back: {interface: eth1}}}
+""", "shop.yaml")
+    state = desired.build(spec, observed_ids(_proc_7_ns_net=(4, 8)))
+    assert {state[(Kind.VETH, "side", "front")].ns, state[(Kind.VETH, "other", "back")].ns} == {
+        "/proc/7/ns/net"}
+
+
 def test_paths_in_the_way_are_spec_errors_with_positions_said_once() -> None:
     spec = load_text(SPEC, "shop.yaml")
     observed = ObservedState({}, Foreign(files=(

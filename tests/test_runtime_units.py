@@ -246,6 +246,23 @@ def test_the_forward_drop_note_says_whether_netapply_can_get_through() -> None:
     assert not any("DOCKER-USER" in n for n in alone)
 
 
+def test_a_runtime_container_in_netapply_s_own_or_another_s_namespace_is_refused() -> None:
+    """The namespace checks run after resolution, by identity, and name the container."""
+    spec = resolved(load_text(SPEC, "s.yaml"), "web", "db")  # /proc/100/..., /proc/101/...
+    ids = {"": (4, 1), "plain": (4, 2), "/proc/100/ns/net": (4, 1), "/proc/101/ns/net": (4, 2)}
+    with pytest.raises(SpecError) as caught:
+        desired.build(spec, ObservedState({}, Foreign(), ns_ids=ids))
+    assert [str(p) for p in caught.value.problems] == [
+        "s.yaml:7:5: container 'web': docker container 'shop-web-1' (/proc/100/ns/net) is the "
+        "network namespace netapply runs in (the host's own); attaching to it would give the "
+        "host this container's interfaces and routes (network_mode: host shares the host's "
+        "network)",
+        "s.yaml:10:8: container 'db': podman container 'db' (/proc/101/ns/net) is the namespace "
+        "of container 'plain' (netns plain), which netapply makes and deletes with that "
+        "container; a container cannot also be attached to it by path",
+    ]
+
+
 def test_engine_sockets_follow_the_engines_conventions(monkeypatch: pytest.MonkeyPatch) -> None:
     from reconciler.runtimes import engine_url
 

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from reconciler import schema, spec
+from reconciler import reserved, schema, spec
 from reconciler.errors import InternalError, SpecError, Where
 from reconciler.model import Driver, NetworkMode, Port, Route, bridge_ifname
 
@@ -794,6 +794,18 @@ INVALID = {
         HEAD + "containers:\n  a: {netns: a, netns_path: /proc/1/ns/net}\n",
         ["s.yaml:4:17: container 'a': netns and netns_path cannot both be set"],
     ),
+    "netns_path to another container's netns": (
+        HEAD + "containers:\n  web: {}\n  side: {netns_path: /run/netns/web}\n"
+        "  other: {netns: own}\n  far: {netns_path: /run/netns//./own/}\n",
+        [
+            "s.yaml:5:10: container 'side': netns_path /run/netns/web is the namespace of"
+            " container 'web' (netns web), which netapply makes and deletes with that container;"
+            " a container cannot also be attached to it by path",
+            "s.yaml:7:9: container 'far': netns_path /run/netns//./own/ is the namespace of"
+            " container 'other' (netns own), which netapply makes and deletes with that"
+            " container; a container cannot also be attached to it by path",
+        ],
+    ),
     "netns_path relative": (
         HEAD + "containers:\n  a: {netns_path: proc/1/ns/net}\n",
         ["s.yaml:4:7: container 'a': netns_path 'proc/1/ns/net' must be an absolute path"],
@@ -864,6 +876,133 @@ INVALID = {
         [
             "s.yaml:7:54: container 'web': routes[0].via 172.30.1.9 is IPv4 but routes[0].to"
             " fd00::/8 is IPv6"
+        ],
+    ),
+    "route listed twice": (
+        with_nets("containers:\n  c:\n    networks: [front]\n    routes:\n"
+                  "      - {to: 10.99.0.0/16, via: 172.30.1.254}\n"
+                  "      - {to: 10.99.0.0/16, via: 172.30.1.253}\n"),
+        ["s.yaml:11:10: container 'c': routes[1].to 10.99.0.0/16 is listed twice (also routes[0])"],
+    ),
+    "route via the broadcast or network address": (
+        with_nets("containers:\n  web:\n    networks: [front]\n    routes:\n"
+                  "      - {to: 10.9.0.0/16, via: 172.30.1.255}\n"
+                  "      - {to: 10.8.0.0/16, via: 172.30.1.0}\n"),
+        [
+            "s.yaml:10:27: container 'web': routes[0].via 172.30.1.255 is the broadcast address"
+            " of network 'front' (172.30.1.0/24)",
+            "s.yaml:11:27: container 'web': routes[1].via 172.30.1.0 is the network address"
+            " of network 'front' (172.30.1.0/24)",
+        ],
+    ),
+    # -- values the kernel refuses (reserved.py)
+    "host address multicast, loopback or unspecified": (
+        HEAD + "hosts:\n  a: {address: 239.1.1.1}\n  b: {address: '::1'}\n"
+        "  c: {address: 0.0.0.0}\n  d: {address: 169.254.7.1}\n",
+        [
+            "s.yaml:4:7: host 'a': address 239.1.1.1 is multicast (224.0.0.0/4): other machines"
+            " cannot send VXLAN packets to it",
+            "s.yaml:5:7: host 'b': address ::1 is loopback (::1/128): other machines cannot send"
+            " VXLAN packets to it",
+            "s.yaml:6:7: host 'c': address 0.0.0.0 is unspecified ('this network') (0.0.0.0/8):"
+            " other machines cannot send VXLAN packets to it",
+        ],
+    ),
+    "subnet multicast": (
+        HEAD + "networks:\n  a: {subnet: 224.0.0.0/24}\n",
+        [
+            "s.yaml:4:7: network 'a': subnet 224.0.0.0/24 is multicast (224.0.0.0/4): the kernel"
+            " routes no unicast traffic to multicast addresses (ENETUNREACH)"
+        ],
+    ),
+    "subnet everything": (
+        HEAD + "networks:\n  a: {subnet: 0.0.0.0/0}\n",
+        [
+            "s.yaml:4:7: network 'a': subnet 0.0.0.0/0 includes 0.0.0.0/8, which is unspecified"
+            " ('this network'): the kernel reads 0.0.0.0 as 'any address', and a route to"
+            " 0.0.0.0/0 is the default route"
+        ],
+    ),
+    "subnet loopback": (
+        HEAD + "networks:\n  a: {subnet: 127.0.0.0/24}\n",
+        [
+            "s.yaml:4:7: network 'a': subnet 127.0.0.0/24 is loopback (127.0.0.0/8): every"
+            " namespace delivers these to its own lo, so no other end is reached"
+        ],
+    ),
+    "subnet link-local": (
+        HEAD + "networks:\n  a: {subnet: 169.254.0.0/16}\n",
+        [
+            "s.yaml:4:7: network 'a': subnet 169.254.0.0/16 is link-local (169.254.0.0/16): the"
+            " host routes link-local traffic on its own links (169.254.169.254 is the cloud"
+            " metadata service)"
+        ],
+    ),
+    "ipv6 subnet multicast": (
+        HEAD + 'networks:\n  a: {subnet: 10.0.0.0/24, ipv6: {subnet: "ff02::/64"}}\n',
+        [
+            "s.yaml:4:35: network 'a': ipv6.subnet ff02::/64 is multicast (ff00::/8): the kernel"
+            " refuses multicast addresses on interfaces (EADDRNOTAVAIL)"
+        ],
+    ),
+    "ipv6 subnet unspecified": (
+        HEAD + 'networks:\n  a: {subnet: 10.0.0.0/24, ipv6: {subnet: "::/126"}}\n',
+        [
+            "s.yaml:4:35: network 'a': ipv6.subnet ::/126 includes ::/128, which is unspecified:"
+            " the kernel reads :: as 'any address'"
+        ],
+    ),
+    "ipv6 subnet link-local": (
+        HEAD + 'networks:\n  a: {subnet: 10.0.0.0/24, ipv6: {subnet: "fe80::/64"}}\n',
+        [
+            "s.yaml:4:35: network 'a': ipv6.subnet fe80::/64 is link-local (fe80::/10): the"
+            " kernel gives every interface its own fe80:: address and route, so the network"
+            " would never converge"
+        ],
+    ),
+    "ipv6 address with a zone": (
+        HEAD + 'networks:\n  a: {subnet: 10.0.0.0/24, ipv6: {subnet: "fd00:1::/64"}}\n'
+        'containers:\n  c: {networks: {a: {ipv6_address: "fd00:1::10%eth0"}}}\n',
+        [
+            "s.yaml:6:22: container 'c': ipv6_address 'fd00:1::10%eth0' has a zone index"
+            " ('%eth0'); write the address without it (an interface's addresses carry no zone)"
+        ],
+    ),
+    "ipv6 subnet with a zone": (
+        HEAD + 'networks:\n  a: {subnet: 10.0.0.0/24, ipv6: {subnet: "fd00:1::%eth0/64"}}\n',
+        [
+            "s.yaml:4:35: network 'a': ipv6.subnet 'fd00:1::%eth0/64' has a zone index"
+            " ('%eth0'); write the address without it (an interface's addresses carry no zone)"
+        ],
+    ),
+    "bridge device reserved or loopback": (
+        HEAD + "networks:\n  a: {subnet: 10.0.0.0/24, interface: all}\n"
+        "  b: {subnet: 10.0.1.0/24, interface: default}\n"
+        "  c: {subnet: 10.0.2.0/24, interface: lo}\n",
+        [
+            "s.yaml:4:28: network 'a': interface 'all' is reserved: the kernel refuses it"
+            " (/proc/sys/net/ipv4/conf/all holds the settings of every interface)",
+            "s.yaml:5:28: network 'b': interface 'default' is reserved: the kernel refuses it"
+            " (/proc/sys/net/ipv4/conf/default holds the settings of new interfaces)",
+            "s.yaml:6:28: network 'c': interface 'lo' is the host's loopback device;"
+            " choose another name",
+        ],
+    ),
+    "container interface reserved": (
+        with_nets("containers:\n  web: {networks: {front: {interface: all}}}\n"),
+        [
+            "s.yaml:7:28: container 'web': interface 'all' is reserved: the kernel refuses it"
+            " (/proc/sys/net/ipv4/conf/all holds the settings of every interface)"
+        ],
+    ),
+    "parent lo": (
+        HEAD + "networks:\n  a: {driver: macvlan, parent: lo, subnet: 10.0.0.0/24}\n"
+        "  b: {driver: ipvlan, parent: lo, subnet: 10.0.1.0/24}\n",
+        [
+            "s.yaml:4:24: network 'a': parent 'lo' is the loopback device; the kernel refuses it"
+            " as the parent of macvlan links, which must be an Ethernet device",
+            "s.yaml:5:23: network 'b': parent 'lo' is the loopback device; the kernel refuses it"
+            " as the parent of ipvlan links, which must be an Ethernet device",
         ],
     ),
     # -- ports
@@ -1034,3 +1173,62 @@ containers:
         "shop.yaml:10:10: container 'web': routes[1].to 0.0.0.0/0 is the default route: "
         "use default_route",
     ]
+
+
+def _usable_inside(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """A subnet of a size validate takes, inside network or around it."""
+    longest = 30 if network.version == 4 else 126
+    if network.prefixlen <= longest:
+        return str(network)
+    return str(network.supernet(new_prefix=longest))
+
+
+@pytest.mark.parametrize("entry", reserved.ADDRESS_CLASSES, ids=lambda e: str(e.network))
+def test_every_reserved_address_class_is_refused_as_a_subnet(
+    entry: reserved.AddressClass,
+) -> None:
+    subnet = _usable_inside(entry.network)
+    if entry.network.version == 4:
+        text = HEAD + f"networks:\n  a: {{subnet: '{subnet}'}}\n"
+        label = "subnet"
+    else:
+        text = HEAD + f"networks:\n  a: {{subnet: 10.0.0.0/24, ipv6: {{subnet: '{subnet}'}}}}\n"
+        label = "ipv6.subnet"
+    [found] = problems(text)
+    assert found.startswith("s.yaml:4:") and f"network 'a': {label} {subnet} " in found
+    # ::1/128 fits no usable subnet alone: its /126 is refused for :: first.
+    named = reserved.address_class(ipaddress.ip_network(subnet))
+    assert named is not None and named.name in found and named.why in found
+    assert reserved.address_class(entry.network) == entry
+
+
+@pytest.mark.parametrize("subnet, ipv6", [
+    ("10.0.0.0/8", "fd00::/8"), ("100.64.0.0/10", "2001:db8::/32"),
+    ("172.16.0.0/12", "fc00::/7"), ("1.0.0.0/8", "fec0::/10"), ("223.255.255.0/24", "fe00::/9"),
+    ("126.255.255.252/30", "::2:0/126"),
+])
+def test_subnets_next_to_the_reserved_classes_load(subnet: str, ipv6: str) -> None:
+    loaded = spec.load_text(doc(f"""\
+        networks:
+          a: {{subnet: '{subnet}', ipv6: {{subnet: '{ipv6}'}}}}
+        """))
+    assert str(loaded.networks["a"].subnet) == subnet
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("eth0", None), ("br-0123456789ab", None), ("a.b_c-d", None),
+    ("", "is not 1 to 15 bytes long, which the kernel requires"),
+    ("x" * 16, "is not 1 to 15 bytes long, which the kernel requires"),
+    (".", "is a path name, which the kernel refuses"),
+    ("..", "is a path name, which the kernel refuses"),
+    ("eth/0", "contains '/', ':' or whitespace, which the kernel refuses"),
+    ("eth0:1", "contains '/', ':' or whitespace, which the kernel refuses"),
+    ("eth 0", "contains '/', ':' or whitespace, which the kernel refuses"),
+    ("all", "is reserved: the kernel refuses it (/proc/sys/net/ipv4/conf/all holds the settings"
+            " of every interface)"),
+    ("default", "is reserved: the kernel refuses it (/proc/sys/net/ipv4/conf/default holds the"
+                " settings of new interfaces)"),
+])
+def test_interface_names_the_kernel_refuses(name: str, problem: str | None) -> None:
+    """The kernel's dev_valid_name() and its reserved names, in one place."""
+    assert reserved.ifname_problem(name) == problem

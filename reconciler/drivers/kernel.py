@@ -40,6 +40,17 @@ class FileType(StrEnum):
 
 
 @dataclass(frozen=True)
+class NsFile:
+    """What a namespace reference names: a network namespace, known by its
+    identity, or the reason it is none. The identity is (st_dev, st_ino) of the
+    namespace's inode in nsfs, the same for every path to one namespace
+    (/proc/PID/ns/net, a bind mount under /run/netns): namespaces(7)."""
+
+    identity: tuple[int, int] | None = None
+    problem: str = ""  # when identity is None: "does not exist", "is a FIFO, not ..."
+
+
+@dataclass(frozen=True)
 class VxlanInfo:
     vni: int
     local: str | None
@@ -112,6 +123,9 @@ class Kernel(Protocol):
     # reads
     def netns_names(self) -> list[str]: ...
     def ns_exists(self, ns: str) -> bool: ...
+    def ns_file(self, ns: str) -> NsFile:
+        """What ns names ("" is the namespace netapply runs in), found without
+        blocking: a file that is no namespace (a FIFO, a device) is never opened."""
     def links(self, ns: str) -> list[LinkInfo]: ...
     def addresses(self, ns: str) -> list[AddrInfo]: ...
     def routes(self, ns: str) -> list[RouteInfo]: ...

@@ -55,6 +55,7 @@ from reconciler.drivers.kernel import (
     FileType,
     LinkInfo,
     NeighInfo,
+    NsFile,
     RouteInfo,
     VxlanInfo,
 )
@@ -119,6 +120,10 @@ class _Namespace:
         return next((link for link in self.links.values() if link.ifname == ifname), None)
 
 
+# Paths that name the namespace of the process itself: the host's, here.
+OWN_NS_PATHS = ("/proc/self/ns/net", "/proc/thread-self/ns/net")
+
+
 class MemoryKernel:
     """Kernel interface on plain Python objects (see drivers/kernel.py)."""
 
@@ -152,6 +157,8 @@ class MemoryKernel:
     def _ns(self, ns: str, what: str) -> _Namespace:
         if not ns:
             return self._host
+        if ns in OWN_NS_PATHS:
+            return self._host
         if ns.startswith("/"):  # a netns_path: only /run/netns/<name> exists here
             found = None
             if os.path.dirname(ns) == NETNS_DIR:
@@ -177,6 +184,13 @@ class MemoryKernel:
         except KernelError:
             return False
         return True
+
+    def ns_file(self, ns: str) -> NsFile:
+        try:
+            space = self._ns(ns, "")
+        except KernelError:
+            return NsFile(problem="does not exist")
+        return NsFile(identity=(0, id(space)))  # unique while the namespace lives
 
     def netns_add(self, name: str, lo_alias: str) -> None:
         self.writes += 1

@@ -36,6 +36,7 @@ from reconciler.drivers.kernel import (
     FileType,
     LinkInfo,
     NeighInfo,
+    NsFile,
     RouteInfo,
 )
 from reconciler.drivers.rtnl import NetlinkError, Rtnl
@@ -50,6 +51,14 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file (Linux 4.11)
+OWN_NETNS = "/proc/thread-self/ns/net"
+# Namespace files are opened only once known to be nsfs inodes (_open_ns_path);
+# these flags are a second guard: no blocking, no controlling terminal.
+NS_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+NS_TYPES = {  # CLONE_NEW* -> name, as namespaces(7) calls them
+    0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "UTS", 0x08000000: "IPC",
+    0x10000000: "user", 0x20000000: "PID", 0x40000000: "network", 0x00000080: "time",
+}
 RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
 SYSCTL_DIR = "/proc/sys"
 MODULES_DIR = "/lib/modules"
@@ -182,6 +191,9 @@ class NetlinkKernel:
                 return _named_ns_type(fd, ns) == CLONE_NEWNET
         except OSError:
             return False
+
+    def ns_file(self, ns: str) -> NsFile:
+        return inspect_ns(ns or OWN_NETNS)
 
     def links(self, ns: str) -> list[LinkInfo]:
         return self._call(f"list links in {_ns_label(ns)}", lambda: self._sock(ns).links())
@@ -671,7 +683,7 @@ def in_namespace(ns: str, make: Callable[[], T]) -> T:
         target = _open_ns(ns)
     except OSError as e:
         raise KernelError(f"open {_ns_label(ns)}", e.errno or errno.ENOENT) from None
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open(OWN_NETNS, os.O_RDONLY)
     try:
         _setns(target, f"enter {_ns_label(ns)}")
         try:
@@ -694,9 +706,10 @@ def _module_alias(alias: str) -> bool:
         return False
 def _open_ns(ns: str) -> int:
     """A descriptor of namespace ns: a name in /run/netns is opened without
-    following a link (what netapply made there is never one)."""
+    following a link (what netapply made there is never one); a path only once
+    it is known to be a namespace file (_open_ns_path)."""
     if ns.startswith("/"):
-        return os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
+        return _open_ns_path(ns)
     with files.directory(NETNS_DIR) as dir_fd:
         return os.open(ns, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                        dir_fd=dir_fd)
@@ -740,7 +753,7 @@ def _netns_file(dir_fd: int, name: str, what: str) -> tuple[int, bool]:
 def ns_type(path: str) -> int | None:
     """The CLONE_NEW* type of the namespace file at path, or None if it is none."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_ns_path(path)
     except OSError:
         return None
     try:
@@ -749,6 +762,57 @@ def ns_type(path: str) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def inspect_ns(ns: str) -> NsFile:
+    """What ns (an absolute path, or a name in /run/netns) is: a network
+    namespace and its identity, or why not. Nothing but a namespace file is
+    ever opened (_open_ns), so a FIFO, a socket or a device there cannot block
+    or be acted on."""
+    try:
+        fd = _open_ns(ns)
+    except _NotNamespace as e:
+        return NsFile(problem=f"is {e.kind}, not a network namespace")
+    except (FileNotFoundError, NotADirectoryError):
+        return NsFile(problem="does not exist")
+    except OSError as e:
+        return NsFile(problem=f"cannot be opened ({os.strerror(e.errno or errno.EIO)})")
+    try:
+        found = os.fstat(fd)
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return NsFile(problem="is not a network namespace")
+    finally:
+        os.close(fd)
+    if kind != CLONE_NEWNET:
+        name = NS_TYPES.get(kind, "another kind of")
+        return NsFile(problem=f"is a {name} namespace, not a network namespace")
+    return NsFile(identity=(found.st_dev, found.st_ino))
+
+
+class _NotNamespace(OSError):
+    """The file exists but is no namespace; `kind` says what it is instead."""
+
+    def __init__(self, kind: str):
+        super().__init__(errno.EINVAL, f"{kind}, not a namespace")
+        self.kind = kind
+
+
+def _open_ns_path(path: str) -> int:
+    """A descriptor of the namespace file at path (links followed: /proc/PID/ns/net
+    is one). The file is first opened with O_PATH, which runs no driver code and
+    cannot block (open(2)), and its type is checked on that descriptor: only a
+    namespace file is then opened for real, through /proc/self/fd, so what was
+    checked is what is opened. Raises _NotNamespace for any other file, OSError
+    when path cannot be reached."""
+    probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        found = files.type_of(os.fstat(probe))
+        if found != FileType.NAMESPACE:
+            raise _NotNamespace(found.value)
+        return os.open(f"/proc/self/fd/{probe}", NS_OPEN_FLAGS)
+    finally:
+        os.close(probe)
 
 
 def _prepare_netns_dir(what: str) -> None:

@@ -121,7 +121,13 @@ class Foreign:
 class ObservedState:
     resources: dict[Key, Resource]
     foreign: Foreign = field(default_factory=Foreign)
-    missing_paths: frozenset[str] = frozenset()
+    # netns_path namespaces that are no namespace netapply can attach to, with
+    # why ("does not exist", "is a FIFO, not a network namespace"); not read.
+    missing_paths: Mapping[str, str] = field(default_factory=dict)
+    # The identity (kernel.NsFile) of the namespace netapply runs in (HOST_NS),
+    # of each netns_path namespace and, when there are such paths, of each
+    # named namespace the project owns: which references name one namespace.
+    ns_ids: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     missing_kinds: frozenset[str] = frozenset()  # link kinds this kernel cannot make
     # Parts of the kernel that could not be read and may hold the project's
     # objects, each named with why: nothing may be claimed about them.
@@ -228,12 +234,7 @@ def observe(
         else:
             scan.foreign_netns.add(name)
     _scan_netns_dir(scan, set(netns_names), wanted_names)
-    missing = set()
-    for path in sorted(set(paths)):
-        if kernel.ns_exists(path):
-            _scan_container_ns(scan, path, kernel.links(path), owned_ns=False)
-        else:
-            missing.add(path)
+    missing, ids = _scan_paths(scan, sorted(set(paths)))
     _pair_veths(scan)
     foreign_hosts = _scan_hosts_files(scan, wanted_names)
     for container, (path, ns) in sorted((blocks or {}).items()):
@@ -259,10 +260,44 @@ def observe(
             held_ports=(*ports.listeners(kernel.sockets()), *nft.held),
             files=tuple(sorted(scan.foreign_files.items())),
         ),
-        missing_paths=frozenset(missing),
+        missing_paths=missing,
+        ns_ids=ids,
         missing_kinds=frozenset(k for k in set(kinds) if not kernel.link_kind_supported(k)),
         unread=(*([nft.unread] if nft.unread else []), *scan.unread),
     )
+
+
+def _scan_paths(
+    scan: _Scan, paths: list[str]
+) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
+    """Read the namespaces of netns_paths; return the paths that are none (and
+    why) and the identities of every namespace a path could collide with. A
+    namespace is read once: never the one netapply runs in as a container's,
+    nor an owned named one again under a path (the spec is refused for both:
+    desired.namespace_problems)."""
+    missing: dict[str, str] = {}
+    ids: dict[str, tuple[int, int]] = {}
+    if not paths:
+        return missing, ids
+    own = scan.kernel.ns_file(HOST_NS).identity
+    if own is not None:
+        ids[HOST_NS] = own
+    for key in list(scan.resources):
+        if key[0] == Kind.NETNS:
+            identity = scan.kernel.ns_file(key[1]).identity
+            if identity is not None:
+                ids[key[1]] = identity
+    read = set(ids.values())
+    for path in paths:
+        found = scan.kernel.ns_file(path)
+        if found.identity is None:
+            missing[path] = found.problem
+            continue
+        ids[path] = found.identity
+        if found.identity not in read:
+            read.add(found.identity)
+            _scan_container_ns(scan, path, scan.kernel.links(path), owned_ns=False)
+    return missing, ids
 
 
 def _scan_host(scan: _Scan) -> None:

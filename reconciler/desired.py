@@ -720,6 +720,13 @@ def _allocate_family(
         if explicit is not None:
             chosen[container.name] = explicit
             taken.add(explicit)
+    # An explicit address is never handed out, even one of a container on
+    # another machine: the spec holds addresses unique per network name.
+    for container in spec.containers.values():
+        for attachment in container.attachments:
+            explicit = attachment.ipv4_address if version == 4 else attachment.ipv6_address
+            if attachment.network == network.name and explicit is not None:
+                taken.add(explicit)
     # Sticky: keep what the endpoint has, if still in the pool and not claimed.
     for container, _attachment in members:
         if container.name in chosen:

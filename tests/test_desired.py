@@ -227,3 +227,24 @@ def test_paths_in_the_way_are_spec_errors_with_positions_said_once() -> None:
         f"shop.yaml:8:3: container 'web': netns web cannot be made: /run/netns/web is a "
         f"FIFO{made}; remove it or choose another netns",
     ]
+
+
+def test_an_explicit_address_on_another_machine_is_never_kept_or_handed_out_here() -> None:
+    """The spec holds addresses unique per network name, across machines: a
+    local endpoint gives up an address that a container elsewhere now has
+    explicitly (found by the history-independence property)."""
+    spec = load_text("""\
+version: 1
+project: shop
+hosts:
+  here: {address: 198.51.100.1}
+  there: {address: 198.51.100.2}
+networks:
+  front: {subnet: 172.30.1.0/24}
+containers:
+  web: {host: here, networks: [front]}
+  far: {host: there, networks: {front: {ipv4_address: 172.30.1.2}}}
+""", "s.yaml")
+    observed = ObservedState({a.key: a for a in (
+        Address((Kind.VETH, "web", "front"), "172.30.1.2/24", ns="web", ifname="eth0"),)})
+    assert addresses(desired.build(spec, observed, "here")) == {"web": "172.30.1.3/24"}

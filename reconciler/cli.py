@@ -258,11 +258,17 @@ class Cli:
         )
         return EXIT_OK
 
+    def _print_json(self, doc: object) -> None:
+        """JSON on stdout, through the same guard as every other line: a reader
+        that went away (a closed pipe) is no traceback."""
+        self.out.file.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        self.out.file.flush()
+
     def plan(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
         snap = self._snapshot(kernel=kernel, spec=spec)
         if self.args.output == "json":
             doc = {**snap.plan.to_json(spec.project), "notes": list(snap.notes)}
-            print(json.dumps(doc, indent=2, sort_keys=True))
+            self._print_json(doc)
         else:
             self.out.print(render.plan_text(snap.plan, spec.project, snap.notes,
                                             self.resolution.labels()))
@@ -487,12 +493,9 @@ class Cli:
             resources = [
                 {"kind": str(r.kind), "key": list(r.key), **fields_json(r)} for r in owned
             ]
-            print(json.dumps(
-                {"project": spec.project, "resources": resources,
-                 "runtime_containers": self.resolution.to_json(),
-                 "unread": list(observed.unread)},
-                indent=2, sort_keys=True,
-            ))
+            self._print_json({"project": spec.project, "resources": resources,
+                              "runtime_containers": self.resolution.to_json(),
+                              "unread": list(observed.unread)})
         else:
             self.out.print(render.state_text(owned, spec.project, self.resolution.labels()))
             runtimes_text = render.runtimes_text(self.resolution.to_json())

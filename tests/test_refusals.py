@@ -241,3 +241,18 @@ def test_a_netns_path_to_a_namespace_the_project_made_for_a_removed_container() 
             "which project 'shop' made and deletes (no container here uses it)"]
     assert kernel.writes == writes
 
+
+
+@pytest.mark.kernel
+def test_json_to_a_reader_that_went_away_is_no_traceback(sandbox: Path) -> None:
+    """plan/show --output json into a closed pipe: the guard swallows EPIPE."""
+    spec = Path(__file__).resolve().parent.parent / "examples" / "seed.yaml"
+    for command in ("plan", "show"):
+        read, write = os.pipe()
+        os.close(read)
+        done = subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", command, "--output", "json", str(spec)],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
+            cwd=Path(__file__).resolve().parent.parent)
+        os.close(write)
+        assert "Traceback" not in done.stderr, done.stderr

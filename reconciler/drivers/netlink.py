@@ -724,6 +724,12 @@ def _named_ns_type(dir_fd: int, name: str) -> int | None:
         fd = os.open(name, files.READ_FLAGS, dir_fd=dir_fd)
     except OSError:
         return None
+    return _closing_ns_type(fd)
+
+
+def _closing_ns_type(fd: int) -> int | None:
+    """The CLONE_NEW* type of the namespace open at fd (None: no namespace);
+    fd is closed."""
     try:
         return fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError:
@@ -756,12 +762,7 @@ def ns_type(path: str) -> int | None:
         fd = _open_ns_path(path)
     except OSError:
         return None
-    try:
-        return fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    return _closing_ns_type(fd)
 
 
 def inspect_ns(ns: str) -> NsFile:

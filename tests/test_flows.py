@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernelutil import run_cli
+from tests.test_docker_net import make_outside
 from tests.test_watch import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -51,10 +52,6 @@ for _ in range(600):
 """
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True)
-
-
 @contextmanager
 def started(*cmd: str) -> Iterator[None]:
     process = subprocess.Popen(list(cmd))
@@ -72,14 +69,7 @@ def received(path: Path) -> int:
 def test_a_udp_flow_follows_the_port_as_it_is_published_moved_and_removed(
     sandbox: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A machine outside, on the host's uplink.
-    ip("netns", "add", "outside")
-    ip("link", "add", "up0", "type", "veth", "peer", "name", "up0p", "netns", "outside")
-    ip("addr", "add", "203.0.113.1/24", "dev", "up0")
-    ip("link", "set", "up0", "up")
-    ip("-n", "outside", "addr", "add", "203.0.113.2/24", "dev", "up0p")
-    ip("-n", "outside", "link", "set", "up0p", "up")
-    ip("-n", "outside", "link", "set", "lo", "up")
+    make_outside()  # a machine on the host's uplink, 203.0.113.2
     spec = sandbox / "fl.yaml"
 
     def apply(sink: str, sink2: str) -> None:

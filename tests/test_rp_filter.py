@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernelutil import run_cli
+from tests.test_docker_net import make_outside
 from tests.test_watch import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -47,10 +48,6 @@ except OSError:
 """
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True)
-
-
 @contextmanager
 def server() -> Iterator[None]:
     process = subprocess.Popen(["ip", "netns", "exec", "web", sys.executable, "-c", SERVE])
@@ -78,12 +75,7 @@ def test_a_port_on_the_second_network_answers_whatever_rp_filter_says(
 ) -> None:
     Path("/proc/sys/net/ipv4/conf/all/rp_filter").write_text(strict)
     Path("/proc/sys/net/ipv4/conf/default/rp_filter").write_text(strict)
-    ip("netns", "add", "outside")
-    ip("link", "add", "up0", "type", "veth", "peer", "name", "up0p", "netns", "outside")
-    ip("addr", "add", "203.0.113.1/24", "dev", "up0")
-    ip("link", "set", "up0", "up")
-    ip("-n", "outside", "addr", "add", "203.0.113.2/24", "dev", "up0p")
-    ip("-n", "outside", "link", "set", "up0p", "up")
+    make_outside()
     spec = sandbox / "rp.yaml"
     spec.write_text(SPEC)
     code, out, err = run_cli(capsys, "apply", "--auto-approve", str(spec))

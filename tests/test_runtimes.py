@@ -253,17 +253,28 @@ containers:
     assert code == 0
 
 
-def test_watch_networks_a_restarted_container_again(
-    docker: Engine, tmp_path: Path
-) -> None:
+def watched_seed(engine: Engine, example: Path, tmp_path: Path) -> Watch:
+    """The seed example's containers started in the engine, and a watch of the
+    spec that has converged and settled (the caller stops it)."""
     for name in ("container1", "container2"):
-        docker.start_container(name)
+        engine.start_container(name)
     spec = tmp_path / "seed.yaml"
-    spec.write_text(DOCKER_SEED.read_text())
-    watch = Watch(spec, tmp_path / "watch.log", "--docker-host", docker.url)
+    spec.write_text(example.read_text())
+    watch = Watch(spec, tmp_path / "watch.log", *hosts_opts(engine))
     try:
         watch.started()
         watch.quiet()
+    except BaseException:
+        watch.stop()
+        raise
+    return watch
+
+
+def test_watch_networks_a_restarted_container_again(
+    docker: Engine, tmp_path: Path
+) -> None:
+    watch = watched_seed(docker, DOCKER_SEED, tmp_path)
+    try:
 
         def pings() -> bool:
             return docker.exec("container1", "ping", "-c", "1", "-W", "1",
@@ -412,14 +423,8 @@ def test_a_no_op_plan_asks_each_engine_one_list_call(
 def test_watch_follows_podmans_events_too(pod: Engine, tmp_path: Path) -> None:
     """Podman's Docker-compatible event stream (it says "died" where Docker
     says "die") is a trigger as Docker's is."""
-    for name in ("container1", "container2"):
-        pod.start_container(name)
-    spec = tmp_path / "seed.yaml"
-    spec.write_text(PODMAN_SEED.read_text())
-    watch = Watch(spec, tmp_path / "watch.log", "--podman-host", pod.url)
+    watch = watched_seed(pod, PODMAN_SEED, tmp_path)
     try:
-        watch.started()
-        watch.quiet()
         pod.run("restart", "-t", "0", "container2")
         wait_for("a reconcile triggered by podman", lambda: any(
             "engine" in r["trigger"] for r in watch.reconciles()), 2)

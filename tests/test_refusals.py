@@ -25,9 +25,8 @@ from reconciler import engine
 from reconciler import spec as spec_mod
 from reconciler.drivers.memory import MemoryKernel
 from reconciler.errors import SpecError
-from tests.kernelutil import kernel_snapshot, netns_list, run_cli
+from tests.kernelutil import REPO, kernel_snapshot, netns_list, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 DEADLINE = 60  # seconds for a command that must not hang; it takes well under one
 SPEC = """\
 version: 1
@@ -246,13 +245,13 @@ def test_a_netns_path_to_a_namespace_the_project_made_for_a_removed_container() 
 @pytest.mark.kernel
 def test_json_to_a_reader_that_went_away_is_no_traceback(sandbox: Path) -> None:
     """plan/show --output json into a closed pipe: the guard swallows EPIPE."""
-    spec = Path(__file__).resolve().parent.parent / "examples" / "seed.yaml"
+    spec = REPO / "examples" / "seed.yaml"
     for command in ("plan", "show"):
         read, write = os.pipe()
         os.close(read)
         done = subprocess.run(
             [sys.executable, "-m", "reconciler.cli", command, "--output", "json", str(spec)],
             stdout=write, stderr=subprocess.PIPE, text=True, timeout=60,
-            cwd=Path(__file__).resolve().parent.parent)
+            cwd=REPO)
         os.close(write)
         assert "Traceback" not in done.stderr, done.stderr

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO, cast
+from typing import Any, NoReturn, TextIO, cast
 
+import shtab
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -23,7 +24,7 @@ from reconciler import __version__, compose, engine, lock, machines, output, ren
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
-from reconciler.errors import ApplyError, NetapplyError, SpecError
+from reconciler.errors import ApplyError, NetapplyError, Problem, SpecError
 from reconciler.executor import Result, describe, internal
 from reconciler.model import Runtime
 from reconciler.planner import Action, Change, Plan
@@ -33,21 +34,79 @@ from reconciler.state.observe import ObservedState
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised for main() to report: it exits 1
+    (argparse's own 2 is what `plan --detailed-exitcode` means by "changes
+    pending"), and is JSON under `--output json`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(self, message)
+
+
+def _json_requested(argv: Sequence[str]) -> bool:
+    return any(a == "--output=json" or (a == "--output" and b == "json")
+               for a, b in zip(argv, [*argv[1:], ""], strict=True))
+
+
+def problem_json(problem: Problem) -> dict[str, Any]:
+    """{"file", "line", "column", "message"}; the place is null for a problem
+    that has none (a spec directory with no project)."""
+    where = problem.where
+    return {"file": where.file if where else None, "line": where.line if where else None,
+            "column": where.col if where else None, "message": problem.message}
+
+
+def error_json(e: NetapplyError) -> dict[str, Any]:
+    """A failure that is not about a place in the spec, in problem_json's shape
+    (and its hint, when it has one)."""
+    doc: dict[str, Any] = {"file": None, "line": None, "column": None, "message": str(e)}
+    hint = getattr(e, "hint", "")
+    if hint:
+        doc["hint"] = hint
+    return doc
+
+
+def _write_json_problems(stream: Any, problems: list[dict[str, Any]],
+                         done: Sequence[str] = ()) -> None:
+    doc = {"format_version": 1, "errors": problems, "done": list(done)}
+    stream.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    stream.flush()
+
+
+def _global_options(default: object) -> _Parser:
+    """Options that work before or after the subcommand: the subcommand's copy
+    has no default (SUPPRESS), so it never overwrites one given before it."""
+    parent = _Parser(add_help=False)
+    parent.add_argument("--no-color", action="store_true", default=default,
+                        help="plain text output")
+    return parent
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="netapply",
+    parser = _Parser(
+        prog="netapply", parents=[_global_options(False)],
         description="Declarative container networking: make the kernel match a YAML spec.",
     )
     parser.add_argument("--version", action="version", version=f"netapply {__version__}")
-    parser.add_argument("--no-color", action="store_true", help="plain text output")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    shared = _global_options(argparse.SUPPRESS)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("spec", metavar="SPEC", help="a YAML file or a directory of YAML files")
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[shared])
+        spec = p.add_argument("spec", metavar="SPEC",
+                              help="a YAML file or a directory of YAML files")
+        spec.complete = shtab.FILE  # type: ignore[attr-defined]
         return p
 
-    command("validate", "check a spec without touching the kernel")
+    p = command("validate", "check a spec without touching the kernel")
+    p.add_argument("--output", choices=("text", "json"), default="text")
 
     def on_host(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
@@ -99,15 +158,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("auto", "text", "json"), default="auto",
                    help="auto: text on a terminal, JSON lines otherwise")
     lock_timeout(p)
-    import_parser(sub)
+    import_parser(sub, shared)
+    text = "print a shell completion script (bash: save it as " \
+        "/etc/bash_completion.d/netapply; zsh: as _netapply in a directory of $fpath)"
+    p = sub.add_parser("completion", help=text, description=text, parents=[shared])
+    p.add_argument("shell", choices=("bash", "zsh"))
     return parser
 
 
-def import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def import_parser(sub: argparse._SubParsersAction[_Parser], shared: _Parser) -> None:
     text = "print a netapply spec for the networking of another tool's file"
-    p = sub.add_parser("import", help=text, description=text)
+    p = sub.add_parser("import", help=text, description=text, parents=[shared])
     p.add_argument("format", choices=("compose",), help="compose: a Docker Compose file")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE").complete = shtab.FILE  # type: ignore[attr-defined]
     p.add_argument("--project", metavar="NAME",
                    help="the Compose project name (as docker compose -p; default: "
                         "COMPOSE_PROJECT_NAME, the file's name:, or its directory)")
@@ -145,6 +208,10 @@ class Cli:
         self.done: list[str] = []  # the steps of the running apply that are done
 
     def run(self) -> int:
+        if self.args.command == "completion":
+            self.out.file.write(shtab.complete(_parser(), shell=self.args.shell))
+            self.out.file.flush()
+            return EXIT_OK
         if self.args.command == "watch":
             return self.watch()
         if self.args.command == "import":
@@ -170,16 +237,22 @@ class Cli:
                 resolver.close()
                 kernel.close()
         except SpecError as e:
+            if self._json_errors([problem_json(p) for p in e.problems]):
+                return EXIT_ERROR
             for problem in e.problems:
                 self.err.print(f"[red]error:[/red] {escape(str(problem))}")
             self.err.print(f"{len(e.problems)} problem(s); nothing was changed.")
         except ApplyError as e:
+            if self._json_errors([error_json(e)], e.done):
+                return EXIT_ERROR
             self._report_failure(e)
             self._report_done(e.done, left=True)
             self.err.print(
                 "Fix the cause and run apply again: it continues from the current state."
             )
         except NetapplyError as e:
+            if self._json_errors([error_json(e)]):
+                return EXIT_ERROR
             self.err.print(f"[red]error:[/red] {escape(str(e))}")
             hint = getattr(e, "hint", "")
             if hint:
@@ -188,6 +261,15 @@ class Cli:
             self.err.print("interrupted")
             return 130
         return EXIT_ERROR
+
+    def _json_errors(self, problems: list[dict[str, Any]], done: Sequence[str] = ()) -> bool:
+        """Under `--output json`, the errors as one JSON document on stdout
+        (where a pipeline reads the plan), with the steps already done; True
+        when written so."""
+        if getattr(self.args, "output", "text") != "json":
+            return False
+        _write_json_problems(self.out.file, problems, done)
+        return True
 
     def _engine_urls(self) -> dict[Runtime, str | None]:
         return {Runtime.DOCKER: getattr(self.args, "docker_host", None),
@@ -252,6 +334,11 @@ class Cli:
         return EXIT_OK
 
     def validate(self, spec: spec_mod.Spec) -> int:
+        if self.args.output == "json":
+            self._print_json({"format_version": 1, "project": spec.project, "errors": [],
+                              "networks": sorted(spec.networks),
+                              "containers": sorted(spec.containers)})
+            return EXIT_OK
         self.out.print(
             f"The spec of project '{escape(spec.project)}' is valid: "
             f"{len(spec.networks)} network(s), {len(spec.containers)} container(s)."
@@ -289,11 +376,15 @@ class Cli:
 
     def _change_locked(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool) -> int:
         snap = self._snapshot(spec, kernel, destroy=destroy)
+        if destroy and snap.plan.empty:
+            engine.destroyed(snap.observed, 0)
+            self.out.print(render.notes_text(snap.notes) + "\n" if snap.notes else "", end="")
+            self.out.print(f"Nothing to destroy: project '{escape(spec.project)}' owns nothing "
+                           "on this machine.")
+            return EXIT_OK
         self.out.print(render.plan_text(snap.plan, spec.project, snap.notes,
                                         self.resolution.labels()))
         if snap.plan.empty:
-            if destroy:
-                engine.destroyed(snap.observed, 0)
             return EXIT_OK
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
             self.err.print("Cancelled; nothing was changed.")
@@ -451,24 +542,27 @@ class Cli:
         (it stops the apply between two steps by raising)."""
         self.done = []
         steps = sum(1 for _ in plan.steps())
+        owners = spec.ns_owners()
         if self.out.is_terminal:
             with Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 console=self.out, transient=True,
             ) as bar:
-                task = bar.add_task("applying", total=steps)
+                task = bar.add_task("destroying" if destroy else "applying", total=steps)
 
                 def advance(action: Action, change: Change) -> None:
-                    self.done.append(describe(action, change))
-                    bar.update(task, advance=1, description=escape(describe(action, change)))
+                    self.done.append(describe(action, change, owners))
+                    bar.update(task, advance=1, description=escape(self.done[-1]))
                     if check is not None:
                         check()
 
                 return engine.apply(kernel, spec, plan, destroy, advance, self.host)
 
+        verb = "destroyed" if destroy else "done"
+
         def log(action: Action, change: Change) -> None:
-            self.done.append(describe(action, change))
-            self.out.print(f"  done: {escape(describe(action, change))}")
+            self.done.append(describe(action, change, owners))
+            self.out.print(f"  {verb}: {escape(self.done[-1])}")
             if check is not None:
                 check()
 
@@ -569,7 +663,18 @@ def _signals_ignored() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as e:
+        message = f"{e.parser.prog}: {e}"
+        if _json_requested(argv):
+            _write_json_problems(output.standard_streams()[0], [
+                {"file": None, "line": None, "column": None, "message": message}])
+        else:
+            e.parser.print_usage(sys.stderr)
+            sys.stderr.write(f"{e.parser.prog}: error: {e}\n")
+        return EXIT_ERROR
     return Cli(args).run()
 
 

@@ -234,7 +234,7 @@ def apply(
     machine changed meanwhile (SpecError/MachineError: an address that now
     overlaps), meets a kernel error or a bug (InternalError), or is
     interrupted (Ctrl-C). An exception `progress` raises goes through."""
-    result = execute(kernel, spec.project, plan, progress)
+    result = execute(kernel, spec.project, plan, progress, spec.ns_owners())
     try:
         after = snapshot(kernel, spec, destroy=destroy, host=host)
         _verify(after.plan, "the kernel did not converge after apply")
@@ -287,7 +287,7 @@ def rollback(
     apply planned from), then verify that they are."""
     now = observe_project(kernel, spec, host).resources
     plan = planner.plan(rollback_target(before.resources, now), now)
-    result = execute(kernel, spec.project, plan, progress)
+    result = execute(kernel, spec.project, plan, progress, spec.ns_owners())
     after = observe_project(kernel, spec, host).resources
     left = planner.plan(rollback_target(before.resources, after), after)
     _verify(left, "the rollback did not restore the state before the apply")

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.drivers import ops
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import ApplyError, InternalError, KernelError, NetapplyError
 from reconciler.planner import Action, Change, Plan
+from reconciler.resources import ns_label
 
 Progress = Callable[[Action, Change], None]
 
 
-def describe(action: Action, change: Change) -> str:
+def describe(action: Action, change: Change, owners: Mapping[str, str] | None = None) -> str:
+    """One step as progress and error lines show it: "web: create route
+    default via 172.30.1.1 ...", prefixed by the containers of the step's
+    namespace (`owners`, Spec.ns_owners) or "host"; a namespace of no
+    container (one being deleted) is named as it is."""
     text = f"{action} {change.title()}"
     if change.action == Action.REPLACE:
         text += " (replace)"
-    return text
+    if owners is None:
+        return text
+    return f"{owners.get(change.ns) or ns_label(change.ns)}: {text}"
 
 
 def internal(e: Exception) -> NetapplyError:
@@ -34,7 +41,8 @@ class Result:
     done: list[str] = field(default_factory=list)
 
 
-def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None = None) -> Result:
+def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None = None,
+            owners: Mapping[str, str] | None = None) -> Result:
     """Run every step in order; on the first failure stop and raise
     ApplyError naming the failed step and what was already done. A failure
     is the kernel's refusal (KernelError), Ctrl-C, or a bug in netapply
@@ -44,7 +52,7 @@ def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None 
     goes through unchanged."""
     result = Result()
     for action, change in plan.steps():
-        text = describe(action, change)
+        text = describe(action, change, owners)
         try:
             if action == Action.DELETE:
                 assert change.before is not None

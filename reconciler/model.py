@@ -157,6 +157,16 @@ class Spec:
     # "ipv4_address"); used for errors found after loading (foreign collisions).
     where: Mapping[tuple[str, ...], Where] = field(default_factory=dict, compare=False)
 
+    def ns_owners(self) -> dict[str, str]:
+        """Namespace (a name or a path, as resources key it) -> the names of the
+        containers in it ("web", or "web, sidecar" when they share one), for
+        progress lines that say whose network a step changes."""
+        owners: dict[str, list[str]] = {}
+        for c in self.containers.values():
+            if c.ns is not None:
+                owners.setdefault(c.ns, []).append(c.name)
+        return {ns: ", ".join(sorted(names)) for ns, names in owners.items()}
+
     def locate(self, *path: str) -> Where | None:
         """The position of the longest prefix of path that was written in the files."""
         for n in range(len(path), 0, -1):

@@ -48,6 +48,7 @@ from reconciler.drivers.events import KernelEvents
 from reconciler.drivers.kernel import NETNS_DIR
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import NetapplyError, SpecError
+from reconciler.executor import describe
 from reconciler.model import Runtime, Spec
 from reconciler.planner import Action, Change
 from reconciler.resources import Netns, Sublink, Veth
@@ -83,6 +84,7 @@ class Outcome:
     actions: int = 0
     errors: list[str] = field(default_factory=list)
     detail: str = ""
+    steps: list[str] = field(default_factory=list)  # what was done ("web: create address ...")
 
 
 class Log:
@@ -309,9 +311,11 @@ class Watcher:
                f"{took:.3f} s"
         if outcome.detail:
             text += f"; {outcome.detail}"
+        if outcome.steps:
+            text += ": " + "; ".join(outcome.steps)
         self.log.line("reconcile", text, trigger=trigger, result=outcome.result,
                       actions=outcome.actions, duration_s=round(took, 4), errors=outcome.errors,
-                      detail=outcome.detail)
+                      detail=outcome.detail, steps=outcome.steps)
         for error in outcome.errors:
             self.log.line("error", f"  {error}", error=error)
         return outcome
@@ -348,12 +352,12 @@ class Watcher:
 
     def _apply(self, spec: Spec) -> Outcome:
         kernel: NetlinkKernel | None = None
-        done = 0
+        steps: list[str] = []
+        owners: dict[str, str] = {}  # of the resolved spec (runtime containers' paths)
 
-        def progress(_action: Action, _change: Change) -> None:
-            """Counts what is done, and stops between two actions once asked to."""
-            nonlocal done
-            done += 1
+        def progress(action: Action, change: Change) -> None:
+            """Records what is done, and stops between two actions once asked to."""
+            steps.append(describe(action, change, owners))
             if self.stopping:
                 raise Stopping
 
@@ -367,6 +371,7 @@ class Watcher:
                 self.host_said = host
             resolution = self.resolver.resolve(spec, host)
             spec = resolution.spec
+            owners.update(spec.ns_owners())
             with lock.project_lock(spec.project, self.options.lock_timeout):
                 snap = engine.snapshot(kernel, spec, host=host)
                 # Said once each time they change: skipped runtime containers,
@@ -383,17 +388,20 @@ class Watcher:
             self.owned_netns = {r.name for r in snap.desired.values() if isinstance(r, Netns)}
             self.owned_netns |= {r.ns for r in snap.desired.values()
                                  if isinstance(r, Veth | Sublink) and r.ns.startswith("/")}
-            return Outcome("converged", done)
+            return Outcome("converged", len(steps), steps=steps)
         except Stopping:
-            return Outcome("stopped", done, detail="stopped between two actions")
+            return Outcome("stopped", len(steps), detail="stopped between two actions",
+                           steps=steps)
         except SpecError as e:  # the machine lacks something the spec needs
-            return Outcome("failed", done, [str(p) for p in e.problems])
+            return Outcome("failed", len(steps), [str(p) for p in e.problems], steps=steps)
         except NetapplyError as e:
             hint = getattr(e, "hint", "")
-            return Outcome("failed", done, [f"{e}; what to do: {hint}" if hint else str(e)])
+            return Outcome("failed", len(steps), [f"{e}; what to do: {hint}" if hint else str(e)],
+                           steps=steps)
         except Exception as e:  # a bug: log it, keep watching
             lines = traceback.format_exception_only(type(e), e)
-            return Outcome("failed", done, [f"internal error: {''.join(lines).strip()}"])
+            return Outcome("failed", len(steps), [f"internal error: {''.join(lines).strip()}"],
+                           steps=steps)
         finally:
             if kernel is not None:
                 kernel.close()

@@ -179,8 +179,12 @@ def test_destroy_removes_owned_and_keeps_foreign(
     assert netns_list() == ["mine"]
     assert sorted(links()) == ["br-mine", "lo"]
     assert not any(Path("/etc/netns").iterdir())
+    assert "  destroyed: container1: delete netns container1" in out
     code, out, _ = run_cli(capsys, "show", str(SEED))
     assert out.strip() == "Project 'seed' owns nothing on this machine."
+    code, out, _ = run_cli(capsys, "destroy", "--auto-approve", str(SEED))
+    assert (code, out.strip()) == (
+        0, "Nothing to destroy: project 'seed' owns nothing on this machine.")
 
 
 def test_foreign_object_with_a_desired_name_is_an_error(
@@ -269,7 +273,7 @@ def test_kernel_error_mid_apply_reports_and_next_apply_converges(
     code, _, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
     assert code == 1
     lines = err.splitlines()
-    assert lines[0].startswith("error: failed: create ")
+    assert lines[0].startswith("error: failed: host: create ")  # whose network: the host's
     assert lines[0].endswith("No space left on device (ENOSPC)")
     assert lines[1] == ("What to do: a limit is reached: when making a namespace, the kernel's "
                         "user.max_net_namespaces (sysctl); when writing a file, the disk is "
@@ -304,7 +308,7 @@ def test_kernel_errors_name_the_action_the_reason_and_what_to_do(
     lines = err.splitlines()
     name = errno.errorcode[code]
     assert status == 1
-    assert lines[0].startswith("error: failed: create ") and lines[0].endswith(
+    assert lines[0].startswith("error: failed: host: create ") and lines[0].endswith(
         f": {reason} ({name})"), lines[0]
     assert lines[1].startswith(f"What to do: {hint}"), lines[1]
 
@@ -323,7 +327,7 @@ def test_a_parent_interface_that_vanishes_mid_apply_is_named(sandbox: Path) -> N
             engine.apply(kernel, spec, snap.plan)
     finally:
         kernel.close()
-    assert str(caught.value).startswith("failed: create macvlan eth0 on lan0 (container web, "
+    assert str(caught.value).startswith("failed: web: create macvlan eth0 on lan0 (container web, "
                                          "network lan): look up lan0 in host namespace: No "
                                          "such device (ENODEV)")
     assert caught.value.hint.startswith("an interface it needs is gone")
@@ -498,7 +502,9 @@ def test_apply_without_terminal_needs_auto_approve(
     assert netns_list() == []
     code, out, _ = run_cli(capsys, "apply", "--auto-approve", str(SEED))
     assert code == 0
-    assert "  done: create netns container1" in out  # progress, one line per step
+    # Progress, one line per step, naming the container whose network it changes.
+    assert "  done: container1: create netns container1" in out
+    assert "  done: host: create bridge " in out
 
 
 @pytest.mark.parametrize(
@@ -694,7 +700,7 @@ def test_ctrl_c_mid_apply_reports_what_was_done(
     code, _, err = run_cli(capsys, "apply", "--auto-approve", str(SEED))
     assert code == 1
     lines = err.splitlines()
-    assert lines[0].startswith("error: failed: create ")
+    assert lines[0].startswith("error: failed: host: create ")
     assert lines[0].endswith(": interrupted by the user")
     assert lines[1] == "Already done (4 step(s)), left in place:"
     monkeypatch.undo()

@@ -80,7 +80,7 @@ def test_a_failed_apply_is_rolled_back_on_request(
     assert lines[7] == ("Rolling back (an action failed): restoring what project 'seed' had "
                         "before this apply.")
     assert lines[8].startswith("Rolled back: ")
-    assert "done: create netns container3" in out  # it had got that far
+    assert "done: container3: create netns container3" in out  # it had got that far
     assert owned() == before
     assert "container3" not in netns_list()
 
@@ -215,7 +215,7 @@ def test_a_rollback_restores_what_was_changed_and_deleted_too(
     code, out, err = run_cli(capsys, "apply", "--auto-approve", "--rollback-on-failure",
                              str(spec))
     assert code == 1
-    assert "failed: create hosts file /etc/netns/cache/hosts" in err
+    assert "failed: cache: create hosts file /etc/netns/cache/hosts" in err
     for step in ("delete netns db", "update in place bridge", "nftables table",
                  "create netns cache"):
         assert step in out, step
@@ -392,7 +392,8 @@ def test_with_stdout_gone_its_lines_go_to_stderr_and_confirm_still_keeps(
         assert line, seen
         seen += line
     # The plan, the progress and the prompt, all moved to stderr.
-    assert "netapply will perform these actions" in seen and "  done: create netns" in seen
+    assert "netapply will perform these actions" in seen
+    assert "  done: container3: create netns container3" in seen
     assert run_cli(capsys, "confirm", str(spec))[0] == 0
     rest = apply.stderr.read()
     assert apply.wait(timeout=30) == 0, seen + rest
@@ -538,7 +539,7 @@ def test_without_rollback_a_verification_that_raises_names_the_steps_left(
     assert code == 1
     assert err.startswith("error: failed: verify the kernel after the apply: ")
     assert "overlaps address 172.30.1.250/24 on vpn0" in err.splitlines()[0]
-    assert "left in place:\n  create netns container3\n" in err
+    assert "left in place:\n  container3: create netns container3\n" in err
     assert "nothing was changed" not in err and "Rolling back" not in err
     assert "container3" in netns_list()
 
@@ -571,7 +572,7 @@ def test_a_bug_after_the_first_write_is_a_failed_apply_and_is_rolled_back(
     assert code == 1
     first = err.splitlines()[0]
     assert first.startswith("error: failed: verify the kernel" if where == "verification"
-                            else "error: failed: create "), first
+                            else "error: failed: container3: create "), first
     assert first.endswith(": internal error (Bug: boom): a bug in netapply, please report it "
                           "with the spec")
     assert "Already done (" in err and "Rolled back: " in err

@@ -223,6 +223,9 @@ def test_drift_is_repaired_and_foreign_changes_are_left_alone(sandbox: Path) -> 
                        check=True)
         wait_for("the address is back", lambda: addrs("web", "eth0") == ["172.30.1.10/24"])
         watch.quiet()
+        # The log says what was repaired, naming the container.
+        repair = next(r for r in reversed(watch.reconciles()) if r["actions"])
+        assert "web: create address 172.30.1.10/24 on eth0" in repair["steps"]
         subprocess.run(["ip", "netns", "del", "web"], check=True)
         wait_for("the namespace is back", lambda: "web" in netns_list()
                  and addrs("web", "eth0") == ["172.30.1.10/24"])

@@ -1,0 +1,102 @@
+"""The command line as people and pipelines use it: exit codes, options in
+either place, JSON errors, completion (no kernel needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler import cli
+
+REPO = Path(__file__).resolve().parent.parent
+SHOP = REPO / "examples" / "shop.yaml"
+BAD = """\
+version: 1
+project: shop
+networks:
+  front: {subnet: 172.30.1.0/24}
+containers:
+  web:
+    networks:
+      front: {ipv4_address: 172.30.2.10}
+"""
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_usage_error_exits_1_not_the_changes_pending_code(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The issue's example: 2 would read as "changes pending" to a pipeline.
+    code, out, err = run(capsys, "plan", "--detailed-exitcode", "--outptu", "json", str(SHOP))
+    assert code == cli.EXIT_ERROR
+    assert "unrecognized arguments: --outptu" in err and out == ""
+
+
+def test_a_usage_error_under_output_json_is_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "--output", "json", "--bogus", str(SHOP))
+    assert code == cli.EXIT_ERROR
+    doc = json.loads(out)
+    assert doc["errors"][0]["message"].endswith("unrecognized arguments: --bogus")
+
+
+@pytest.mark.parametrize("argv, colour_off", [
+    (["--no-color", "validate", "S"], True),
+    (["validate", "--no-color", "S"], True),
+    (["validate", "S", "--no-color"], True),
+    (["validate", "S"], False),
+])
+def test_global_options_work_before_and_after_the_subcommand(
+        argv: list[str], colour_off: bool) -> None:
+    assert cli._parser().parse_args(argv).no_color is colour_off
+
+
+def test_spec_errors_under_output_json_are_json_with_places(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "shop.yaml"
+    spec.write_text(BAD)
+    for argv in (["plan", "--output", "json"], ["show", "--output=json"],
+                 ["validate", "--output", "json"]):
+        code, out, err = run(capsys, *argv, str(spec))
+        assert code == cli.EXIT_ERROR, argv
+        problem, = json.loads(out)["errors"]
+        assert problem["file"] == str(spec) and problem["line"] == 8 and problem["column"] > 1
+        assert "outside network 'front'" in problem["message"]
+        assert err == ""
+
+
+def test_validate_output_json_when_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "validate", "--output", "json", str(SHOP))
+    doc = json.loads(out)
+    assert code == cli.EXIT_OK and doc["errors"] == [] and "web" in doc["containers"]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_script_knows_the_subcommands_and_their_options(
+        shell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "completion", shell)
+    assert code == cli.EXIT_OK
+    for word in ("validate", "destroy", "--detailed-exitcode", "--rollback-on-failure"):
+        assert word in out
+
+
+def test_bash_completes_a_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The script really completes in bash: `netapply pl<TAB>` gives plan."""
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    run(capsys, "completion", "bash")
+    script = tmp_path / "netapply.bash"
+    cli.main(["completion", "bash"])
+    script.write_text(capsys.readouterr().out)
+    probe = (f"source {script}; COMP_WORDS=(netapply pl); COMP_CWORD=1; "
+             "COMP_LINE='netapply pl'; COMP_POINT=${#COMP_LINE}; "
+             "_shtab_netapply; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["plan"]

@@ -587,6 +587,9 @@ class Rule:
         return {"chain": self.chain, "comment": self.comment, "expr": json.loads(self.expr)}
 
 
+JSON_TEXT = "json_text"  # dataclass field metadata: the values are canonical JSON text
+
+
 def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -609,7 +612,9 @@ class Firewall(_HostWide):
 
     kind: ClassVar[Kind] = Kind.FIREWALL
     table: str
-    chains: tuple[str, ...]  # canonical JSON of each base chain, in order
+    # Canonical JSON of each base chain, in order (compared as text; shown
+    # and given to pipelines as the objects they are: JSON_TEXT).
+    chains: tuple[str, ...] = field(metadata={JSON_TEXT: True})
     rules: tuple[Rule, ...]  # in chain order, then rule order
 
     @property
@@ -688,13 +693,17 @@ def diff_fields(before: Resource, after: Resource) -> list[tuple[str, object, ob
 
 
 def fields_json(res: Resource) -> dict[str, object]:
-    """The compared fields as JSON values (keys become lists)."""
+    """The compared fields as JSON values (keys become lists; a field kept as
+    JSON text, marked JSON_TEXT, becomes the objects it holds: no value is
+    JSON inside a string)."""
     out: dict[str, object] = {}
     for f in fields(res):
         if f.compare:
             value = getattr(res, f.name)
             if isinstance(value, tuple):
-                value = [v.to_json() if isinstance(v, Rule) else v for v in value]
+                decode = json.loads if f.metadata.get(JSON_TEXT) else None
+                value = [v.to_json() if isinstance(v, Rule) else decode(v) if decode else v
+                         for v in value]
             out[f.name] = value
     return out
 

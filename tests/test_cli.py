@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli
+from reconciler import cli, desired, planner
+from reconciler import spec as spec_mod
+from reconciler.state.observe import ObservedState
 
 REPO = Path(__file__).resolve().parent.parent
 SHOP = REPO / "examples" / "shop.yaml"
@@ -100,3 +102,26 @@ def test_bash_completes_a_subcommand(tmp_path: Path, capsys: pytest.CaptureFixtu
              "_shtab_netapply; printf '%s\\n' \"${COMPREPLY[@]}\"")
     done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["plan"]
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_the_json_plan_nests_objects_never_json_in_a_string() -> None:
+    """The firewall's chains were canonical JSON text inside the plan."""
+    spec = spec_mod.load(SHOP)
+    wanted = desired.build(spec, ObservedState({}))
+    doc = planner.plan(wanted, {}).to_json(spec.project)
+    table = next(c for c in doc["changes"] if c["kind"] == "firewall")
+    assert isinstance(table["after"]["chains"][0], dict) and "hook" in table["after"]["chains"][0]
+    for text in _strings(doc):
+        if text[:1] in "[{":
+            with pytest.raises(ValueError):
+                json.loads(text)

@@ -221,7 +221,9 @@ class Cli:
         chosen = machines.select(spec, self.args.host, engine.local_addresses(kernel))
         if chosen.host is not None:
             text = f"This machine is host '{escape(chosen.host)}' ({escape(chosen.why)})."
-            (self.err if getattr(self.args, "output", "text") == "json" else self.out).print(text)
+            # Not on stdout where stdout is data (JSON, graph's DOT).
+            data = getattr(self.args, "output", "text") == "json" or self.args.command == "graph"
+            (self.err if data else self.out).print(text)
         return chosen.host
 
     def watch(self) -> int:

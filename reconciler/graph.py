@@ -27,11 +27,12 @@ from reconciler.state.observe import ObservedState
 
 
 class Status(StrEnum):
-    """How an object of the picture compares with the kernel (live only)."""
+    """How an object of the picture compares with the kernel (live only), in
+    the words its label shows."""
 
     OK = "ok"
     MISSING = "missing"  # in the spec, not in the kernel: apply would create it
-    UNEXPECTED = "unexpected"  # owned by the project in the kernel, not in the spec
+    UNEXPECTED = "not in the spec"  # owned by the project in the kernel: apply would delete it
     CHANGED = "changed"  # in both, different: apply would update or replace it
 
 
@@ -67,6 +68,7 @@ class Topology:
     hosts: dict[str, str] = field(default_factory=dict)  # name -> underlay address
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: dict[tuple[str, str], Edge] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # lines under the title
 
     def add(self, node: Node) -> None:
         self.nodes.setdefault(node.id, node)
@@ -228,7 +230,7 @@ def dot(topo: Topology) -> graphviz.Graph:
     (`cluster_host/<name>`), networks spanning machines outside them."""
     g = graphviz.Graph(
         f"netapply-{topo.project}",
-        graph_attr={"rankdir": "LR", "label": _label([topo.title]), "labelloc": "t",
+        graph_attr={"rankdir": "LR", "label": _label([topo.title, *topo.notes]), "labelloc": "t",
                     "fontname": FONT, "nodesep": "0.3", "ranksep": "1.2"},
         node_attr={"fontname": FONT, "fontsize": "11"},
         edge_attr={"fontname": FONT, "fontsize": "9", "color": "gray40"},

@@ -75,11 +75,11 @@ def live(spec: Spec, observed: ObservedState, desired: State,
     drift.unexpected(topo, host)
     left = drift.notdrawn()
     if not drift.changes:
-        topo.title += "; the kernel matches it"
+        topo.notes.append("the kernel matches the spec")
     else:
-        topo.title += "; dashed red: missing, orange: changed or not in the spec"
+        topo.notes.append("dashed red: missing in the kernel; orange: changed, or not in the spec")
         if left:
-            topo.title += f"; {left} other difference(s) not drawn (netapply plan lists them)"
+            topo.notes.append(f"{left} other difference(s) not drawn: netapply plan lists them")
     return topo
 
 
@@ -101,7 +101,7 @@ class _Drift:
         self.drawn.add(key)
         change = self.changes.get(key)
         if change is not None and change.action == Action.CREATE:
-            return replace(node, status=Status.MISSING, detail="missing in the kernel")
+            return replace(node, status=Status.MISSING, detail="")
         differs = [_differs(change)] if change is not None else []
         want, have = self._addresses(key)
         if want != have:
@@ -116,7 +116,7 @@ class _Drift:
         self.drawn.add(key)
         change = self.changes.get(key)
         if change is not None and change.action == Action.CREATE:
-            return replace(edge, status=Status.MISSING, detail="missing in the kernel")
+            return replace(edge, status=Status.MISSING, detail="")
         want, have = self._addresses(key)
         if change is None and want == have:
             return edge
@@ -157,7 +157,7 @@ class _Drift:
             where = f"{address}:" if address else ""
             node_id = f"port/{owner}/{protocol}/{(address or '*').replace(':', '-')}/{number}"
             topo.add(Node(node_id, Kind_.PORT, (f"published {where}{number}/{protocol}",),
-                          host, Status.UNEXPECTED, "not in the spec"))
+                          host, Status.UNEXPECTED))
             topo.edges[(node_id, container_id(owner))] = Edge(
                 node_id, container_id(owner), (comment.split(": ", 1)[-1],), Status.UNEXPECTED)
         if _only_dnat_differs(self.desired.get(table), self.observed.resources.get(table)):
@@ -178,7 +178,7 @@ class _Drift:
                 overlay = (Kind.VXLAN, res.network) in self.observed.resources
                 topo.add(Node(network_id(res.network, None if overlay else host), Kind_.NETWORK,
                               (f"network {res.network}", f"bridge {res.ifname}"),
-                              None if overlay else host, Status.UNEXPECTED, "not in the spec"))
+                              None if overlay else host, Status.UNEXPECTED))
         for res in deletes:
             if not isinstance(res, Veth | Sublink):
                 continue
@@ -186,11 +186,10 @@ class _Drift:
             head = next((i for i in (network_id(res.network, host), network_id(res.network))
                          if i in topo.nodes), network_id(res.network, host))
             topo.add(Node(head, Kind_.NETWORK, (f"network {res.network}",), host,
-                          Status.UNEXPECTED, "not in the spec"))
+                          Status.UNEXPECTED))
             have = _addresses(self.observed.resources.values(), res.key)
             topo.edges[(container_id(res.container), head)] = Edge(
-                container_id(res.container), head, (res.ifname, *have), Status.UNEXPECTED,
-                "not in the spec")
+                container_id(res.container), head, (res.ifname, *have), Status.UNEXPECTED)
 
     def notdrawn(self) -> int:
         """How many of the plan's changes the picture does not show."""
@@ -244,4 +243,4 @@ def _host_of(topo: Topology, container: str) -> str | None:
 
 def _ensure_container(topo: Topology, name: str, host: str | None) -> None:
     topo.add(Node(container_id(name), Kind_.CONTAINER, (f"container {name}",), host,
-                  Status.UNEXPECTED, "not in the spec"))
+                  Status.UNEXPECTED))

@@ -3,10 +3,9 @@ ports and machines, as a Graphviz graph (DOT).
 
 Two sources, one shape (Topology): the spec alone (`from_spec`, no kernel:
 automatic addresses as a first apply allocates them), or this machine's
-kernel against the spec (`live`, drift marked from the plan: what apply
-would create is missing, what it would delete is unexpected, what it would
-update or replace has changed). Layout and rendering are Graphviz's; this
-module only says what is drawn (graphviz.Graph) and calls `dot` for svg/png.
+kernel against the spec (graphlive.live: drift marked from the plan).
+Layout and rendering are Graphviz's; this module only says what is drawn
+(graphviz.Graph) and calls `dot` for svg and png.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ class Status(StrEnum):
     CHANGED = "changed"  # in both, different: apply would update or replace it
 
 
-class Kind_(StrEnum):
+class NodeKind(StrEnum):
     NETWORK = "network"
     CONTAINER = "container"
     PORT = "port"
@@ -45,7 +44,7 @@ class Kind_(StrEnum):
 @dataclass(frozen=True)
 class Node:
     id: str  # stable and unique: "<kind>/..." (see network_id, container_id, port_id)
-    kind: Kind_
+    kind: NodeKind
     lines: tuple[str, ...]  # the label, first line the name
     host: str | None = None  # the machine (cluster) it is drawn in; None: outside any
     status: Status = Status.OK
@@ -86,8 +85,14 @@ def container_id(name: str) -> str:
 
 
 def port_id(container: str, port: Port) -> str:
-    where = str(port.host_ip).replace(":", "-") if port.host_ip is not None else "*"
-    return f"port/{container}/{port.protocol}/{where}/{port.published}"
+    host_ip = str(port.host_ip) if port.host_ip is not None else None
+    return port_node_id(container, port.protocol, host_ip, port.published)
+
+
+def port_node_id(container: str, protocol: str, host_ip: str | None, published: int) -> str:
+    """A published port's node; host_ip None: all the host's addresses."""
+    where = host_ip.replace(":", "-") if host_ip is not None else "*"
+    return f"port/{container}/{protocol}/{where}/{published}"
 
 
 EMPTY = ObservedState(resources={})
@@ -111,19 +116,21 @@ def from_spec(spec: Spec, host: str | None = None) -> Topology:
 
 
 def drawn(spec: Spec, names: Sequence[str | None],
-           endpoints: Iterable[desired_mod.Endpoint], title: str) -> Topology:
+          endpoints: Iterable[desired_mod.Endpoint], title: str) -> Topology:
+    """The shares of machines `names` (None: a spec without hosts) with the
+    attachments `endpoints`, nothing marked."""
     topo = Topology(spec.project, title,
                     {n: str(spec.hosts[n].address) for n in names if n is not None})
     for name in names:
         share = machines.share(spec, name)
         for network in share.networks.values():
-            topo.add(Node(network_node_id(network, name), Kind_.NETWORK,
+            topo.add(Node(network_node_id(network, name), NodeKind.NETWORK,
                           _network_lines(network), None if _spans(network) else name))
         for container in share.containers.values():
-            topo.add(Node(container_id(container.name), Kind_.CONTAINER,
+            topo.add(Node(container_id(container.name), NodeKind.CONTAINER,
                           _container_lines(container), name))
             for port in container.ports:
-                topo.add(Node(port_id(container.name, port), Kind_.PORT, (_port_text(port),),
+                topo.add(Node(port_id(container.name, port), NodeKind.PORT, (_port_text(port),),
                               name))
                 edge = Edge(port_id(container.name, port), container_id(container.name),
                             (f"to {port.target}/{port.protocol}", f"on {port.network}"))
@@ -195,9 +202,9 @@ def _attachment_lines(ep: desired_mod.Endpoint) -> tuple[str, ...]:
 
 FONT = "Helvetica"
 STYLE = {  # node kind -> shape and fill
-    Kind_.NETWORK: {"shape": "box", "style": "rounded,filled", "fillcolor": "#dbe9f6"},
-    Kind_.CONTAINER: {"shape": "box", "style": "filled", "fillcolor": "#fdf3d0"},
-    Kind_.PORT: {"shape": "cds", "style": "filled", "fillcolor": "#e3f4e1"},
+    NodeKind.NETWORK: {"shape": "box", "style": "rounded,filled", "fillcolor": "#dbe9f6"},
+    NodeKind.CONTAINER: {"shape": "box", "style": "filled", "fillcolor": "#fdf3d0"},
+    NodeKind.PORT: {"shape": "cds", "style": "filled", "fillcolor": "#e3f4e1"},
 }
 MARK = {  # status -> what is added to the style, and the colour
     Status.MISSING: ("dashed", "red"),
@@ -253,7 +260,7 @@ def dot(topo: Topology) -> graphviz.Graph:
 
 
 def _order(node: Node) -> tuple[int, str]:
-    return (list(Kind_).index(node.kind), node.id)
+    return (list(NodeKind).index(node.kind), node.id)
 
 
 # ---- output --------------------------------------------------------------------

@@ -11,8 +11,8 @@ from reconciler import desired as desired_mod
 from reconciler import firewall, machines, ports
 from reconciler.graph import (
     Edge,
-    Kind_,
     Node,
+    NodeKind,
     Status,
     Topology,
     container_id,
@@ -20,6 +20,7 @@ from reconciler.graph import (
     network_id,
     network_node_id,
     port_id,
+    port_node_id,
 )
 from reconciler.model import NetworkMode, Port, Spec
 from reconciler.planner import Action, Change
@@ -59,7 +60,10 @@ def live(spec: Spec, observed: ObservedState, desired: State,
     drift = _Drift(observed, desired, {c.key: c for c in changes})
     for ep in endpoints:
         pair = (container_id(ep.container.name), network_node_id(ep.network, host))
-        topo.edges[pair] = drift.edge(topo.edges[pair], ep.key)
+        if ep.container.running:
+            topo.edges[pair] = drift.edge(topo.edges[pair], ep.key)
+        else:  # nothing is made for it until it runs
+            topo.edges[pair] = replace(topo.edges[pair], status=Status.MISSING)
     for network in share.networks.values():
         node_id = network_node_id(network, host)
         if network.driver in desired_mod.BRIDGED_DRIVERS:
@@ -73,7 +77,7 @@ def live(spec: Spec, observed: ObservedState, desired: State,
             topo.nodes[node_id] = drift.node(topo.nodes[node_id], (Kind.NETNS, container.netns))
     drift.ports(topo, share)
     drift.unexpected(topo, host)
-    left = drift.notdrawn()
+    left = drift.undrawn()
     if not drift.changes:
         topo.notes.append("the kernel matches the spec")
     else:
@@ -105,7 +109,8 @@ class _Drift:
         differs = [_differs(change)] if change is not None else []
         want, have = self._addresses(key)
         if want != have:
-            differs.append(f"addresses {', '.join(have) or 'none'} (spec {', '.join(want)})")
+            differs.append(f"addresses {', '.join(have) or 'none'} "
+                           f"(spec {', '.join(want) or 'none'})")
         if not differs:
             return node
         return replace(node, status=Status.CHANGED, detail="; ".join(differs))
@@ -155,8 +160,8 @@ class _Drift:
             host = _host_of(topo, owner)
             _ensure_container(topo, owner, host)
             where = f"{address}:" if address else ""
-            node_id = f"port/{owner}/{protocol}/{(address or '*').replace(':', '-')}/{number}"
-            topo.add(Node(node_id, Kind_.PORT, (f"published {where}{number}/{protocol}",),
+            node_id = port_node_id(owner, protocol, address, number)
+            topo.add(Node(node_id, NodeKind.PORT, (f"published {where}{number}/{protocol}",),
                           host, Status.UNEXPECTED))
             topo.edges[(node_id, container_id(owner))] = Edge(
                 node_id, container_id(owner), (comment.split(": ", 1)[-1],), Status.UNEXPECTED)
@@ -176,8 +181,8 @@ class _Drift:
                 _ensure_container(topo, res.name, host)
             elif isinstance(res, Bridge):
                 overlay = (Kind.VXLAN, res.network) in self.observed.resources
-                topo.add(Node(network_id(res.network, None if overlay else host), Kind_.NETWORK,
-                              (f"network {res.network}", f"bridge {res.ifname}"),
+                topo.add(Node(network_id(res.network, None if overlay else host), NodeKind.NETWORK,
+                              (f"network {res.network}", f"device {res.ifname}"),
                               None if overlay else host, Status.UNEXPECTED))
         for res in deletes:
             if not isinstance(res, Veth | Sublink):
@@ -185,13 +190,13 @@ class _Drift:
             _ensure_container(topo, res.container, host)
             head = next((i for i in (network_id(res.network, host), network_id(res.network))
                          if i in topo.nodes), network_id(res.network, host))
-            topo.add(Node(head, Kind_.NETWORK, (f"network {res.network}",), host,
+            topo.add(Node(head, NodeKind.NETWORK, (f"network {res.network}",), host,
                           Status.UNEXPECTED))
             have = _addresses(self.observed.resources.values(), res.key)
             topo.edges[(container_id(res.container), head)] = Edge(
                 container_id(res.container), head, (res.ifname, *have), Status.UNEXPECTED)
 
-    def notdrawn(self) -> int:
+    def undrawn(self) -> int:
         """How many of the plan's changes the picture does not show."""
         return sum(1 for key in self.changes if key not in self.drawn
                    and not (key[0] == Kind.ADDRESS and tuple(key[1:-1]) in self.drawn))
@@ -242,5 +247,5 @@ def _host_of(topo: Topology, container: str) -> str | None:
 
 
 def _ensure_container(topo: Topology, name: str, host: str | None) -> None:
-    topo.add(Node(container_id(name), Kind_.CONTAINER, (f"container {name}",), host,
+    topo.add(Node(container_id(name), NodeKind.CONTAINER, (f"container {name}",), host,
                   Status.UNEXPECTED))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import desired
+from reconciler import desired, model
 from tests.graphparse import Parsed, parse
 from tests.kernelutil import run_cli
 
@@ -59,6 +59,10 @@ def test_live_graph_marks_a_deleted_veth_missing_and_a_changed_address(
     subprocess.run(["ip", "link", "del", desired.host_ifname("pic", "web", "front")], check=True)
     subprocess.run(["ip", "-n", "db", "addr", "del", "172.31.2.2/24", "dev", "eth0"], check=True)
     subprocess.run(["ip", "-n", "db", "addr", "add", "172.31.2.77/24", "dev", "eth0"], check=True)
+    # ... and changes back's MTU, and drops the project's firewall table.
+    subprocess.run(["ip", "link", "set", model.bridge_ifname("pic", "back"), "mtu", "1400"],
+                   check=True)
+    subprocess.run(["nft", "delete", "table", "inet", "netapply-pic"], check=True)
     g = live(capsys, spec)
     gone = g.edges[("container/web", "network/front")]
     assert marked(gone, "red", "dashed")
@@ -67,6 +71,11 @@ def test_live_graph_marks_a_deleted_veth_missing_and_a_changed_address(
     assert marked(moved, "darkorange", "bold")
     assert g.lines(("container/db", "network/back"))[:3] == [
         "eth0", "spec 172.31.2.2/24", "kernel 172.31.2.77/24"]
+    assert marked(g.nodes["network/back"], "darkorange", "bold")
+    assert "[changed: mtu 1400 (spec 1500)]" in g.lines("network/back")
+    assert marked(g.nodes["port/web/tcp/*/8080"], "red", "dashed")
+    # The table's other rules (isolation, masquerade) have no place in the picture.
+    assert "other difference(s) not drawn" in g.label
     # What did not change is drawn as it is.
     assert "color" not in g.nodes["container/web"]
     assert g.edges[("container/web", "network/back")].get("style") is None

@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 SANDBOX := scripts/sandbox
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo demo-docker demo-overlay test test-long lint unit wheel-check bench clean
+.PHONY: all deps venv demo demo-docker demo-overlay test test-long lint unit wheel-check bench clean pictures
 
 all: test
 
-# System packages the demo and tests use (ip, ping, unshare, nft; dockerd, podman,
-# runc and a static busybox for the container engine tests), installed only when
+# System packages the demo and tests use (ip, ping, unshare, nft, Graphviz's dot;
+# dockerd, podman, runc and a static busybox for the container engine tests), installed only when
 # missing. A policy-rc.d that refuses every start is in place during the install
 # (unless the machine has its own): installing docker.io must not start dockerd
 # here, which would change this machine's network (docker0, its firewall rules).
@@ -21,6 +21,7 @@ deps:
 	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
 	command -v unshare >/dev/null 2>&1 || missing="$$missing util-linux"; \
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
+	command -v dot >/dev/null 2>&1 || missing="$$missing graphviz"; \
 	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
 	command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
 	command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
@@ -71,6 +72,10 @@ test: deps venv lint wheel-check
 # The property-based tests explored much deeper (tens of minutes).
 test-long: deps venv
 	HYPOTHESIS_PROFILE=long $(SANDBOX) $(BIN)/pytest -q
+
+# The README's picture of examples/shop.yaml (the spec alone: no root, no kernel).
+pictures: deps venv
+	$(BIN)/netapply graph examples/shop.yaml -o docs/shop.svg
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

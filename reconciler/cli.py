@@ -21,6 +21,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from reconciler import __version__, compose, engine, lock, machines, output, render, runtimes
+from reconciler import graph as graph_mod
+from reconciler import graphlive as graph_live
 from reconciler import spec as spec_mod
 from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
@@ -159,11 +161,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: text on a terminal, JSON lines otherwise")
     lock_timeout(p)
     import_parser(sub, shared)
+    graph_parser(on_host(command(
+        "graph", "draw the project's networks, containers, addresses, published ports and "
+                 "machines (Graphviz)")))
     text = "print a shell completion script (bash: save it as " \
         "/etc/bash_completion.d/netapply; zsh: as _netapply in a directory of $fpath)"
     p = sub.add_parser("completion", help=text, description=text, parents=[shared])
     p.add_argument("shell", choices=("bash", "zsh"))
     return parser
+
+
+def graph_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--out", metavar="FILE",
+                   help="write the picture to FILE.svg, FILE.png (drawn by Graphviz's dot) or "
+                        "FILE.dot (default: DOT on stdout)")
+    p.add_argument("--live", action="store_true",
+                   help="draw this machine's kernel with drift from the spec marked (needs "
+                        "root; default: the spec alone, without the kernel)")
 
 
 def import_parser(sub: argparse._SubParsersAction[_Parser], shared: _Parser) -> None:
@@ -220,6 +234,8 @@ class Cli:
             spec = spec_mod.load(self.args.spec)
             if self.args.command == "validate":
                 return self.validate(spec)
+            if self.args.command == "graph" and not self.args.live:
+                return self.graph(spec, None)
             engine.require_privileges()
             if self.args.command == "confirm":
                 return self.confirm_pending(spec)
@@ -287,7 +303,9 @@ class Cli:
         chosen = machines.select(spec, self.args.host, engine.local_addresses(kernel))
         if chosen.host is not None:
             text = f"This machine is host '{escape(chosen.host)}' ({escape(chosen.why)})."
-            (self.err if getattr(self.args, "output", "text") == "json" else self.out).print(text)
+            # Not on stdout where stdout is data (JSON, graph's DOT).
+            data = getattr(self.args, "output", "text") == "json" or self.args.command == "graph"
+            (self.err if data else self.out).print(text)
         return chosen.host
 
     def watch(self) -> int:
@@ -596,6 +614,27 @@ class Cli:
             if runtimes_text:
                 self.out.print(runtimes_text)
         engine.require_read(observed, "what is shown may miss what the project owns there")
+        return EXIT_OK
+
+    def graph(self, spec: spec_mod.Spec, kernel: NetlinkKernel | None) -> int:
+        """The picture: of the spec (no kernel), or with --live of this
+        machine's kernel against it; DOT on stdout, or a file by -o."""
+        fmt = graph_mod.format_of(self.args.out) if self.args.out else "dot"
+        if kernel is None:
+            if self.args.host is not None:
+                machines.select(spec, self.args.host, [])
+            topology = graph_mod.from_spec(spec, self.args.host)
+        else:
+            snap = self._snapshot(spec, kernel)
+            topology = graph_live.live(spec, snap.observed, snap.desired, snap.plan.changes,
+                                      self.host)
+        data = graph_mod.rendered(graph_mod.dot(topology), fmt)
+        if not self.args.out:
+            self.out.file.write(data.decode())
+            self.out.file.flush()
+            return EXIT_OK
+        graph_mod.save(self.args.out, data)
+        self.err.print(f"Wrote {escape(self.args.out)}.")
         return EXIT_OK
 
 

@@ -7,6 +7,7 @@ the same shape (reconciler.resources), so planning is comparing.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -95,6 +96,10 @@ class Change:
             changes = rule_changes(self.before, self.after)
             out["rules_added"] = [text for sign, text in changes if sign == "+"]
             out["rules_removed"] = [text for sign, text in changes if sign == "-"]
+        if self.action == Action.UPDATE and hasattr(self.resource, "content"):
+            lines = content_changes(self.before, self.after)
+            out["lines_added"] = [text for sign, text in lines if sign == "+"]
+            out["lines_removed"] = [text for sign, text in lines if sign == "-"]
         return out
 
 
@@ -172,6 +177,20 @@ def rule_changes(before: Resource | None, after: Resource | None) -> list[tuple[
                                                           if r in added]
 
 
+def content_changes(before: Resource | None, after: Resource | None) -> list[tuple[str, str]]:
+    """("+" or "-", line) for each line of a file's content (a hosts table or
+    block) removed or added, in file order (difflib's matching): a changed
+    table is shown as its changed lines."""
+    old = str(getattr(before, "content", "") or "").splitlines()
+    new = str(getattr(after, "content", "") or "").splitlines()
+    out: list[tuple[str, str]] = []
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            out += [("-", line) for line in old[i1:i2]] + [("+", line) for line in new[j1:j2]]
+    return out
+
+
 def _update_reason(before: Resource, after: Resource) -> str:
     if isinstance(before, Firewall | DockerUser) and isinstance(after, Firewall | DockerUser):
         changes = rule_changes(before, after)
@@ -184,7 +203,9 @@ def _update_reason(before: Resource, after: Resource) -> str:
     parts = []
     for name, old, new in diff_fields(before, after):
         if name == "content":
-            parts.append("content differs")
+            changes = content_changes(before, after)
+            added = sum(1 for sign, _ in changes if sign == "+")
+            parts.append(f"lines: {added} added, {len(changes) - added} removed")
         else:
             parts.append(f"{name} {_fmt(old, name)} -> {_fmt(new, name)}")
     return ", ".join(parts)

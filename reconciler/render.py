@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 
 from rich.markup import escape
 
-from reconciler.planner import RANK, Action, Change, Plan, rule_changes
+from reconciler.planner import RANK, Action, Change, Plan, content_changes, rule_changes
 from reconciler.resources import HOST_NS, Resource, is_shared, ns_label
 
 SYMBOL = {
@@ -63,6 +63,10 @@ def plan_text(plan: Plan, project: str, notes: Iterable[str] = (),
                 for sign, text in rule_changes(change.before, change.after):
                     colour = "green" if sign == "+" else "red"
                     lines.append(f"        [{colour}]{sign} rule {escape(text)}[/{colour}]")
+            if change.action == Action.UPDATE:
+                for sign, text in content_changes(change.before, change.after):
+                    colour = "green" if sign == "+" else "red"
+                    lines.append(f"        [{colour}]{sign} {escape(text)}[/{colour}]")
         lines.append("")
     counts = plan.counts()
     lines.append(

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from reconciler import planner
+from reconciler import planner, render
 from reconciler.planner import KIND_ORDER, RANK, Action, Plan
 from reconciler.resources import (
     Address,
@@ -163,7 +163,22 @@ def test_route_gateway_change_is_an_in_place_update() -> None:
 def test_hosts_table_content_change_is_an_update() -> None:
     changed = HostsTable("p", "hosts-abc", TABLE.content + "172.30.1.11\tdb\n")
     plan = planner.plan(state_of([changed]), state_of([TABLE]))
-    assert actions(plan) == [("update", TABLE.key, "content differs")]
+    assert actions(plan) == [("update", TABLE.key, "lines: 1 added, 0 removed")]
+
+
+def test_a_changed_hosts_table_is_shown_as_its_changed_lines() -> None:
+    """Not "content differs": the lines that go and come, in text and JSON."""
+    head = "# managed by netapply project p\n172.30.1.10\tweb\n"
+    before = HostsTable("p", "hosts-abc", head + "172.30.1.11\tdb\n")
+    after = HostsTable("p", "hosts-abc", head + "172.30.1.12\tdb\n172.30.1.13\tcache\n")
+    plan = planner.plan(state_of([after]), state_of([before]))
+    assert actions(plan) == [("update", before.key, "lines: 2 added, 1 removed")]
+    doc = plan.to_json("p")["changes"][0]
+    assert doc["lines_removed"] == ["172.30.1.11\tdb"]
+    assert doc["lines_added"] == ["172.30.1.12\tdb", "172.30.1.13\tcache"]
+    text = render.plan_text(plan, "p")
+    assert "- 172.30.1.11\tdb" in text and "+ 172.30.1.13\tcache" in text
+    assert "172.30.1.10" not in text  # unchanged lines are not repeated
 
 
 def test_loopback_down_is_repaired_in_place() -> None:

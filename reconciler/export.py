@@ -143,20 +143,21 @@ class _Reader:
 
 def live_spec(project: str, resources: Mapping[Key, Resource],
               host_names: Mapping[str, str] | None = None,
-              paths: Mapping[str, str] | None = None) -> Exported:
+              attached: Mapping[str, Mapping[str, str]] | None = None) -> Exported:
     """The spec of what `resources` (an observation of `project`) holds.
 
     host_names: host address -> machine name, for a project with overlays (by
-    default each machine is named by its address). paths: namespace path ->
-    container name, for containers attached to a netns_path the observation
-    was told of (`show SPEC`); without it, a veth whose other end is in a
-    namespace netapply does not name is reported in `unknown`."""
+    default each machine is named by its address). attached: namespace path
+    -> the keys that say where it comes from (`netns_path`, or `runtime` and
+    `runtime_name`), for the namespaces the observation was told of (`show
+    SPEC`; a path alone is written as netns_path). A veth whose other end is
+    in a namespace the observation did not read is reported in `unknown`."""
     reader = _Reader(project, resources, host_names or {})
     reader.unknown.extend(NEVER_READ)
     _read_names(reader)
     _read_networks(reader)
-    _read_links(reader, paths or {})
-    containers = _containers(reader)
+    _read_links(reader)
+    containers = _containers(reader, attached or {})
     hosts = _hosts(reader, containers)
     data: dict[str, Any] = {"version": 1, "project": project}
     if hosts:
@@ -221,7 +222,7 @@ def _read_networks(reader: _Reader) -> None:
             marked.masquerade_rule = True
 
 
-def _read_links(reader: _Reader, paths: Mapping[str, str]) -> None:
+def _read_links(reader: _Reader) -> None:
     for res in [*reader.of(Veth), *reader.of(Sublink)]:
         if res.ns == UNSEEN_NS or not res.ifname:
             record = f" (addresses {res.allocated})" if res.allocated else ""
@@ -246,8 +247,7 @@ def _read_links(reader: _Reader, paths: Mapping[str, str]) -> None:
             net.subnet6 = v6.network
         assert ipv4 is None or isinstance(ipv4, ipaddress.IPv4Address)
         assert ipv6 is None or isinstance(ipv6, ipaddress.IPv6Address)
-        ns = res.ns if not res.ns.startswith("/") else paths.get(res.ns, res.ns)
-        reader.links.append(_Link(res.container, res.network, ns, res.ifname, res.mac,
+        reader.links.append(_Link(res.container, res.network, res.ns, res.ifname, res.mac,
                                   ipv4, ipv6, res.key))
     # The gateway of a macvlan/ipvlan network is on no device here: a default
     # route through it says which it is.
@@ -344,7 +344,7 @@ def _ifname_order(link: _Link) -> tuple[str, int, str]:
     return (found[1], int(found[2]), "") if found else (link.ifname, -1, link.ifname)
 
 
-def _containers(reader: _Reader) -> dict[str, Any]:
+def _containers(reader: _Reader, attached: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     by_ns: dict[str, list[_Link]] = {}
     for link in reader.links:
         by_ns.setdefault(link.ns, []).append(link)
@@ -357,7 +357,7 @@ def _containers(reader: _Reader) -> dict[str, Any]:
                                   "name can be the same as the namespace's); add it by hand")
             continue
         for name in names:
-            out[name] = _container(reader, name, ns,
+            out[name] = _container(reader, name, ns, attached.get(ns, {"netns_path": ns}),
                                    [link for link in links if link.container == name])
     return {name: out[name] for name in sorted(out, key=lambda n: (_publish_order(reader, n), n))}
 
@@ -372,10 +372,11 @@ def _publish_order(reader: _Reader, container: str) -> int:
     return 1 << 30
 
 
-def _container(reader: _Reader, name: str, ns: str, links: list[_Link]) -> dict[str, Any]:
+def _container(reader: _Reader, name: str, ns: str, where: Mapping[str, str],
+               links: list[_Link]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if ns.startswith("/"):
-        out["netns_path"] = ns
+        out.update(where)
     elif ns != name:
         out["netns"] = ns
     if not links:

@@ -143,7 +143,8 @@ class Summary:
             lines.append(f"  network {net['name']}: {where}, subnet {net['subnet']}")
         for c in self.containers:
             attached = ", ".join(f"{n['network']} {n['ipv4_address']}" for n in c["networks"])
-            lines.append(f"  container {c['name']} ({c['namespace']}): "
+            namespace = c["namespace"] or "a namespace netapply does not name"
+            lines.append(f"  container {c['name']} ({namespace}): "
                          + (attached or "no network"))
         for p in self.ports:
             lines.append(f"  port {p['host_ip'] or '*'}:{p['published']}/{p['protocol']} -> "
@@ -175,6 +176,18 @@ def summarize(project: str, observed: ObservedState) -> Summary:
              "ipv6_address": o.get("ipv6_address")} for n, o in attached.items()]})
         for port in c.get("ports", []):
             published.append(_port_json(name, port))
+    # Attached to a namespace netapply does not name (netns_path, docker, podman):
+    # the host end of the veth and its allocation record are all that is here.
+    for veth in sorted((r for r in resources.values() if isinstance(r, Veth)
+                        and r.ns == UNSEEN_NS and r.host_ifname), key=lambda r: r.key):
+        entry = next((c for c in containers if c["name"] == veth.container), None)
+        if entry is None:
+            entry = {"name": veth.container, "namespace": None, "networks": []}
+            containers.append(entry)
+        recorded = veth.allocated.split(",") if veth.allocated else []
+        entry["networks"].append({
+            "network": veth.network, "ipv4_address": recorded[0] if recorded else None,
+            "ipv6_address": recorded[1] if len(recorded) > 1 else None})
     return Summary(project, networks, tuple(containers), tuple(published),
                    tuple(problems(project, resources)), observed.unread)
 

@@ -20,7 +20,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from reconciler import __version__, compose, engine, lock, machines, output, render, runtimes
+from reconciler import (
+    __version__,
+    compose,
+    engine,
+    export,
+    lock,
+    machines,
+    output,
+    projects,
+    render,
+    runtimes,
+)
 from reconciler import graph as graph_mod
 from reconciler import graphlive as graph_live
 from reconciler import spec as spec_mod
@@ -28,10 +39,10 @@ from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import ApplyError, NetapplyError, Problem, SpecError
 from reconciler.executor import Result, describe, internal
-from reconciler.model import Runtime
+from reconciler.model import Container, Runtime
 from reconciler.planner import Action, Change, Plan
 from reconciler.resources import fields_json, is_shared
-from reconciler.state.observe import ObservedState
+from reconciler.state.observe import ObservedState, observe
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -100,10 +111,11 @@ def _parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
     shared = _global_options(argparse.SUPPRESS)
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, optional: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[shared])
         spec = p.add_argument("spec", metavar="SPEC",
-                              help="a YAML file or a directory of YAML files")
+                              help="a YAML file or a directory of YAML files",
+                              nargs="?" if optional else None)
         spec.complete = shtab.FILE  # type: ignore[attr-defined]
         return p
 
@@ -136,7 +148,11 @@ def _parser() -> argparse.ArgumentParser:
         ("apply", "make the kernel match the spec"),
         ("destroy", "delete everything the project owns"),
     ):
-        p = on_host(command(name, text))
+        p = on_host(command(name, text, optional=name == "destroy"))
+        if name == "destroy":
+            p.add_argument("--project", metavar="NAME", dest="project_name",
+                           help="instead of SPEC: the project to destroy, found from the "
+                                "kernel's ownership marks (netapply ls lists them)")
         p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
         lock_timeout(p)
         if name == "apply":
@@ -150,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
                      "SECONDS (as netplan try does)")
     command("confirm", "keep what an apply --confirm-timeout is waiting to roll back")
     p = on_host(command("show", "print what the project owns in the kernel"))
-    p.add_argument("--output", choices=("text", "json"), default="text")
+    p.add_argument("--output", choices=("text", "json", "yaml"), default="text",
+                   help="yaml: the live state as a spec that, applied, plans nothing")
     p = on_host(command("watch", "keep the kernel equal to the spec: apply on every spec "
                                  "change and repair drift, until SIGTERM"))
     p.add_argument("--resync", type=_seconds, default=60.0, metavar="SECONDS",
@@ -161,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: text on a terminal, JSON lines otherwise")
     lock_timeout(p)
     import_parser(sub, shared)
+    projects_parser(sub, shared)
     graph_parser(on_host(command(
         "graph", "draw the project's networks, containers, addresses, published ports and "
                  "machines (Graphviz)")))
@@ -188,6 +206,16 @@ def import_parser(sub: argparse._SubParsersAction[_Parser], shared: _Parser) -> 
     p.add_argument("--project", metavar="NAME",
                    help="the Compose project name (as docker compose -p; default: "
                         "COMPOSE_PROJECT_NAME, the file's name:, or its directory)")
+
+
+def projects_parser(sub: argparse._SubParsersAction[_Parser], shared: _Parser) -> None:
+    text = "list the netapply projects found in the kernel, and what looks broken"
+    p = sub.add_parser("ls", help=text, description=text, parents=[shared])
+    p.add_argument("--output", choices=("text", "json"), default="text")
+    text = "print a project's live state as a spec, from the kernel alone (no spec needed)"
+    p = sub.add_parser("export", help=text, description=text, parents=[shared])
+    p.add_argument("--project", metavar="NAME", dest="project_name", required=True)
+    p.add_argument("--output", choices=("yaml", "json"), default="yaml")
 
 
 def lock_timeout(p: argparse.ArgumentParser) -> None:
@@ -230,8 +258,10 @@ class Cli:
             return self.watch()
         if self.args.command == "import":
             return self.import_file()
+        if self.args.command in ("ls", "export"):
+            return self.from_kernel()
         try:
-            spec = spec_mod.load(self.args.spec)
+            spec = self._load_spec()
             if self.args.command == "validate":
                 return self.validate(spec)
             if self.args.command == "graph" and not self.args.live:
@@ -286,6 +316,82 @@ class Cli:
             return False
         _write_json_problems(self.out.file, problems, done)
         return True
+
+    def _load_spec(self) -> spec_mod.Spec:
+        """The spec, or for `destroy --project NAME` an empty one of that project
+        (what it owns is then found from the kernel's marks alone)."""
+        project = getattr(self.args, "project_name", None)
+        if (project is None) == (self.args.spec is None):
+            raise NetapplyError("destroy needs either SPEC or --project NAME (not both)")
+        if project is None:
+            return spec_mod.load(self.args.spec)
+        if not projects.valid_name(project):
+            raise NetapplyError(f"--project {project!r} is not a project name "
+                                "(^[a-z][a-z0-9-]{0,15}$)")
+        return spec_mod.Spec(project, {}, {})
+
+    def from_kernel(self) -> int:
+        """`ls` and `export --project`: no spec, only the kernel's marks."""
+        try:
+            engine.require_privileges()
+            engine.raise_open_files_limit()
+            kernel = NetlinkKernel()
+            try:
+                if self.args.command == "ls":
+                    return self.list_projects(kernel)
+                return self.export_project(kernel)
+            finally:
+                kernel.close()
+        except NetapplyError as e:
+            if self._json_errors([error_json(e)]):
+                return EXIT_ERROR
+            self.err.print(f"[red]error:[/red] {escape(str(e))}")
+            hint = getattr(e, "hint", "")
+            if hint:
+                self.err.print(f"What to do: {escape(hint)}.")
+        except KeyboardInterrupt:
+            self.err.print("interrupted")
+            return 130
+        return EXIT_ERROR
+
+    def list_projects(self, kernel: NetlinkKernel) -> int:
+        found, unread = projects.list_projects(kernel)
+        if self.args.output == "json":
+            self._print_json({"projects": [s.to_json() for s in found],
+                              "unread": list(unread)})
+        else:
+            for summary in found:
+                self.out.print(escape(summary.text()))
+            if not found:
+                self.out.print("No netapply project found in the kernel.")
+            for part in unread:
+                self.err.print(f"[red]error:[/red] netapply could not read {escape(part)}")
+        return EXIT_ERROR if unread or any(s.unread for s in found) else EXIT_OK
+
+    def export_project(self, kernel: NetlinkKernel) -> int:
+        project = self.args.project_name
+        if not projects.valid_name(project):
+            raise NetapplyError(f"--project {project!r} is not a project name "
+                                "(^[a-z][a-z0-9-]{0,15}$)")
+        observed = observe(kernel, project)
+        if not any(not is_shared(r) for r in observed.resources.values()):
+            raise NetapplyError(f"the kernel holds nothing of project '{project}' "
+                                "(netapply ls lists the projects found)")
+        return self._print_export(export.live_spec(project, observed.resources), observed)
+
+    def _print_export(self, exported: export.Exported, observed: ObservedState) -> int:
+        """The spec on stdout; on stderr, what applying it would still change
+        (nothing, unless the kernel holds what no spec can say)."""
+        if self.args.output == "json":
+            self._print_json(exported.to_json())
+        else:
+            self.out.file.write(exported.text())
+            self.out.file.flush()
+        for change in export.verify(exported, observed):
+            self.err.print(f"note: applied as it is, this spec would still change: "
+                           f"{escape(change)}")
+        engine.require_read(observed, "the spec may miss what the project owns there")
+        return EXIT_OK
 
     def _engine_urls(self) -> dict[Runtime, str | None]:
         return {Runtime.DOCKER: getattr(self.args, "docker_host", None),
@@ -601,6 +707,12 @@ class Cli:
         of the kernel could not be read."""
         observed = engine.observe_project(kernel, spec, self.host)
         owned = [r for r in observed.resources.values() if not is_shared(r)]
+        if self.args.output == "yaml":
+            return self._print_export(export.live_spec(
+                spec.project, observed.resources,
+                {str(h.address): h.name for h in spec.hosts.values()},
+                {c.netns_path: _where(c) for c in spec.containers.values() if c.netns_path}),
+                observed)
         if self.args.output == "json":
             resources = [
                 {"kind": str(r.kind), "key": list(r.key), **fields_json(r)} for r in owned
@@ -636,6 +748,15 @@ class Cli:
         graph_mod.save(self.args.out, data)
         self.err.print(f"Wrote {escape(self.args.out)}.")
         return EXIT_OK
+
+
+def _where(container: Container) -> dict[str, str]:
+    """The spec keys naming a container's namespace, for `show --output yaml`."""
+    if container.runtime is None:
+        return {"netns_path": str(container.netns_path)}
+    name = {} if container.engine_name == container.name else {"runtime_name":
+                                                                container.engine_name}
+    return {"runtime": str(container.runtime), **name}
 
 
 CONFIRM_POLL = 0.05  # seconds between two looks at the pending file

@@ -60,10 +60,14 @@ def test_plan_needs_the_capabilities_not_root(sandbox: Path) -> None:
     assert "Plan: " in result.stdout
 
 
-@pytest.mark.parametrize("command", ["plan", "apply", "destroy", "watch"])
+@pytest.mark.parametrize("command", ["plan", "apply", "destroy", "watch", "show", "ls",
+                                     "export", "graph --live"])
 def test_without_the_capabilities_one_sentence_names_them(command: str) -> None:
     with readable_copy() as spec:
-        result = as_nobody([], command, str(spec))
+        words = command.split()
+        args = [*words, str(spec)] if words[0] not in ("ls", "export") else (
+            ["export", "--project", "seed"] if words[0] == "export" else ["ls"])
+        result = as_nobody([], *args)
     assert result.returncode == 1
     assert result.stderr == (
         "error: netapply needs CAP_NET_ADMIN and CAP_SYS_ADMIN to read and change network "

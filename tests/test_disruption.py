@@ -7,8 +7,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+from pathlib import Path
 
-from reconciler import disruption, firewall, planner
+import pytest
+from rich.console import Console
+
+from reconciler import disruption, engine, firewall, planner, render
+from reconciler.drivers.memory import MemoryKernel
 from reconciler.model import Network, Port
 from reconciler.planner import Plan
 from reconciler.resources import (
@@ -22,6 +27,8 @@ from reconciler.resources import (
     Veth,
     state_of,
 )
+from reconciler.spec import load_text
+from tests.kernelutil import run_cli
 
 FRONT = Network("front", ipaddress.IPv4Network("172.30.1.0/24"),
                 ipaddress.IPv4Address("172.30.1.1"), "br-front")
@@ -246,3 +253,62 @@ def test_json_has_disruption_per_change_and_the_summary() -> None:
                                 "(open connections break)"}]
     assert by_key[("address", "veth", "db", "back", "172.30.2.9/24")] == []  # a create
     assert doc["disruption"] == {"disrupted": ["api", "db", "web"], "untouched": [], "new": []}
+
+
+SHOP = (Path(__file__).resolve().parent.parent / "examples" / "shop.yaml").read_text()
+SHOP_CHANGED = (
+    SHOP.replace("mtu: 1400", "mtu: 1300")
+    .replace('ports: ["8080:80", "127.0.0.1:8443:443"]', 'ports: ["127.0.0.1:8443:443"]')
+    .replace("    routes:\n", '    ports: ["8080:80"]\n    routes:\n')
+)
+
+
+def test_plan_text_and_json_of_a_real_spec_on_the_memory_kernel() -> None:
+    kernel = MemoryKernel()
+    spec = load_text(SHOP, "shop.yaml")
+    first = engine.snapshot(kernel, spec).plan
+    assert first.disruption is not None
+    assert first.disruption.summary_text() == "This plan disrupts no running container."
+    assert first.disruption.new == ("batch", "db", "proxy", "web")  # host mode: nothing made
+    engine.apply(kernel, spec, first)
+    plan = engine.snapshot(kernel, load_text(SHOP_CHANGED, "shop.yaml")).plan
+    console = Console(width=200, no_color=True)
+    with console.capture() as captured:
+        console.print(render.plan_text(plan, "shop"))
+    text = captured.get()
+    assert "! proxy: published 8080/tcp moves from proxy to web" in text
+    assert "! all containers of backend (db, web): bridge MTU change 1400 -> 1300" in text
+    assert "! db: MTU of eth0 on backend changes 1400 -> 1300" in text
+    assert text.rstrip().endswith(
+        "Disruption: 3 containers disrupted (db, proxy, web), 1 untouched.")
+    doc = plan.to_json("shop")
+    assert doc["disruption"] == {"disrupted": ["db", "proxy", "web"], "untouched": ["batch"],
+                                 "new": []}
+
+
+@pytest.mark.kernel
+def test_cli_plan_shows_what_a_real_change_disrupts(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = sandbox / "shop.yaml"
+    spec.write_text(SHOP)
+    code, _, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "plan", str(spec))
+    assert code == 0, err
+    assert "No changes." in out
+    spec.write_text(SHOP_CHANGED.replace("172.30.2.10", "172.30.2.11"))
+    code, out, err = run_cli(capsys, "plan", str(spec))
+    assert code == 0, err
+    assert "! proxy: published 8080/tcp moves from proxy to web" in out
+    assert "! all containers of backend (db, web): bridge MTU change 1400 -> 1300" in out
+    assert ("! db: address on backend changes 172.30.2.10 -> 172.30.2.11 (open connections "
+            "break)") in out
+    assert "Disruption: 3 containers disrupted (db, proxy, web), 1 untouched." in out
+    code, out, err = run_cli(capsys, "plan", "--output", "json", str(spec))
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["disruption"]["disrupted"] == ["db", "proxy", "web"]
+    firewall_change = next(c for c in doc["changes"] if c["kind"] == "firewall")
+    assert firewall_change["disrupts"] == [{"container": "proxy", "network": "frontend",
+                                            "what": "published 8080/tcp moves from proxy to web"}]

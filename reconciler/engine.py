@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from reconciler import desired as desired_mod
-from reconciler import firewall, machines, managers, planner
+from reconciler import disruption, firewall, machines, managers, planner
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import (
     ApplyError,
@@ -165,7 +165,15 @@ def plan_from(
             notes.append(note)
         notes.extend(desired_mod.overlay_renumbering(spec, wanted, observed))
         notes.extend(desired_mod.late_port_holders(observed))
-        return Snapshot(observed, wanted, planner.plan(wanted, observed.resources), tuple(notes))
+        plan = planner.plan(wanted, observed.resources)
+        plan = replace(plan, disruption=disruption.assess(
+            plan, wanted, observed.resources, container_names(machines.share(spec, host))))
+        return Snapshot(observed, wanted, plan, tuple(notes))
+
+
+def container_names(spec: Spec) -> dict[str, str]:
+    """Namespace reference (name or path) -> the container living there."""
+    return {c.ns: c.name for c in spec.containers.values() if c.ns is not None}
 
 
 def require_read(observed: ObservedState, outcome: str) -> None:

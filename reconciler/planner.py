@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.resources import (
     HOST_NS,
@@ -30,6 +30,9 @@ from reconciler.resources import (
     is_shared,
     parking_ifname,
 )
+
+if TYPE_CHECKING:
+    from reconciler.disruption import Assessment
 
 # Creation order by kind. Every dependency points from an earlier kind to a later
 # one (namespace -> link, bridge -> port, link -> address -> route), so sorting by
@@ -112,6 +115,9 @@ class Plan:
 
     changes: tuple[Change, ...]
     parked: tuple[Change, ...] = ()  # UPDATE to a parking name, before the real update
+    # What the changes interrupt, for whom (disruption.assess): for display and
+    # JSON only, so it takes no part in comparing plans.
+    disruption: Assessment | None = field(default=None, compare=False)
 
     @property
     def empty(self) -> bool:
@@ -140,12 +146,18 @@ class Plan:
                 yield change.action, change
 
     def to_json(self, project: str) -> dict[str, Any]:
-        return {
+        changes = [c.to_json() for c in self.changes]
+        out: dict[str, Any] = {
             "format_version": 1,
             "project": project,
             "summary": self.counts(),
-            "changes": [c.to_json() for c in self.changes],
+            "changes": changes,
         }
+        if self.disruption is not None:
+            for doc, change in zip(changes, self.changes, strict=True):
+                doc["disrupts"] = self.disruption.change_json(change.key)
+            out["disruption"] = self.disruption.summary_json()
+        return out
 
 
 def _order(key: Key) -> tuple[int, Key]:

@@ -67,13 +67,24 @@ def plan_text(plan: Plan, project: str, notes: Iterable[str] = (),
                 for sign, text in content_changes(change.before, change.after):
                     colour = "green" if sign == "+" else "red"
                     lines.append(f"        [{colour}]{sign} {escape(text)}[/{colour}]")
+            lines.extend(disruption_lines(plan, change))
         lines.append("")
     counts = plan.counts()
     lines.append(
         f"[bold]Plan:[/bold] {counts['create']} to create, {counts['update']} to update, "
         f"{counts['replace']} to replace, {counts['delete']} to delete."
     )
+    if plan.disruption is not None:
+        head = "[bold]Disruption:[/bold] " if plan.disruption.disrupted else ""
+        lines.append(head + escape(plan.disruption.summary_text()))
     return "\n".join(lines)
+
+
+def disruption_lines(plan: Plan, change: Change) -> list[str]:
+    """What the change interrupts, one `! who: what` line each."""
+    if plan.disruption is None:
+        return []
+    return [f"        [red]! {escape(d.line())}[/red]" for d in plan.disruption.of(change.key)]
 
 
 def _label(ns: str, labels: Mapping[str, str] | None) -> str:

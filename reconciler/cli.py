@@ -32,6 +32,7 @@ from reconciler import (
     render,
     runtimes,
 )
+from reconciler import expect as expect_mod
 from reconciler import graph as graph_mod
 from reconciler import graphlive as graph_live
 from reconciler import spec as spec_mod
@@ -165,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
                 help="after applying, roll back unless `netapply confirm SPEC` is run within "
                      "SECONDS (as netplan try does)")
     command("confirm", "keep what an apply --confirm-timeout is waiting to roll back")
+    p = on_host(command("check", "check the spec's expectations (expect) with real packets"))
+    p.add_argument("--output", choices=("text", "json"), default="text")
     p = on_host(command("show", "print what the project owns in the kernel"))
     p.add_argument("--output", choices=("text", "json", "yaml"), default="text",
                    help="yaml: the live state as a spec that, applied, plans nothing")
@@ -477,12 +480,17 @@ class Cli:
 
     def plan(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
         snap = self._snapshot(kernel=kernel, spec=spec)
+        planned = expect_mod.checks(spec, snap.observed, self.host)
+        notes = (*snap.notes, *expect_mod.notes(planned))
         if self.args.output == "json":
-            doc = {**snap.plan.to_json(spec.project), "notes": list(snap.notes)}
+            doc = {**snap.plan.to_json(spec.project), "notes": list(notes),
+                   "expectations": [c.to_json() for c in planned]}
             self._print_json(doc)
         else:
-            self.out.print(render.plan_text(snap.plan, spec.project, snap.notes,
+            self.out.print(render.plan_text(snap.plan, spec.project, notes,
                                             self.resolution.labels()))
+            if planned:
+                self.out.print("\n" + render.expectations_text(planned))
         if self.args.detailed_exitcode and not snap.plan.empty:
             return EXIT_CHANGES
         return EXIT_OK
@@ -509,7 +517,7 @@ class Cli:
         self.out.print(render.plan_text(snap.plan, spec.project, snap.notes,
                                         self.resolution.labels()))
         if snap.plan.empty:
-            return EXIT_OK
+            return EXIT_OK if self._expectations_hold(spec, kernel) else EXIT_ERROR
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
             self.err.print("Cancelled; nothing was changed.")
             return EXIT_ERROR
@@ -517,7 +525,7 @@ class Cli:
         if destroy or not (self._rollback_on_failure() or timeout is not None):
             result = self._execute(spec, kernel, snap.plan, destroy)
             self._complete(spec, result, destroy)
-            return EXIT_OK
+            return EXIT_OK if destroy or self._expectations_hold(spec, kernel) else EXIT_ERROR
         # From here to the end of a rollback, SIGINT, a hang-up (the operator's
         # session gone) and SIGTERM are recorded, never raised: the apply stops
         # at its next check and is rolled back.
@@ -561,6 +569,9 @@ class Cli:
             result = self._execute(spec, kernel, plan, False, interruptions.check)
             interruptions.check()  # a signal during the verification
             self._complete(spec, result, False)
+            if not self._expectations_hold(spec, kernel):
+                return "an expectation failed"
+            interruptions.check()  # a signal while they were checked
             if timeout is None:
                 return ""
             return self._unconfirmed(spec.project, timeout, interruptions)
@@ -586,6 +597,42 @@ class Cli:
         )
         what = "Destroy" if destroy else "Apply"
         self.out.print(f"[green]{what} complete:[/green] {len(result.done)} step(s); {outcome}.")
+
+    def _expectations_hold(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> bool:
+        """After apply has verified the kernel: check the spec's expectations
+        (addresses as the kernel has them now), show them, and say whether
+        all of those checked here hold."""
+        if not spec.expect:
+            return True
+        results = expect_mod.run(spec, engine.observe_project(kernel, spec, self.host), self.host)
+        self.out.print(render.results_text(results))
+        for result in expect_mod.failed(results):
+            e = result.check.expectation
+            where = spec.locate("expect", str(e.index))
+            self.err.print(f"[red]error:[/red] {escape(f'{where}: ' if where else '')}"
+                           f"expect[{e.index}] does not hold: {escape(e.source)} -> "
+                           f"{escape(e.target)} {e.what}: {escape(result.detail)}")
+        return not expect_mod.failed(results)
+
+    def check(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
+        """The spec's expectations alone, against the kernel as it is."""
+        snap = self._snapshot(spec, kernel)
+        results = expect_mod.run(spec, snap.observed, self.host)
+        notes = [*snap.notes, *expect_mod.notes([r.check for r in results])]
+        if not snap.plan.empty:
+            notes.append(f"the kernel differs from the spec ({len(snap.plan.changes)} planned "
+                         "change(s); run apply): the checks ran against the kernel as it is")
+        if self.args.output == "json":
+            self._print_json({"project": spec.project, "ok": not expect_mod.failed(results),
+                              "expectations": [r.to_json() for r in results],
+                              "notes": notes})
+        elif not results:
+            self.out.print(f"The spec of project '{escape(spec.project)}' has no expectations.")
+        else:
+            if notes:
+                self.out.print(render.notes_text(notes))
+            self.out.print(render.results_text(results))
+        return EXIT_ERROR if expect_mod.failed(results) else EXIT_OK
 
     def _rollback_on_failure(self) -> bool:
         """--rollback-on-failure, by default on for interactive use (and always

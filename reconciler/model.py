@@ -148,6 +148,30 @@ class Container:
 
 
 @dataclass(frozen=True)
+class Expectation:
+    """One `expect` entry: what `source` (a container's name) must reach, or
+    must not (`reach` False), at `target`: a container's name, or an address
+    (`address` is then set). A TCP connect to `port`, or an ICMP echo (`port`
+    None, `ping` True). `index` is its place in the merged `expect` list."""
+
+    index: int
+    source: str
+    target: str
+    address: IPAddress | None = None
+    port: int | None = None
+    reach: bool = True
+
+    @property
+    def ping(self) -> bool:
+        return self.port is None
+
+    @property
+    def what(self) -> str:
+        """"tcp/5432" or "ping"."""
+        return "ping" if self.port is None else f"tcp/{self.port}"
+
+
+@dataclass(frozen=True)
 class Spec:
     project: str
     networks: Mapping[str, Network]
@@ -156,6 +180,7 @@ class Spec:
     # Source positions by path, e.g. ("containers", "web", "networks", "frontend",
     # "ipv4_address"); used for errors found after loading (foreign collisions).
     where: Mapping[tuple[str, ...], Where] = field(default_factory=dict, compare=False)
+    expect: tuple[Expectation, ...] = ()  # checked with real packets after apply (expect.py)
 
     def ns_owners(self) -> dict[str, str]:
         """Namespace (a name or a path, as resources key it) -> the names of the

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
 from reconciler.planner import RANK, Action, Change, Plan, content_changes, rule_changes
 from reconciler.resources import HOST_NS, Resource, is_shared, ns_label
+
+if TYPE_CHECKING:
+    from reconciler import expect
 
 SYMBOL = {
     Action.CREATE: ("+", "green"),
@@ -135,3 +139,52 @@ def runtimes_text(entries: Iterable[Mapping[str, object]]) -> str:
             lines.append(f"  {escape(str(e['container']))}: [yellow]{escape(str(e['why']))}"
                          "[/yellow]")
     return "Runtime containers:\n" + "\n".join(lines) if lines else ""
+
+
+def expectations_text(planned: Sequence[expect.Check]) -> str:
+    """The spec's expectations as plan lists them: what is checked after apply."""
+    if not planned:
+        return ""
+    lines = ["Expectations, checked with real packets after apply:"]
+    for c in planned:
+        e = c.expectation
+        to = e.target if c.address is None or str(c.address) == e.target \
+            else f"{e.target} ({c.address})"
+        must = "must reach" if e.reach else "must not reach"
+        tail = f"  [dim]({escape(c.skipped or c.problem)})[/dim]" if not c.runnable else ""
+        lines.append(f"  {escape(e.source)} -> {escape(to)} {e.what}: {must}{tail}")
+    return "\n".join(lines)
+
+
+RESULT_COLUMNS = ("from", "to", "what", "expected", "result", "detail")
+RESULT_COLOUR = {"holds": "green", "fails": "red", "skipped": "yellow"}
+
+
+def results_text(results: Sequence[expect.Result]) -> str:
+    """A table of checked expectations (from, to, what, expected, result,
+    detail), then a summary line."""
+    rows = []
+    for r in results:
+        e = r.check.expectation
+        to = e.target if r.check.address is None or str(r.check.address) == e.target \
+            else f"{e.target} ({r.check.address})"
+        rows.append((e.source, to, e.what, "reach" if e.reach else "no reach",
+                     str(r.outcome), r.detail))
+    widths = [max(len(row[i]) for row in [RESULT_COLUMNS, *rows]) for i in range(5)]
+
+    def line(row: Sequence[str], colour: str = "") -> str:
+        cells = [f"{escape(cell):<{widths[i]}}" if i < 5 else escape(cell)
+                 for i, cell in enumerate(row)]
+        if colour:
+            cells[4] = f"[{colour}]{cells[4]}[/{colour}]"
+        return "  ".join(cells).rstrip()
+
+    lines = [line(RESULT_COLUMNS)]
+    lines += [line(row, RESULT_COLOUR[row[4]]) for row in rows]
+    failing = sum(1 for r in results if r.outcome == "fails")
+    checked = sum(1 for r in results if r.outcome != "skipped")
+    lines.append("")
+    lines.append(f"[red]{failing} of {checked} expectation(s) checked here do not hold.[/red]"
+                 if failing else
+                 f"[green]All {checked} expectation(s) checked here hold.[/green]")
+    return "\n".join(lines)

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reconciler import model, reserved
+from reconciler import expectspec, model, reserved
 from reconciler.drivers.kernel import NETNS_DIR
 from reconciler.errors import Problem, SpecError, Where
 from reconciler.model import Driver, NetworkMode, Spec
@@ -92,9 +92,10 @@ class Builder:
         for network in self.networks.values():
             self._check_pools(network)
         self._check_parents()
+        expect = expectspec.build(self.data.get("expect"), containers, self.networks, self.report)
         if self.problems:
             raise SpecError(self.problems)
-        return Spec(self.project, self.networks, containers, self.hosts, self.where)
+        return Spec(self.project, self.networks, containers, self.hosts, self.where, expect)
 
     def report(self, path: Path, message: str) -> None:
         self.problems.append(Problem(locate(self.where, path), message))

@@ -42,7 +42,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from reconciler import engine, firewall, lock, machines, runtimes, yamlsource
+from reconciler import engine, expect, firewall, lock, machines, runtimes, yamlsource
 from reconciler import spec as spec_mod
 from reconciler.drivers.events import KernelEvents
 from reconciler.drivers.kernel import NETNS_DIR
@@ -52,6 +52,7 @@ from reconciler.executor import describe
 from reconciler.model import Runtime, Spec
 from reconciler.planner import Action, Change
 from reconciler.resources import Netns, Sublink, Veth
+from reconciler.state.observe import ObservedState
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 BURST_MAX = 5.0  # a burst longer than this is reconciled anyway
@@ -180,6 +181,7 @@ class Watcher:
             lambda text: self.log.line("error", text, error=text),
             lambda text: self.log.line("engine", text))
         self.notes_said: tuple[str, ...] = ()
+        self.failing_said: tuple[str, ...] = ()  # expectations that did not hold, as logged
 
     # ---- triggers --------------------------------------------------------------
 
@@ -388,6 +390,7 @@ class Watcher:
             self.owned_netns = {r.name for r in snap.desired.values() if isinstance(r, Netns)}
             self.owned_netns |= {r.ns for r in snap.desired.values()
                                  if isinstance(r, Veth | Sublink) and r.ns.startswith("/")}
+            self._check_expectations(spec, snap.observed, host)
             return Outcome("converged", len(steps), steps=steps)
         except Stopping:
             return Outcome("stopped", len(steps), detail="stopped between two actions",
@@ -405,6 +408,24 @@ class Watcher:
         finally:
             if kernel is not None:
                 kernel.close()
+
+
+    def _check_expectations(self, spec: Spec, observed: ObservedState, host: str | None) -> None:
+        """After a converge: check the spec's expectations, and log those that
+        do not hold (never undoing anything). Logged when the failing set
+        changes, and once when every one holds again."""
+        results = expect.run(spec, observed, host)
+        failing = tuple(f"expect[{r.check.expectation.index}]: {r.check.expectation.source} -> "
+                        f"{r.check.expectation.target} {r.check.expectation.what} does not hold: "
+                        f"{r.detail}" for r in expect.failed(results))
+        if failing == self.failing_said:
+            return
+        for text in failing:
+            self.log.line("expect", text, fails=text)
+        if not failing:
+            text = "every expectation holds again"
+            self.log.line("expect", text, holds=text)
+        self.failing_said = failing
 
 
 def runtime_names(spec: Spec) -> dict[Runtime, frozenset[str]]:

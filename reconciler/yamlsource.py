@@ -26,6 +26,8 @@ AnyPath = Sequence[str | int]
 
 # Singular names of the top-level sections, used to name an object in messages.
 SECTIONS = {"hosts": "host", "networks": "network", "containers": "container"}
+# Top-level lists: the files of a directory add their entries, in file order.
+LISTS = ("expect",)
 
 # A document that expands to more values than this is an alias bomb, not a spec.
 MAX_VALUES = 200_000
@@ -59,6 +61,8 @@ def describe(path: AnyPath) -> tuple[str, str]:
     head = str(path[0])
     if head in SECTIONS and len(path) >= 2:
         return f"{SECTIONS[head]} '{path[1]}'", field_label(path[2:])
+    if head in LISTS and len(path) >= 2:
+        return f"{head}[{path[1]}]", field_label(path[2:])
     return head, field_label(path[1:])
 
 
@@ -425,6 +429,8 @@ def _merge_document(
                     continue
                 section[name] = item
                 owners.add(path)
+        elif key in LISTS:
+            _merge_list(doc, key, value, merged, where)
         elif key in merged and merged[key] != value:
             message = f"{key}: {show(value)} disagrees with {show(merged[key])} at {where[(key,)]}"
             problems.append(Problem(doc.where[(key,)], message))
@@ -434,6 +440,19 @@ def _merge_document(
     for owner in owners:
         where[owner] = doc.where[owner]
     return owners
+
+
+def _merge_list(doc: Document, key: str, value: object, merged: dict[str, Any],
+                where: dict[Path, Where]) -> None:
+    """Append a file's entries of a top-level list, each keeping its position."""
+    entries = merged.setdefault(key, [])
+    offset = len(entries)
+    if isinstance(value, list):
+        entries.extend(value)
+    where.setdefault((key,), doc.where[(key,)])
+    for path, place in doc.where.items():
+        if len(path) >= 2 and path[0] == key:
+            where[(key, str(offset + int(path[1])), *path[2:])] = place
 
 
 def _missing_keys(

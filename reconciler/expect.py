@@ -67,6 +67,7 @@ class Check:
     address: IPAddress | None = None
     skipped: str = ""
     problem: str = ""
+    caution: str = ""  # why it cannot hold, though it is checked (a plan note)
 
     @property
     def runnable(self) -> bool:
@@ -126,7 +127,13 @@ def _check(e: Expectation, spec: Spec, endpoints: dict[str, list[desired.Endpoin
                                 f"'{origin.engine_name}' is not running")
     ns = origin.ns or ""
     address, problem = _target(e, origin, spec, endpoints)
-    return Check(e, ns, address, problem=problem)
+    own = e.target == e.source or (address is not None and address.is_loopback)
+    caution = ""
+    if origin.network_mode == NetworkMode.NONE and e.reach and not own:
+        caution = (f"from '{e.source}' has network_mode none: its namespace has only loopback, "
+                   "so this check cannot hold (check it with reach: false, or from another "
+                   "container)")
+    return Check(e, ns, address, problem=problem, caution=caution)
 
 
 def _target(e: Expectation, origin: Container, spec: Spec,
@@ -256,5 +263,7 @@ def failed(results: Sequence[Result]) -> list[Result]:
 
 
 def notes(planned: Sequence[Check]) -> list[str]:
-    """A note for each expectation not checked on this machine."""
-    return [f"expect[{c.expectation.index}]: {c.skipped}" for c in planned if c.skipped]
+    """A note for each expectation not checked on this machine, or that
+    cannot hold."""
+    return [f"expect[{c.expectation.index}]: {c.skipped or c.caution}" for c in planned
+            if c.skipped or c.caution]

@@ -4,8 +4,10 @@ semantic problem reported with its position (pure; speccheck.Builder calls it).
 What is refused here is what can never be checked or can never hold,
 whatever the kernel looks like: an unknown container, an entry that says
 neither or both of port and ping, an address no single host answers at, a
-target without an address, and `reach: true` from a container whose
-namespace has only loopback.
+target without an address. `reach: true` from a container whose namespace
+has only loopback can never hold either, but SPEC.md writes one (`{from:
+batch, to: web, ping: true}`): it is valid, noted at plan time (expect.Check
+caution) and checked, and fails.
 """
 
 from __future__ import annotations
@@ -105,11 +107,6 @@ def _address(path: Path, what: str, text: str, containers: Mapping[str, Containe
 def _unreachable(e: Expectation, origin: Container, containers: Mapping[str, Container],
                  networks: Mapping[str, Network]) -> tuple[str, str] | None:
     """(field, why) when the entry can never be checked, or can never hold."""
-    own = e.target == e.source or (e.address is not None and e.address.is_loopback)
-    if origin.network_mode == NetworkMode.NONE and e.reach and not own:
-        return "from", (f"from '{e.source}' has network_mode none: its namespace has only "
-                        "loopback, so it reaches no other host; check it with reach: false, "
-                        "or from another container")
     if e.address is not None or e.target == e.source:
         return None
     peer = containers[e.target]

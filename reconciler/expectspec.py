@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 
 from reconciler import reserved
@@ -29,13 +29,19 @@ CHECKABLE = ("loopback", "link-local")
 
 
 def build(raw: list[Any] | None, containers: Mapping[str, Container],
-          networks: Mapping[str, Network], report: Report) -> tuple[Expectation, ...]:
+          networks: Mapping[str, Network], report: Report,
+          skipped: Set[str] = frozenset(), broken: Set[int] = frozenset(),
+          ) -> tuple[Expectation, ...]:
     """The spec's expectations in written order; problems go to report(path, message).
 
     `networks` holds only the networks without problems (a container's
-    attachment to another was reported already)."""
+    attachment to another was reported already). An entry of `broken` (its
+    schema problems are reported) or naming a container of `skipped` (one
+    with schema problems, not built) is passed over."""
     found = []
     for i, entry in enumerate(raw or []):
+        if i in broken or entry.get("from") in skipped or entry.get("to") in skipped:
+            continue
         made = _entry(i, entry, containers, networks, report)
         if made is not None:
             found.append(made)

@@ -68,6 +68,27 @@ def problems(doc: Document) -> list[Problem]:
     return list(unique.values())
 
 
+def broken_entries(doc: Document) -> set[tuple[str | int, ...]] | None:
+    """Where the schema failed, as the entries holding the failures:
+    ("networks", "front"), ("expect", 2). None when a failure is outside any
+    entry (a top-level key, a whole section of the wrong type): then no part
+    of the document can be trusted to have its shape."""
+    broken: set[tuple[str | int, ...]] = set()
+    for error in _validator().iter_errors(doc.data):
+        path = tuple(error.absolute_path)
+        if path and path[0] in ENTRY_SECTIONS and len(path) >= 2:
+            broken.add(path[:2])
+        elif path and path[0] in ENTRY_SECTIONS and "propertyNames" in \
+                error.absolute_schema_path:
+            broken.add((path[0], str(error.instance)))  # a name that does not match
+        else:
+            return None
+    return broken
+
+
+ENTRY_SECTIONS = ("hosts", "networks", "containers", "expect")
+
+
 def _translate(error: ValidationError, where: dict[Path, Where]) -> list[Problem]:
     path: tuple[str | int, ...] = tuple(error.absolute_path)
     keyword = error.validator

@@ -1,8 +1,8 @@
 """Load a spec: YAML files -> schema -> semantic checks -> model.Spec with defaults.
 
 Every user mistake becomes a Problem with a file position; all of them are
-collected and raised together as one SpecError. Semantic checks run only when
-the schema found nothing, so they can rely on the shape of the data.
+collected and raised together as one SpecError. Semantic checks run on every
+entry the schema found nothing wrong in, so they can rely on its shape.
 """
 
 from __future__ import annotations
@@ -34,12 +34,36 @@ def load_text(text: str, filename: str = "<string>") -> Spec:
 
 
 def _finish(docs: list[Document], problems: list[Problem], directory: str | None) -> Spec:
+    """Every problem at once: the semantic checks run on every entry the
+    schema found nothing wrong in (an entry with a schema problem is skipped
+    and, where others name it, taken as defined), unless the file could not
+    be read as YAML or a failure is outside any entry (nothing then has a
+    trustworthy shape)."""
+    broken: set[tuple[str | int, ...]] | None = set() if not problems else None
+    offset = 0  # where this file's expect entries start in the merged list
     for doc in docs:
-        problems.extend(yamlsource.shape_problems(doc, directory is not None))
+        shape = yamlsource.shape_problems(doc, directory is not None)
+        problems.extend(shape)
+        if shape:
+            broken = None
         if isinstance(doc.data, dict):
-            problems.extend(schema.problems(doc))
+            found = schema.problems(doc)
+            problems.extend(found)
+            entries = schema.broken_entries(doc) if found else set()
+            if entries is None or broken is None:
+                broken = None
+            else:
+                broken |= {(p[0], p[1] + offset) if p[0] == "expect" else p  # type: ignore[operator]
+                           for p in entries}
+            expect = doc.data.get("expect")
+            offset += len(expect) if isinstance(expect, list) else 0
     data, where, merge_problems = yamlsource.merge(docs, directory)
-    problems.extend(merge_problems)
+    if merge_problems or (problems and not broken):
+        raise SpecError([*problems, *merge_problems])
+    try:
+        spec = speccheck.Builder(data, where, broken or set()).build()
+    except SpecError as e:
+        problems.extend(e.problems)
     if problems:
         raise SpecError(problems)
-    return speccheck.Builder(data, where).build()
+    return spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Set
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -63,9 +64,14 @@ def _gateway(network: model.Network, family: int) -> model.IPAddress | None:
 class Builder:
     """Turns schema-valid data into model values, collecting every semantic problem."""
 
-    def __init__(self, data: dict[str, Any], where: dict[Path, Where]):
+    def __init__(self, data: dict[str, Any], where: dict[Path, Where],
+                 broken: Set[tuple[str | int, ...]] = frozenset()):
+        """`broken`: the entries the schema found problems in, ("networks",
+        "front") or ("expect", 2): not checked here, and where another entry
+        names one, it counts as defined (its problems are reported already)."""
         self.data = data
         self.where = where
+        self.broken = broken
         self.project: str = data["project"]
         self.raw_hosts: dict[str, Any] = data.get("hosts") or {}
         self.raw_networks: dict[str, Any] = data.get("networks") or {}
@@ -77,22 +83,29 @@ class Builder:
 
     def build(self) -> Spec:
         for name, raw in self.raw_hosts.items():
-            self._host(name, raw)
+            if ("hosts", name) not in self.broken:
+                self._host(name, raw)
         for name, raw in self.raw_networks.items():
+            if ("networks", name) in self.broken:
+                continue
             before = len(self.problems)
             network = self._network(name, raw)
             if len(self.problems) == before:
                 self.networks[name] = network
         self._check_networks()
         raw_containers: dict[str, Any] = self.data.get("containers") or {}
-        containers = {name: self._container(name, raw) for name, raw in raw_containers.items()}
+        containers = {name: self._container(name, raw) for name, raw in raw_containers.items()
+                      if ("containers", name) not in self.broken}
         self._check_addresses()
         self._check_namespaces(containers)
         self._check_ports(containers)
         for network in self.networks.values():
             self._check_pools(network)
         self._check_parents()
-        expect = expectspec.build(self.data.get("expect"), containers, self.networks, self.report)
+        expect = expectspec.build(
+            self.data.get("expect"), containers, self.networks, self.report,
+            skipped={str(n) for section, n in self.broken if section == "containers"},
+            broken={int(n) for section, n in self.broken if section == "expect"})
         if self.problems:
             raise SpecError(self.problems)
         return Spec(self.project, self.networks, containers, self.hosts, self.where, expect)

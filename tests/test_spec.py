@@ -1112,6 +1112,47 @@ networks:
     ]
 
 
+def test_semantic_problems_are_found_beside_schema_problems() -> None:
+    """Every problem at once: an entry with a schema problem does not hide the
+    semantic problems of the others (fixing three no longer reveals five)."""
+    text = doc("""\
+        networks:
+          front: {subnet: 172.30.1.0/24, mtu: big}
+          back: {subnet: 172.30.2.0/24}
+        containers:
+          web: {networks: {front: {}, back: {ipv4_address: 10.0.0.1}, nowhere: {}}}
+          db: {networks: [back], colour: red}
+          api: {networks: {back: {ipv4_address: 172.30.2.1}}}
+        expect:
+          - {from: web, to: db, port: 99999}
+          - {from: web, to: ghost, port: 80}
+          - {from: db, to: web, port: 80}
+        """)
+    assert problems(text) == [
+        "s.yaml:11:25: expect[0]: port must be between 1 and 65535 (got 99999)",
+        "s.yaml:12:17: expect[1]: to 'ghost' is neither a container of the spec nor an IP "
+        "address",
+        "s.yaml:4:34: network 'front': mtu must be a whole number (got 'big')",
+        "s.yaml:7:38: container 'web': ipv4_address 10.0.0.1 is outside network 'back'"
+        " (172.30.2.0/24)",
+        "s.yaml:7:63: container 'web': network 'nowhere' is not defined in networks",
+        "s.yaml:8:26: container 'db': unknown key 'colour'",
+        "s.yaml:9:27: container 'api': ipv4_address 172.30.2.1 is the gateway of network "
+        "'back'",
+    ]  # web's attachment to the broken front, and db (broken) in expect, are not faulted
+
+
+def test_a_broken_top_level_key_stops_before_the_semantic_checks() -> None:
+    """A failure outside any entry (here the sections' shape) leaves nothing
+    whose shape can be trusted: only the schema's problems are reported."""
+    found = problems(doc("""\
+        networks: [front]
+        containers:
+          web: {networks: {nowhere: {}}}
+        """))
+    assert len(found) == 1 and "networks" in found[0] and "nowhere" not in found[0]
+
+
 GARBAGE = [
     "",
     "\x00",

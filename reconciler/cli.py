@@ -93,6 +93,16 @@ def _write_json_problems(stream: Any, problems: list[dict[str, Any]],
     stream.flush()
 
 
+def _labelled(entry: dict[str, Any], fields: dict[str, Any], spec: spec_mod.Spec
+              ) -> dict[str, Any]:
+    """entry, with "labels" (SPEC.md: shown in plan and show output) when
+    `fields` are those of an object of a network that has labels."""
+    found = spec.network_labels().get(str(fields.get("network", "")))
+    if found:
+        entry["labels"] = found
+    return entry
+
+
 def _global_options(default: object) -> _Parser:
     """Options that work before or after the subcommand: the subcommand's copy
     has no default (SUPPRESS), so it never overwrites one given before it."""
@@ -485,10 +495,12 @@ class Cli:
         if self.args.output == "json":
             doc = {**snap.plan.to_json(spec.project), "notes": list(notes),
                    "expectations": [c.to_json() for c in planned]}
+            for change in doc["changes"]:
+                _labelled(change, change["after"] or change["before"], spec)
             self._print_json(doc)
         else:
             self.out.print(render.plan_text(snap.plan, spec.project, notes,
-                                            self.resolution.labels()))
+                                            self.resolution.labels(), spec.network_labels()))
             if planned:
                 self.out.print("\n" + render.expectations_text(planned))
         if self.args.detailed_exitcode and not snap.plan.empty:
@@ -515,7 +527,7 @@ class Cli:
                            "on this machine.")
             return EXIT_OK
         self.out.print(render.plan_text(snap.plan, spec.project, snap.notes,
-                                        self.resolution.labels()))
+                                        self.resolution.labels(), spec.network_labels()))
         if snap.plan.empty:
             return EXIT_OK if self._expectations_hold(spec, kernel) else EXIT_ERROR
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
@@ -762,13 +774,16 @@ class Cli:
                 observed)
         if self.args.output == "json":
             resources = [
-                {"kind": str(r.kind), "key": list(r.key), **fields_json(r)} for r in owned
+                _labelled({"kind": str(r.kind), "key": list(r.key), **fields_json(r)},
+                          fields_json(r), spec)
+                for r in owned
             ]
             self._print_json({"project": spec.project, "resources": resources,
                               "runtime_containers": self.resolution.to_json(),
                               "unread": list(observed.unread)})
         else:
-            self.out.print(render.state_text(owned, spec.project, self.resolution.labels()))
+            self.out.print(render.state_text(owned, spec.project, self.resolution.labels(),
+                                             spec.network_labels()))
             runtimes_text = render.runtimes_text(self.resolution.to_json())
             if runtimes_text:
                 self.out.print(runtimes_text)

@@ -182,6 +182,11 @@ class Spec:
     where: Mapping[tuple[str, ...], Where] = field(default_factory=dict, compare=False)
     expect: tuple[Expectation, ...] = ()  # checked with real packets after apply (expect.py)
 
+    def network_labels(self) -> dict[str, dict[str, str]]:
+        """Network name -> its `labels` (SPEC.md: shown in plan and show
+        output), for the networks that have any."""
+        return {n.name: dict(n.labels) for n in self.networks.values() if n.labels}
+
     def ns_owners(self) -> dict[str, str]:
         """Namespace (a name or a path, as resources key it) -> the names of the
         containers in it ("web", or "web, sidecar" when they share one), for

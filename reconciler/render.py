@@ -43,10 +43,20 @@ def notes_text(notes: Iterable[str]) -> str:
     return "\n".join(f"[yellow]note:[/yellow] {escape(note)}" for note in notes)
 
 
+def network_tags(res: Resource, network_labels: Mapping[str, Mapping[str, str]] | None) -> str:
+    """"  team=web tier=1" for a resource of a network with labels, else ""."""
+    found = (network_labels or {}).get(str(getattr(res, "network", "")))
+    if not found:
+        return ""
+    return "  [cyan]" + escape(" ".join(f"{k}={v}" for k, v in sorted(found.items()))) + "[/cyan]"
+
+
 def plan_text(plan: Plan, project: str, notes: Iterable[str] = (),
-              labels: Mapping[str, str] | None = None) -> str:
+              labels: Mapping[str, str] | None = None,
+              network_labels: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """The plan grouped by namespace; `labels` names namespaces better than
-    their path (a runtime container's /proc/PID/ns/net)."""
+    their path (a runtime container's /proc/PID/ns/net); `network_labels`
+    (Spec.network_labels) are shown on the lines of those networks' objects."""
     shown = notes_text(notes)
     if plan.empty:
         return (shown + "\n" if shown else "") + (
@@ -62,6 +72,7 @@ def plan_text(plan: Plan, project: str, notes: Iterable[str] = (),
             lines.append(
                 f"  [{colour}]{escape(symbol):>3} {VERB[change.action]}[/{colour}] "
                 f"{escape(change.title())}  [dim]({escape(change.reason)})[/dim]"
+                f"{network_tags(change.resource, network_labels)}"
             )
             if change.action != Action.DELETE:
                 for sign, text in rule_changes(change.before, change.after):
@@ -97,7 +108,8 @@ def _label(ns: str, labels: Mapping[str, str] | None) -> str:
 
 
 def state_text(resources: Iterable[Resource], project: str,
-               labels: Mapping[str, str] | None = None) -> str:
+               labels: Mapping[str, str] | None = None,
+               network_labels: Mapping[str, Mapping[str, str]] | None = None) -> str:
     items = [r for r in resources if not is_shared(r)]
     if not items:
         return f"Project '{escape(project)}' owns nothing on this machine."
@@ -108,7 +120,8 @@ def state_text(resources: Iterable[Resource], project: str,
     for ns in sorted(groups, key=_group_order):
         lines.append(f"  [bold]# {escape(_label(ns, labels))}[/bold]")
         for res in sorted(groups[ns], key=lambda r: (RANK[r.kind], r.key)):
-            lines.append(f"    {escape(res.title())}{_details(res)}")
+            lines.append(f"    {escape(res.title())}{_details(res)}"
+                         f"{network_tags(res, network_labels)}")
     return "\n".join(lines)
 
 

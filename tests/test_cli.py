@@ -125,3 +125,43 @@ def test_the_json_plan_nests_objects_never_json_in_a_string() -> None:
         if text[:1] in "[{":
             with pytest.raises(ValueError):
                 json.loads(text)
+
+
+LABELLED = """\
+version: 1
+project: lab
+networks:
+  front: {subnet: 172.30.1.0/24, labels: {team: web, tier: "1"}}
+  back: {subnet: 172.30.2.0/24}
+containers:
+  web: {networks: [front, back]}
+"""
+
+
+@pytest.mark.kernel
+def test_labels_appear_in_plan_and_show(
+        sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = sandbox / "lab.yaml"
+    spec.write_text(LABELLED)
+    code, out, _ = run(capsys, "--no-color", "plan", str(spec))
+    assert code == 0
+    bridge = next(line for line in out.splitlines() if "bridge" in line and "front" in line)
+    assert bridge.endswith("team=web tier=1")
+    assert not any("team=web" in line for line in out.splitlines() if "network back" in line)
+    code, out, _ = run(capsys, "plan", "--output", "json", str(spec))
+    assert code == 0
+    changes = json.loads(out)["changes"]
+    labelled = {tuple(c["key"]) for c in changes if c.get("labels") == {"team": "web",
+                                                                          "tier": "1"}}
+    assert labelled and all("front" in str(c["after"].get("network")) for c in changes
+                            if tuple(c["key"]) in labelled)
+    assert run(capsys, "apply", "--auto-approve", str(spec))[0] == 0
+    code, out, _ = run(capsys, "--no-color", "show", str(spec))
+    assert code == 0
+    assert any(line.endswith("team=web tier=1") and "front" in line
+               for line in out.splitlines())
+    code, out, _ = run(capsys, "show", "--output", "json", str(spec))
+    assert code == 0
+    shown = json.loads(out)["resources"]
+    assert any(r.get("labels", {}).get("team") == "web" and r["kind"] == "bridge"
+               for r in shown)

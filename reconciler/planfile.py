@@ -362,6 +362,8 @@ def loads(raw: bytes, path: str, version: str) -> SavedPlan:
     or fingerprint wrong, fields missing) or made by another netapply `version`."""
     try:
         doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("it is not a JSON object")
         checksum = doc.pop("checksum")
         if checksum != _checksum(doc):
             raise ValueError("its checksum does not match its content")
@@ -397,9 +399,10 @@ def read(path: str, version: str) -> SavedPlan | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         head = f.read(256)
         if not is_saved_plan(head):
             return None

@@ -155,11 +155,11 @@ class Cli:
         if self.args.command == "import":
             return self.import_file()
         try:
+            if self.args.command != "apply" and planfile.is_saved_plan_file(self.args.spec):
+                raise NetapplyError(f"{self.args.spec} is a saved plan: only `netapply apply` "
+                                    "takes one; the others take its spec")
             saved = planfile.read(self.args.spec, __version__)
             if saved is not None:
-                if self.args.command != "apply":
-                    raise NetapplyError(f"{self.args.spec} is a saved plan: only `netapply "
-                                        "apply` takes one; the others take its spec")
                 return self.apply_saved(saved)
             sources = spec_mod.read(self.args.spec)
             self.digests = sources.digests

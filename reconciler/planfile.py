@@ -395,6 +395,23 @@ def read(path: str, version: str) -> SavedPlan | None:
     """The saved plan at path, or None when path is no saved plan (a spec file
     or directory, or nothing: the spec loader says what is wrong with it).
     Raises PlanFileError as loads() does, or when it is too large."""
+    raw = _read(path, MAX_PLAN_BYTES + 1)
+    if raw is None:
+        return None
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanFileError(f"{path}: a saved plan larger than {MAX_PLAN_BYTES >> 20} MiB, "
+                            "more than any plan takes; it is not read")
+    return loads(raw, path, version)
+
+
+def is_saved_plan_file(path: str) -> bool:
+    """Whether path is a saved plan, by its first bytes (not its name)."""
+    return _read(path, 0) is not None
+
+
+def _read(path: str, limit: int) -> bytes | None:
+    """The first bytes of a regular file that begins as a saved plan, and up to
+    `limit` more; None for anything else. A FIFO is not waited on."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -406,11 +423,7 @@ def read(path: str, version: str) -> SavedPlan | None:
         head = f.read(256)
         if not is_saved_plan(head):
             return None
-        raw = head + f.read(MAX_PLAN_BYTES + 1)
-    if len(raw) > MAX_PLAN_BYTES:
-        raise PlanFileError(f"{path}: a saved plan larger than {MAX_PLAN_BYTES >> 20} MiB, "
-                            "more than any plan takes; it is not read")
-    return loads(raw, path, version)
+        return head + f.read(limit)
 
 
 def check_here(saved: SavedPlan, requested_host: str | None, machine: str | None = None) -> None:

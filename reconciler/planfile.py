@@ -14,9 +14,8 @@ short text (everything else), so that a difference says what changed by
 kind and key. Foreign objects are kept only where they can change the plan,
 its checks or its notes (a link only under a name the project wants, a held
 port only if the spec publishes that port...): another container that Docker
-starts meanwhile does not make a plan stale. The recomputed plan and notes are
-compared with the saved ones as well, which catches whatever else would make
-them differ.
+starts meanwhile does not make a plan stale. The recomputed plan is compared
+with the saved one as well, which catches whatever else would make it differ.
 """
 
 from __future__ import annotations
@@ -288,7 +287,9 @@ def plan_json(snap: engine.Snapshot, project: str, fp: Fingerprint) -> dict[str,
 
 
 def plan_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """How the plan and notes computed now differ from the saved JSON plan (pure)."""
+    """How the changes planned now differ from those of the saved JSON plan
+    (pure). Notes are not compared: they are said of the same fingerprinted
+    inputs, and other parts of the CLI add their own to the JSON plan."""
     old = [_canonical(c) for c in saved.get("changes", [])]
     new = [_canonical(c) for c in now.get("changes", [])]
     found = []
@@ -298,9 +299,6 @@ def plan_differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[s
         found += [f"change not in the saved plan: {_change_title(c)}" for c in new if c in added]
         if not found:
             found.append("the planned changes are in another order")
-    old_notes, new_notes = list(saved.get("notes", [])), list(now.get("notes", []))
-    found += [f"note gone: {n}" for n in old_notes if n not in new_notes]
-    found += [f"new note: {n}" for n in new_notes if n not in old_notes]
     return found
 
 

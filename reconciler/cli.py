@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from reconciler import (
     lock,
     machines,
     output,
+    planfile,
     projects,
     render,
     runtimes,
@@ -155,8 +157,11 @@ def _parser() -> argparse.ArgumentParser:
         "--detailed-exitcode", action="store_true",
         help="exit 0 when there are no changes, 2 when there are, 1 on error",
     )
+    p.add_argument("--out", metavar="FILE",
+                   help="also save the plan to FILE, for `netapply apply FILE`: it applies "
+                        "exactly this plan, or nothing if the spec or the kernel changed")
     for name, text in (
-        ("apply", "make the kernel match the spec"),
+        ("apply", "make the kernel match the spec, or apply a saved plan (plan --out FILE)"),
         ("destroy", "delete everything the project owns"),
     ):
         p = on_host(command(name, text, optional=name == "destroy"))
@@ -261,6 +266,7 @@ class Cli:
         self.err = Console(file=cast(TextIO, err), no_color=no_color, highlight=False,
                            soft_wrap=True)
         self.done: list[str] = []  # the steps of the running apply that are done
+        self.digests: dict[str, str] = {}  # spec file -> SHA-256 of what was read
 
     def run(self) -> int:
         if self.args.command == "completion":
@@ -274,6 +280,13 @@ class Cli:
         if self.args.command in ("ls", "export"):
             return self.from_kernel()
         try:
+            if self.args.spec is not None:
+                if self.args.command != "apply" and planfile.is_saved_plan_file(self.args.spec):
+                    raise NetapplyError(f"{self.args.spec} is a saved plan: only `netapply "
+                                        "apply` takes one; the others take its spec")
+                saved = planfile.read(self.args.spec, __version__)
+                if saved is not None:
+                    return self.apply_saved(saved)
             spec = self._load_spec()
             if self.args.command == "validate":
                 return self.validate(spec)
@@ -337,7 +350,9 @@ class Cli:
         if (project is None) == (self.args.spec is None):
             raise NetapplyError("destroy needs either SPEC or --project NAME (not both)")
         if project is None:
-            return spec_mod.load(self.args.spec)
+            sources = spec_mod.read(self.args.spec)
+            self.digests = sources.digests
+            return spec_mod.build(sources)
         if not projects.valid_name(project):
             raise NetapplyError(f"--project {project!r} is not a project name "
                                 "(^[a-z][a-z0-9-]{0,15}$)")
@@ -492,8 +507,11 @@ class Cli:
         snap = self._snapshot(kernel=kernel, spec=spec)
         planned = expect_mod.checks(spec, snap.observed, self.host)
         notes = (*snap.notes, *expect_mod.notes(planned))
+        saved: dict[str, Any] = {}
+        if self.args.output == "json" or self.args.out:
+            saved = planfile.plan_json(snap, spec.project, self._fingerprint(snap))
         if self.args.output == "json":
-            doc = {**snap.plan.to_json(spec.project), "notes": list(notes),
+            doc = {**copy.deepcopy(saved), "notes": list(notes),
                    "expectations": [c.to_json() for c in planned]}
             for change in doc["changes"]:
                 _labelled(change, change["after"] or change["before"], spec)
@@ -503,9 +521,87 @@ class Cli:
                                             self.resolution.labels(), spec.network_labels()))
             if planned:
                 self.out.print("\n" + render.expectations_text(planned))
+        if self.args.out:
+            self._save_plan(saved)
         if self.args.detailed_exitcode and not snap.plan.empty:
             return EXIT_CHANGES
         return EXIT_OK
+
+    def _fingerprint(self, snap: engine.Snapshot) -> planfile.Fingerprint:
+        return planfile.fingerprint(self.args.spec, self.digests, self.resolution, snap,
+                                    self.host)
+
+    def _save_plan(self, doc: dict[str, Any]) -> None:
+        """plan --out: the file, or PlanFileError and no file."""
+        urls = {rt: runtimes.engine_url(rt, url) for rt, url in self._engine_urls().items()}
+        planfile.write(self.args.out, planfile.dumps(doc, __version__, self.args.host, urls))
+        (self.err if self.args.output == "json" else self.out).print(
+            f"Saved the plan to {escape(self.args.out)}: [bold]netapply apply "
+            f"{escape(self.args.out)}[/bold] applies exactly this plan, and nothing if the "
+            "spec or the kernel changes first.")
+
+    def apply_saved(self, saved: planfile.SavedPlan) -> int:
+        """`apply FILE`: the saved plan, only while the spec files, the runtime
+        containers and the kernel are what it was computed from (checked under
+        the project's lock); otherwise nothing is changed."""
+        planfile.check_here(saved, self.args.host)
+        engine.require_privileges()
+        engine.raise_open_files_limit()
+        # The plan's choices stand in for the options not given again; `confirm`
+        # names the spec.
+        self.args.spec = saved.fingerprint.spec
+        self.args.host = self.args.host or saved.requested_host
+        for runtime, url in saved.engines.items():
+            if getattr(self.args, f"{runtime}_host", None) is None:
+                setattr(self.args, f"{runtime}_host", url)
+        kernel = NetlinkKernel()
+        try:
+            with lock.project_lock(saved.project, self.args.lock_timeout):
+                world = self._recheck(
+                    kernel, saved.fingerprint, saved.plan, False,
+                    f"the saved plan {saved.path} is stale: the spec or the kernel changed "
+                    "since it was made",
+                    "make a new plan (netapply plan SPEC --out FILE), review it and apply that")
+                if world is None:
+                    return EXIT_ERROR
+                self.out.print(f"Saved plan {escape(saved.path)}: the spec and the kernel are "
+                               "as they were when it was made.")
+                return self._change_locked(world.spec, kernel, False, world)
+        finally:
+            kernel.close()
+
+    def _unchanged(self, kernel: NetlinkKernel, project: str, snap: engine.Snapshot,
+                   world: planfile.World | None, destroy: bool,
+                   why: str) -> planfile.World | None:
+        """After the prompt: the world observed again when it is still the one
+        `snap` (of `world`, if given) was planned from; else None, said why."""
+        expected = world.fingerprint if world is not None else self._fingerprint(snap)
+        return self._recheck(kernel, expected, planfile.plan_json(snap, project, expected),
+                             destroy, why, "run apply again to see the plan for them as "
+                                           "they are now")
+
+    def _recheck(self, kernel: NetlinkKernel, expected: planfile.Fingerprint,
+                 plan_doc: Any, destroy: bool, why: str, hint: str) -> planfile.World | None:
+        """Read the spec, resolve, observe and plan again: the world, when its
+        fingerprint and plan are `expected` and `plan_doc`; else None, with
+        what differs printed."""
+        try:
+            world = planfile.observe(kernel, expected, self.args.host, self._engine_urls(),
+                                     destroy)
+            # The plan differs whenever its inputs do; said only when they do not.
+            found = planfile.differences(expected, world.fingerprint) or (
+                planfile.plan_differences(plan_doc, planfile.plan_json(
+                    world.snap, world.spec.project, world.fingerprint)))
+        except planfile.StalePlan as e:
+            found = e.differences
+        if not found:
+            self.host, self.resolution = world.host, world.resolution
+            return world
+        self.err.print(f"[red]error:[/red] {escape(why)}; nothing was changed:")
+        for line in planfile.shown(found):
+            self.err.print(f"  {escape(line)}")
+        self.err.print(f"What to do: {escape(hint)}.")
+        return None
 
     def apply(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
         return self._change(spec, kernel, destroy=False)
@@ -518,8 +614,9 @@ class Cli:
         with lock.project_lock(spec.project, self.args.lock_timeout):
             return self._change_locked(spec, kernel, destroy)
 
-    def _change_locked(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool) -> int:
-        snap = self._snapshot(spec, kernel, destroy=destroy)
+    def _change_locked(self, spec: spec_mod.Spec, kernel: NetlinkKernel, destroy: bool,
+                       world: planfile.World | None = None) -> int:
+        snap = self._snapshot(spec, kernel, destroy=destroy) if world is None else world.snap
         if destroy and snap.plan.empty:
             engine.destroyed(snap.observed, 0)
             self.out.print(render.notes_text(snap.notes) + "\n" if snap.notes else "", end="")
@@ -533,6 +630,21 @@ class Cli:
         if not self.args.auto_approve and not self._confirm(spec.project, destroy):
             self.err.print("Cancelled; nothing was changed.")
             return EXIT_ERROR
+        if not self.args.auto_approve and self.args.spec is None:
+            # destroy --project: no spec files; the kernel alone must be as shown.
+            again = self._snapshot(spec, kernel, destroy=destroy)
+            if again.plan.to_json(spec.project) != snap.plan.to_json(spec.project):
+                self.err.print("[red]error:[/red] the kernel changed while the prompt waited; "
+                               "nothing was changed.")
+                self.err.print("What to do: run destroy again to see what it deletes now.")
+                return EXIT_ERROR
+        elif not self.args.auto_approve:
+            # The prompt may have waited for hours: apply only what was shown.
+            world = self._unchanged(kernel, spec.project, snap, world, destroy,
+                                    "the spec or the kernel changed while the prompt waited")
+            if world is None:
+                return EXIT_ERROR
+            spec, snap = world.spec, world.snap
         timeout = None if destroy else self.args.confirm_timeout
         if destroy or not (self._rollback_on_failure() or timeout is not None):
             result = self._execute(spec, kernel, snap.plan, destroy)

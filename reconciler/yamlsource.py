@@ -11,6 +11,7 @@ The files of a spec directory are merged here too, keeping each entry's position
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import stat
 from collections.abc import Sequence
@@ -49,6 +50,9 @@ class Document:
     data: object = None
     where: dict[Path, Where] = field(default_factory=dict)
     ok: bool = True  # False when the file could not be parsed at all
+    # SHA-256 of the bytes read (hex); "" when the file could not be read whole.
+    # A saved plan records it, to tell the spec it was made from (planfile.py).
+    sha256: str = ""
 
 
 def describe(path: AnyPath) -> tuple[str, str]:
@@ -370,8 +374,10 @@ def read_file(file: str) -> tuple[Document, list[Problem]]:
         line = raw.count(b"\n", 0, err.start) + 1
         col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
         problem = Problem(Where(file, line, col), "YAML: the file is not UTF-8 text")
-        return Document(file, ok=False), [problem]
-    return parse(text, file)
+        return Document(file, ok=False, sha256=hashlib.sha256(raw).hexdigest()), [problem]
+    doc, problems = parse(text, file)
+    doc.sha256 = hashlib.sha256(raw).hexdigest()
+    return doc, problems
 
 
 def shape_problems(doc: Document, in_directory: bool) -> list[Problem]:

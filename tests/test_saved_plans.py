@@ -56,7 +56,7 @@ def test_a_saved_plan_is_applied_when_nothing_changed(
     code, out, err = run_cli(capsys, "apply", "--auto-approve", str(out_file))
     assert code == 0, err
     assert f"Saved plan {out_file}: the spec and the kernel are as they were" in out
-    assert "done: create netns db" in out
+    assert "done: db: create netns db" in out
     assert "Apply complete" in out
     code, out, _ = run_cli(capsys, "plan", "--detailed-exitcode", str(spec))
     assert (code, out.strip()) == (0, "No changes. The kernel matches the spec of project 'shop'.")

@@ -323,16 +323,21 @@ class Cli:
                 "Fix the cause and run apply again: it continues from the current state."
             )
         except NetapplyError as e:
-            if self._json_errors([error_json(e)]):
-                return EXIT_ERROR
-            self.err.print(f"[red]error:[/red] {escape(str(e))}")
-            hint = getattr(e, "hint", "")
-            if hint:
-                self.err.print(f"What to do: {escape(hint)}.")
+            self._report_error(e)
         except KeyboardInterrupt:
             self.err.print("interrupted")
             return 130
         return EXIT_ERROR
+
+    def _report_error(self, e: NetapplyError) -> None:
+        """An error and what to do about it: on stderr, or under --output json
+        as the JSON errors document."""
+        if self._json_errors([error_json(e)]):
+            return
+        self.err.print(f"[red]error:[/red] {escape(str(e))}")
+        hint = getattr(e, "hint", "")
+        if hint:
+            self.err.print(f"What to do: {escape(hint)}.")
 
     def _json_errors(self, problems: list[dict[str, Any]], done: Sequence[str] = ()) -> bool:
         """Under `--output json`, the errors as one JSON document on stdout
@@ -371,12 +376,7 @@ class Cli:
             finally:
                 kernel.close()
         except NetapplyError as e:
-            if self._json_errors([error_json(e)]):
-                return EXIT_ERROR
-            self.err.print(f"[red]error:[/red] {escape(str(e))}")
-            hint = getattr(e, "hint", "")
-            if hint:
-                self.err.print(f"What to do: {escape(hint)}.")
+            self._report_error(e)
         except KeyboardInterrupt:
             self.err.print("interrupted")
             return 130

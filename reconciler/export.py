@@ -25,6 +25,7 @@ import yaml
 
 from reconciler import engine, firewall, ports
 from reconciler import spec as spec_mod
+from reconciler.desired import DEFAULT_V4, DEFAULT_V6
 from reconciler.errors import NetapplyError
 from reconciler.model import (
     DEFAULT_MTU,
@@ -54,7 +55,6 @@ from reconciler.resources import (
 from reconciler.state.observe import UNSEEN_NS, ObservedState
 
 EXPORTED = "exported spec"  # the file name problems of the printed spec are reported at
-DEFAULT_V4, DEFAULT_V6 = "0.0.0.0/0", "::/0"
 DEFAULT_MODES = {"macvlan": "bridge", "ipvlan": "l2"}  # the first mode speccheck accepts
 CONTAINER_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
 # Always unknown to the kernel, whatever the project holds.

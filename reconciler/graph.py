@@ -298,4 +298,4 @@ def rendered(graph: graphviz.Graph, fmt: str) -> bytes:
 
 def save(path: str, data: bytes) -> None:
     """Write the picture to `path` whole or not at all (outfile.write_whole)."""
-    outfile.write_whole(path, data)
+    outfile.write_whole(path, data, "the picture")

@@ -20,19 +20,17 @@ with the saved one as well, which catches whatever else would make it differ.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from reconciler import engine, lock, machines, runtimes
+from reconciler import engine, lock, machines, outfile, runtimes
 from reconciler import spec as spec_mod
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import NetapplyError, SpecError
@@ -437,56 +435,13 @@ def check_here(saved: SavedPlan, requested_host: str | None, machine: str | None
 
 
 def write(path: str, text: str) -> None:
-    """Write the file at path safely: a new 0600 file in the same directory,
-    renamed over path (rename(2): readers see the old file or the new one,
-    never a part). A link at path is never followed nor replaced, and only a
-    regular file is replaced. Raises PlanFileError, leaving nothing behind."""
-    directory, name = os.path.split(path)
-    what = f"cannot write the plan to {path}"
+    """The plan file at path, 0600 (it names the machine's objects), written
+    whole and never through a link (outfile.write_whole). Raises
+    PlanFileError, leaving nothing behind."""
     try:
-        dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise PlanFileError(f"{what}: {directory}: {e.strerror}") from None
-    try:
-        try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
-        except OSError as e:
-            raise PlanFileError(f"{what}: {e.strerror}") from None
-        if not name or (st is not None and not stat.S_ISREG(st.st_mode)):
-            kind = "a directory" if st is None or stat.S_ISDIR(st.st_mode) else (
-                "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file")
-            raise PlanFileError(f"{what}: it is {kind}; netapply writes a plan only to a new "
-                                "or a regular file")
-        _write_new(dir_fd, name, text.encode(), what)
-    finally:
-        os.close(dir_fd)
-
-
-def _write_new(dir_fd: int, name: str, data: bytes, what: str) -> None:
-    tmp = f".{name[:200]}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
-    except OSError as e:
-        raise PlanFileError(f"{what}: {e.strerror}") from None
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise PlanFileError(f"{what}: {e.strerror}") from None
-    with contextlib.suppress(OSError):
-        os.fsync(dir_fd)  # the rename itself lasts
+        outfile.write_whole(path, text.encode(), "the plan", mode=0o600)
+    except NetapplyError as e:
+        raise PlanFileError(str(e)) from None
 
 
 # The world now

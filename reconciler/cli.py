@@ -267,6 +267,7 @@ class Cli:
                            soft_wrap=True)
         self.done: list[str] = []  # the steps of the running apply that are done
         self.digests: dict[str, str] = {}  # spec file -> SHA-256 of what was read
+        self.printed_json = False  # a JSON result is on stdout (errors then go to stderr)
 
     def run(self) -> int:
         if self.args.command == "completion":
@@ -343,8 +344,8 @@ class Cli:
         """Under `--output json`, the errors as one JSON document on stdout
         (where a pipeline reads the plan), with the steps already done; True
         when written so."""
-        if getattr(self.args, "output", "text") != "json":
-            return False
+        if getattr(self.args, "output", "text") != "json" or self.printed_json:
+            return False  # stdout holds one JSON document: a result already there stays alone
         _write_json_problems(self.out.file, problems, done)
         return True
 
@@ -502,6 +503,7 @@ class Cli:
         that went away (a closed pipe) is no traceback."""
         self.out.file.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         self.out.file.flush()
+        self.printed_json = True
 
     def plan(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
         snap = self._snapshot(kernel=kernel, spec=spec)

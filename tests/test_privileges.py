@@ -99,7 +99,7 @@ def test_nothing_is_run_from_spec_values() -> None:
     """netapply runs exactly one program on a spec, nft, with a fixed argument
     list and the rules as JSON on stdin; never a shell, never eval/exec. The
     one other program, `docker compose config`, is run by `netapply import
-    compose` alone (compose.py), on the Compose file the user names, never on
+    compose` alone (compose/reading.py), on the Compose file the user names, never on
     a spec."""
     found = []
     importers = set()
@@ -123,6 +123,6 @@ def test_nothing_is_run_from_spec_values() -> None:
                 fixed = isinstance(argv, ast.List) and isinstance(argv.elts[0], ast.Name)
                 found.append(f"{path.name}: {func.value.id}.{func.attr} shell={shell} "
                              f"fixed_program={fixed}")
-    assert importers == {"compose.py: subprocess", "nft.py: subprocess"}  # nothing else starts one
-    assert found == ["compose.py: subprocess.run shell=False fixed_program=True",
+    assert importers == {"reading.py: subprocess", "nft.py: subprocess"}  # nothing else starts one
+    assert found == ["reading.py: subprocess.run shell=False fixed_program=True",
                      "nft.py: subprocess.run shell=False fixed_program=True"]

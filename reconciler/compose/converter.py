@@ -1,50 +1,24 @@
-"""`netapply import compose`: the networking of a Docker Compose file as a netapply spec.
-
-A Compose file (a dict) -> spec text (YAML with comments) and notes, by pure
-functions (`convert`); reading the file (`read`) and, where the `docker
-compose` plugin is installed, normalising it first (`run_config`, the one
-function here that starts a program) are kept apart.
-
-Where each behaviour comes from:
-- the Compose specification (compose-spec.io): the keys of `services` and
-  `networks`, the short and long syntax of `ports`, the implicit `default`
-  network that services without `networks` join;
-- Compose v2 itself: container names `<project>-<service>-1`, project names
-  normalised to lowercase `[a-z0-9_-]`, networks connected by `priority`
-  (highest first) then by name, port ranges expanded one port per entry,
-  networks that no service uses never created;
-- docs/docker.md: what netapply has for each Docker option, or why nothing.
-
-Every Compose key without a netapply equivalent becomes a YAML comment in the
-output naming it, so nothing is dropped silently.
-"""
+"""A Compose project (the file's data) -> the blocks of a netapply spec: its
+networks, and its services as containers with their attachments and ports;
+problems of the Compose file's structure are collected with their places."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
-import os
 import re
-import shutil
-import stat
-import subprocess
-import textwrap
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from reconciler import spec as spec_mod
 from reconciler import yamlsource
-from reconciler.errors import NetapplyError, Problem, SpecError, Where
+from reconciler.compose.ports import _port, _port_text, _short_port
+from reconciler.compose.reading import netapply_project
+from reconciler.compose.yamltext import _Block, _Comment, _text
+from reconciler.errors import Problem, Where
 
-# netapply's names (SPEC.md), and Compose's own rule for project names.
+# netapply's names (SPEC.md).
 NETWORK_NAME = re.compile(r"[a-z][a-z0-9_-]{0,30}")
 CONTAINER_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
-PROJECT_NAME = re.compile(r"[a-z][a-z0-9-]{0,15}")
-COMPOSE_PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
 IFNAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.-]{1,15}")
 DNSNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 
@@ -53,7 +27,6 @@ DEFAULT_NETWORK = "default"  # Compose's network for services without `networks`
 # would pick one from its address pools; netapply needs it written down).
 SUBNET_POOL = ipaddress.IPv4Network("172.30.0.0/16")
 SUBNET_PREFIX = 24
-DEFAULT_PROJECT = "compose"  # when nothing of a Compose project name fits netapply's rule
 
 TOP_LEVEL = ("version", "name", "include", "services", "networks", "volumes", "configs",
              "secrets", "models")
@@ -84,223 +57,11 @@ SERVICE_KEYS_READ = ("networks", "network_mode", "ports", "mac_address", "contai
                      "profiles")
 ATTACHMENT_KEYS_READ = ("aliases", "ipv4_address", "ipv6_address", "mac_address",
                         "interface_name", "driver_opts", "priority", "gw_priority")
-PORT_KEYS_READ = ("target", "published", "protocol", "host_ip", "mode")
-
-# A Compose variable, $NAME or ${NAME...}; `$$` is a literal dollar.
-VARIABLE = re.compile(r"(?<!\$)\$\{?([A-Za-z_][A-Za-z0-9_]*)")
-DOCKER = "docker"
-VERSION_TIMEOUT = 10  # seconds for `docker compose version`
-CONFIG_TIMEOUT = 60  # seconds for `docker compose config`; it reads files, no daemon
-MAX_FILE_BYTES = yamlsource.MAX_FILE_BYTES
-IMPORTED = "imported spec"  # the file name in problems of the generated spec
-COMMENT_WIDTH = 96
 
 AnyPath = tuple[str | int, ...]
 
 
-@dataclass(frozen=True)
-class Imported:
-    """The result of an import: the spec as YAML text, notes for the user
-    (stderr), and the problems the spec still has (empty when it validates;
-    positions are lines of `text`, in a file called "imported spec")."""
-
-    text: str
-    notes: tuple[str, ...] = ()
-    problems: tuple[Problem, ...] = ()
-
-
-# --- reading -----------------------------------------------------------------------
-
-
-class ComposeLoader(yaml.SafeLoader):
-    """YAML 1.2 scalars, as Compose (go-yaml v3) reads them: `22:22` is text,
-    not a base-60 number; `yes`, `on` and dates are text. Compose's merge tags
-    `!reset` (drop the value) and `!override` are understood."""
-
-
-# YAML 1.1's rules for these four kinds go; YAML 1.2's core schema replaces them.
-ComposeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if tag.rsplit(":", 1)[-1] not in ("bool", "int", "float", "timestamp")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    """YAML 1.2: 010 is ten (YAML 1.1 read it as octal), 0o10 is eight."""
-    assert isinstance(node, yaml.ScalarNode)
-    text = str(loader.construct_scalar(node))
-    if text.startswith(("0o", "0x")):
-        return int(text[2:], 8 if text[1] == "o" else 16)
-    return int(text)
-
-
-def _construct_reset(_loader: yaml.SafeLoader, _node: yaml.Node) -> None:
-    return None
-
-
-def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> object:
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    assert isinstance(node, yaml.ScalarNode)
-    return loader.construct_scalar(node)
-
-
-ComposeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"))
-ComposeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
-    list("-+0123456789"))
-ComposeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-ComposeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-ComposeLoader.add_constructor("!reset", _construct_reset)
-ComposeLoader.add_constructor("!override", _construct_override)
-
-
-def read(file: str) -> tuple[dict[str, Any], dict[yamlsource.Path, Where]]:
-    """Read a Compose file as YAML 1.2: (data, position of every key and item).
-
-    Raises SpecError (each problem at file:line:col) for text that is not
-    YAML or whose top level is not a mapping, NetapplyError for a file that
-    cannot be read.
-    """
-    try:
-        # O_NONBLOCK: a FIFO given as the file must not block the open.
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as stream:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise NetapplyError(f"{file}: not a regular file")
-            raw = stream.read(MAX_FILE_BYTES + 1)
-    except OSError as err:
-        raise NetapplyError(f"{file}: cannot read the Compose file: {err.strerror}") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise NetapplyError(f"{file}: larger than {MAX_FILE_BYTES >> 20} MiB; not read")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise SpecError([Problem(Where(file, line, col), "YAML: the file is not UTF-8 text")]
-                        ) from None
-    doc, problems = yamlsource.parse(text, file, ComposeLoader)
-    if problems:
-        raise SpecError(problems)
-    if not isinstance(doc.data, dict):
-        got = "nothing" if doc.data is None else yamlsource.show(doc.data)
-        start = doc.where.get((), Where(file, 1, 1))
-        raise SpecError([Problem(start, f"a Compose file is a mapping with keys like services "
-                                        f"and networks (got {got})")])
-    return doc.data, doc.where
-
-
-def run_config(file: str, project: str | None) -> tuple[dict[str, Any] | None, list[str]]:
-    """`docker compose [-p PROJECT] -f FILE config --format json`: the file as
-    Compose itself resolves it (variables, extends, include, profiles), and
-    notes (its warnings, or why it was not used). None when the plugin is not
-    installed or the command fails: the caller reads the file itself.
-
-    The only program netapply starts besides nft: a fixed argument list, no
-    shell, stdin closed, the file name as one argument. `config` needs no
-    daemon.
-    """
-    program = shutil.which(DOCKER)
-    if program is None:
-        return None, ["docker compose is not installed (no docker command)"]
-    version = _docker(program, ["compose", "version"], VERSION_TIMEOUT)
-    if version is None or version.returncode != 0:
-        return None, ["docker compose is not installed (`docker compose version` failed)"]
-    args = ["compose", *(["-p", project] if project else []), "-f", file, "config",
-            "--format", "json"]
-    done = _docker(program, args, CONFIG_TIMEOUT)
-    if done is None:
-        return None, [f"`docker compose config` did not answer within {CONFIG_TIMEOUT} s"]
-    warnings = [_log_message(line) for line in done.stderr.splitlines() if line.strip()][:10]
-    if done.returncode != 0:
-        why = warnings[-1] if warnings else f"exit status {done.returncode}"
-        return None, [f"`docker compose config` failed: {why}"]
-    try:
-        data = json.loads(done.stdout)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        return None, ["`docker compose config` printed no JSON mapping"]
-    return data, [f"docker compose: {line}" for line in warnings]
-
-
-BACKSLASH_QUOTE, QUOTE = '\\"', '"'
-LOG_LINE = re.compile(r'.*\blevel=(\w+) msg="((?:[^"\\]|\\.)*)"')
-
-
-def _log_message(line: str) -> str:
-    """`time=... level=warning msg="..."` (how Compose logs) -> "warning: ..."."""
-    match = LOG_LINE.match(line)
-    if match is None:
-        return line.strip()
-    return f"{match[1]}: {match[2].replace(BACKSLASH_QUOTE, QUOTE)}"
-
-
-def _docker(program: str, args: list[str], timeout: float
-            ) -> subprocess.CompletedProcess[str] | None:
-    try:
-        return subprocess.run(
-            [program, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None
-    except OSError:
-        return None
-
-
-# --- names -------------------------------------------------------------------------
-
-
-def normalise_project(text: str) -> str:
-    """Compose's rule for a project name taken from `name:` or a directory:
-    lowercase, keep only [a-z0-9_-], no leading '_' or '-'."""
-    return "".join(re.findall(r"[a-z0-9_-]", text.lower())).lstrip("_-")
-
-
-def project_name(given: str | None, environ: Mapping[str, str], declared: object,
-                 file: str) -> str:
-    """The Compose project name, in Compose's order: --project (as `-p`),
-    COMPOSE_PROJECT_NAME, the file's top-level `name:`, the file's directory.
-
-    Raises NetapplyError when a given name breaks Compose's rule or nothing
-    gives a name.
-    """
-    for origin, value in (("--project", given),
-                          ("COMPOSE_PROJECT_NAME", environ.get("COMPOSE_PROJECT_NAME"))):
-        if value:
-            if not COMPOSE_PROJECT.fullmatch(value):
-                raise NetapplyError(
-                    f"{origin} {value!r}: a Compose project name has only lowercase letters, "
-                    "digits, '-' and '_', and starts with a letter or digit")
-            return value
-    if isinstance(declared, str) and normalise_project(declared):
-        return normalise_project(declared)
-    directory = os.path.basename(os.path.dirname(os.path.abspath(file)))
-    name = normalise_project(directory)
-    if not name:
-        raise NetapplyError(f"{file}: no Compose project name: the file has no `name:` and its "
-                            f"directory {directory!r} gives none; pass --project NAME")
-    return name
-
-
-def netapply_project(compose_project: str) -> str:
-    """A netapply project (^[a-z][a-z0-9-]{0,15}$, SPEC.md) for a Compose project
-    name (^[a-z0-9][a-z0-9_-]*$): '_' becomes '-', leading characters that are
-    not letters go, at most 16 remain; DEFAULT_PROJECT when nothing does."""
-    text = compose_project.replace("_", "-")
-    text = re.sub(r"^[^a-z]+", "", text)[:16].rstrip("-")
-    return text or DEFAULT_PROJECT
+# --- netapply names for Compose names -------------------------------------------
 
 
 def _fit(name: str, allowed: str, limit: int, prefix: str, taken: set[str]) -> str:
@@ -327,87 +88,6 @@ def _names(originals: list[str], pattern: re.Pattern[str], allowed: str, limit: 
         if name not in mapped:
             mapped[name] = _fit(name, allowed, limit, prefix, taken)
     return mapped
-
-
-# --- writing YAML with comments ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Comment:
-    text: str
-
-
-@dataclass
-class _Block:
-    """A YAML mapping being written: entries in order, comments among them."""
-
-    items: list[tuple[str, object] | _Comment] = field(default_factory=list)
-
-    def set(self, key: str, value: object) -> None:
-        self.items.append((key, value))
-
-    def note(self, text: str) -> None:
-        self.items.append(_Comment(text))
-
-    def has_keys(self) -> bool:
-        return any(not isinstance(item, _Comment) for item in self.items)
-
-    def has(self, key: str) -> bool:
-        return any(isinstance(item, tuple) and item[0] == key for item in self.items)
-
-    def comments(self) -> list[_Comment]:
-        return [item for item in self.items if isinstance(item, _Comment)]
-
-
-PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./+-]*")
-# Characters YAML reads as line breaks, and anything not printable: escaped
-# in comments, so that no value from the Compose file can end a comment.
-UNSAFE = re.compile(r"[^\x20-\x7e\u00a0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def _scalar(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    if PLAIN.fullmatch(text) and yaml.safe_load(text) == text:
-        return text
-    return json.dumps(text)  # a double-quoted YAML scalar
-
-
-def _comment_lines(text: str, pad: str) -> Iterator[str]:
-    clean = UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    lines = textwrap.wrap(clean, COMMENT_WIDTH - len(pad), break_on_hyphens=False,
-                          break_long_words=False, subsequent_indent="  ")
-    for line in lines or [""]:
-        yield f"{pad}# {line}"
-
-
-def _lines(block: _Block, indent: int) -> Iterator[str]:
-    pad = " " * indent
-    for item in block.items:
-        if isinstance(item, _Comment):
-            yield from _comment_lines(item.text, pad)
-            continue
-        key, value = item
-        if isinstance(value, _Block):
-            if value.has_keys():
-                yield f"{pad}{key}:"
-                yield from _lines(value, indent + 2)
-            else:
-                yield from _lines(_Block(list(value.comments())), indent)
-                yield f"{pad}{key}: {{}}"
-        elif isinstance(value, list) and key == "ports":
-            yield f"{pad}{key}:"
-            yield from (f"{pad}  - {_scalar(v)}" for v in value)
-        elif isinstance(value, list):
-            yield f"{pad}{key}: [{', '.join(_scalar(v) for v in value)}]"
-        elif isinstance(value, dict):
-            inner = ", ".join(f"{_scalar(k)}: {_scalar(v)}" for k, v in value.items())
-            yield f"{pad}{key}: {{{inner}}}"
-        else:
-            yield f"{pad}{key}: {_scalar(value)}"
 
 
 # --- the conversion ------------------------------------------------------------------
@@ -442,10 +122,6 @@ def _bool(value: object) -> bool | None:
     if text in ("0", "f", "F", "FALSE", "false", "False"):
         return False
     return None
-
-
-def _text(value: object) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _family(text: str) -> int:
@@ -1036,161 +712,3 @@ class _Converter:
             block.note(f"compose: {where}: {', '.join(ignored)}: no netapply equivalent "
                        "(not networking)")
 
-
-def _port_text(form: dict[str, Any]) -> str:
-    """A long-syntax port in the short syntax, whatever it holds: for comments."""
-    host_ip = _text(form.get("host_ip") or "")
-    text = (f"[{host_ip}]:" if ":" in host_ip else f"{host_ip}:") if host_ip else ""
-    published = _text(form.get("published") or "")
-    text += f"{published}:" if published or host_ip else ""
-    protocol = _text(form.get("protocol") or "tcp").lower()
-    return text + _text(form.get("target")) + ("" if protocol == "tcp" else f"/{protocol}")
-
-
-SHORT_PORT_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
-
-
-def _short_port(text: str) -> list[dict[str, Any]] | str:
-    """Compose's short syntax ([host_ip:][published:]target[/protocol], ports
-    or ranges) -> the long forms `docker compose config` writes, one per
-    port (as docker/go-connections' ParsePortSpec), or why it is not one."""
-    parts = text.split(":")
-    target = parts[-1]
-    host_ip = ":".join(parts[:-2]) if len(parts) > 2 else ""
-    published = parts[-2] if len(parts) > 1 else ""
-    target, _, protocol = target.partition("/")
-    protocol = protocol.split("/")[0] or "tcp"
-    if host_ip.startswith("[") and host_ip.endswith("]"):
-        host_ip = host_ip[1:-1]
-    if host_ip:
-        try:
-            ipaddress.ip_address(host_ip)
-        except ValueError:
-            return f"{host_ip!r} is not an IP address"
-    targets = SHORT_PORT_RANGE.fullmatch(target)
-    if targets is None:
-        return "not a port mapping Compose understands"
-    first, last = int(targets[1]), int(targets[2] or targets[1])
-    pub_first = pub_last = 0
-    if published:
-        published_range = SHORT_PORT_RANGE.fullmatch(published)
-        if published_range is None:
-            return "not a port mapping Compose understands"
-        pub_first = int(published_range[1])
-        pub_last = int(published_range[2] or published_range[1])
-        if last - first != pub_last - pub_first and last != first:
-            return "the published and target ranges differ in length"
-    forms = []
-    for offset in range(last - first + 1):
-        form: dict[str, Any] = {"target": first + offset, "protocol": protocol.lower()}
-        if host_ip:
-            form["host_ip"] = host_ip
-        if published:
-            form["published"] = (f"{pub_first}-{pub_last}" if first == last and
-                                 pub_first != pub_last else str(pub_first + offset))
-        forms.append(form)
-    return forms
-
-
-def _port(form: dict[str, Any]) -> tuple[str | None, str]:
-    """A long-syntax port -> netapply's short syntax, with a remark on what was
-    left out; or (None, why it is not imported)."""
-    target, published = form.get("target"), form.get("published")
-    protocol = str(form.get("protocol") or "tcp").lower()
-    host_ip = form.get("host_ip") or ""
-    if published is None or str(published) == "":
-        return None, ("no published port: Docker picks a random host port; netapply needs "
-                      "a fixed one")
-    if not str(published).isdigit() or not 1 <= int(published) <= 65535:
-        return None, (f"published {_text(published)!r} is not one port (a range lets Docker "
-                      "pick; netapply needs a fixed port)")
-    if not isinstance(target, int) and not str(target).isdigit():
-        return None, f"target {_text(target)!r} is not one port"
-    if protocol not in ("tcp", "udp"):
-        return None, f"protocol {protocol} is not supported (tcp and udp are)"
-    if host_ip and ":" in str(host_ip):
-        return None, "host_ip is IPv6: netapply publishes ports on IPv4 host addresses only"
-    text = f"{host_ip}:" if host_ip else ""
-    text += f"{int(str(published))}:{int(str(target))}" + ("/udp" if protocol == "udp" else "")
-    left_out = sorted(k for k in form if k not in PORT_KEYS_READ)
-    if form.get("mode") not in (None, "ingress"):
-        left_out.insert(0, f"mode {form['mode']}")
-    why = f"{', '.join(left_out)} not imported (no netapply equivalent)" if left_out else ""
-    return text, why
-
-
-# --- the whole import ----------------------------------------------------------------
-
-
-HOW_TO_USE = ("Run the services with network_mode: none (a Compose override file, as in "
-              "netapply's examples/compose), then netapply apply this spec.")
-
-
-def convert(data: dict[str, Any], project: str, *, file: str = "compose.yaml",
-            where: dict[yamlsource.Path, Where] | None = None, normalised: bool = False,
-            profiles: frozenset[str] = frozenset(), remarks: tuple[str, ...] = ()
-            ) -> Imported:
-    """A Compose project (the file's data) -> the netapply spec for its networking.
-
-    project: the Compose project name (see project_name). normalised: the data
-    came from `docker compose config` (profiles already applied). profiles:
-    the active Compose profiles otherwise. remarks: about how the file was
-    read; each becomes a comment at the top of the spec and a note.
-
-    Raises SpecError listing every problem of the Compose file's structure
-    (at file:line:col where `where` knows it). The returned spec is checked
-    with the spec loader; its problems are in Imported.problems.
-    """
-    converter = _Converter(data, where or {}, file, project, normalised, profiles)
-    spec = converter.convert()
-    if converter.problems:
-        raise SpecError(converter.problems)
-    title = (f"netapply spec of the networking of the Compose file {os.path.basename(file)} "
-             f"(project {project!r}), made by `netapply import compose`. Each Compose key "
-             f"netapply has nothing for is a comment. {HOW_TO_USE}")
-    head = _Block([_Comment(title), *(_Comment(f"compose: {r}") for r in remarks)])
-    sections = []
-    for item in spec.items:  # comments, version and project first; then one block a section
-        if isinstance(item, tuple) and isinstance(item[1], _Block):
-            sections.append(_Block([item]))
-        else:
-            head.items.append(item)
-    text = "\n\n".join("\n".join(_lines(block, 0)) for block in [head, *sections]) + "\n"
-    try:
-        spec_mod.load_text(text, IMPORTED)
-        problems: tuple[Problem, ...] = ()
-    except SpecError as e:
-        problems = tuple(e.problems)
-    return Imported(text, (*remarks, *converter.notes), problems)
-
-
-def import_file(file: str, project: str | None = None,
-                environ: Mapping[str, str] | None = None) -> Imported:
-    """`netapply import compose FILE [--project NAME]`.
-
-    The file is read first (so that YAML errors are reported at file:line:col
-    either way), then normalised by `docker compose config` where that works;
-    otherwise the YAML as read is converted, and the spec and the notes say
-    that variables, extends, include and profiles were not resolved.
-
-    Raises SpecError (problems of the Compose file) or NetapplyError.
-    """
-    environ = os.environ if environ is None else environ
-    data, where = read(file)
-    name = project_name(project, environ, data.get("name"), file)
-    normalised, notes = run_config(file, project)
-    if normalised is not None:
-        resolved = normalised.get("name")
-        imported = convert(normalised, resolved if isinstance(resolved, str) else name,
-                           file=file, normalised=True)
-        return replace(imported, notes=(*notes, *imported.notes))
-    used = sorted(set(VARIABLE.findall(json.dumps(data))))
-    unresolved = ("read as plain YAML: ${VARIABLES} were not expanded"
-                  + (f" (this file uses {', '.join(used)})" if used else "")
-                  + ", and extends, include and profiles are not resolved as docker compose "
-                  "would")
-    active = frozenset(p for p in environ.get("COMPOSE_PROFILES", "").split(",") if p)
-    imported = convert(data, name, file=file, where=where, profiles=active,
-                       remarks=(unresolved,))
-    # Why docker compose was not used depends on this machine: a note, not a comment.
-    return replace(imported, notes=(*notes, *imported.notes))

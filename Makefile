@@ -88,3 +88,4 @@ bench: deps venv
 	$(BIN)/python bench/run.py
 	$(SANDBOX) env PYTHONPATH=. $(BIN)/python bench/watch_latency.py
 	$(SANDBOX) $(BIN)/python bench/runtimes.py
+	$(SANDBOX) env PYTHONPATH=. $(BIN)/python bench/etcd_fleet.py

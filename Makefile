@@ -10,10 +10,12 @@ STAMP := $(VENV)/.installed
 all: test
 
 # System packages the demo and tests use (ip, ping, unshare, nft, Graphviz's dot;
-# dockerd, podman, runc and a static busybox for the container engine tests), installed only when
+# dockerd, podman, runc and a static busybox for the container engine tests; etcd-server for
+# the fleet tests, which start their own members), installed only when
 # missing. A policy-rc.d that refuses every start is in place during the install
 # (unless the machine has its own): installing docker.io must not start dockerd
-# here, which would change this machine's network (docker0, its firewall rules).
+# here, which would change this machine's network (docker0, its firewall rules),
+# nor etcd-server its etcd.service on this machine's port 2379.
 POLICY_RC := /usr/sbin/policy-rc.d
 deps:
 	@missing=""; \
@@ -26,6 +28,7 @@ deps:
 	command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
 	command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
 	test -x /bin/busybox || missing="$$missing busybox-static"; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ ! -e $(POLICY_RC) ]; then \
@@ -85,3 +88,4 @@ bench: deps venv
 	$(BIN)/python bench/run.py
 	$(SANDBOX) env PYTHONPATH=. $(BIN)/python bench/watch_latency.py
 	$(SANDBOX) $(BIN)/python bench/runtimes.py
+	$(SANDBOX) env PYTHONPATH=. $(BIN)/python bench/etcd_fleet.py

@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO, cast
 
@@ -33,6 +32,7 @@ from reconciler import (
     projects,
     render,
     runtimes,
+    sourcecli,
 )
 from reconciler import expect as expect_mod
 from reconciler import graph as graph_mod
@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
                  "$CONTAINER_HOST, else unix:///run/podman/podman.sock)")
         return p
 
-    p = on_host(command("plan", "show what apply would change"))
+    p = sourcecli.options(on_host(command("plan", "show what apply would change", True)))
     p.add_argument("--output", choices=("text", "json"), default="text")
     p.add_argument(
         "--detailed-exitcode", action="store_true",
@@ -183,11 +183,13 @@ def _parser() -> argparse.ArgumentParser:
     command("confirm", "keep what an apply --confirm-timeout is waiting to roll back")
     p = on_host(command("check", "check the spec's expectations (expect) with real packets"))
     p.add_argument("--output", choices=("text", "json"), default="text")
-    p = on_host(command("show", "print what the project owns in the kernel"))
+    p = sourcecli.options(on_host(command("show", "print what the project owns in the kernel",
+                                          True)))
     p.add_argument("--output", choices=("text", "json", "yaml"), default="text",
                    help="yaml: the live state as a spec that, applied, plans nothing")
-    p = on_host(command("watch", "keep the kernel equal to the spec: apply on every spec "
-                                 "change and repair drift, until SIGTERM"))
+    p = sourcecli.options(on_host(command(
+        "watch", "keep the kernel equal to the spec: apply on every spec change and repair "
+                 "drift, until SIGTERM", True)))
     p.add_argument("--resync", type=_seconds, default=60.0, metavar="SECONDS",
                    help="full reconcile at least this often (default 60)")
     p.add_argument("--debounce", type=_seconds, default=0.3, metavar="SECONDS",
@@ -196,6 +198,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: text on a terminal, JSON lines otherwise")
     lock_timeout(p)
     import_parser(sub, shared)
+    sourcecli.push_parser(sub.add_parser(
+        "push", help=sourcecli.PUSH_HELP, description=sourcecli.PUSH_HELP, parents=[shared]))
     projects_parser(sub, shared)
     graph_parser(on_host(command(
         "graph", "draw the project's networks, containers, addresses, published ports and "
@@ -276,6 +280,8 @@ class Cli:
             return EXIT_OK
         if self.args.command == "watch":
             return self.watch()
+        if self.args.command == "push":
+            return sourcecli.push(self.args, self.out, self.err)
         if self.args.command == "import":
             return self.import_file()
         if self.args.command in ("ls", "export"):
@@ -352,6 +358,10 @@ class Cli:
     def _load_spec(self) -> spec_mod.Spec:
         """The spec, or for `destroy --project NAME` an empty one of that project
         (what it owns is then found from the kernel's marks alone)."""
+        if self.args.command in ("plan", "show"):
+            sources = sourcecli.read(self.args, self.err)
+            self.digests = sources.digests
+            return spec_mod.build(sources)
         project = getattr(self.args, "project_name", None)
         if (project is None) == (self.args.spec is None):
             raise NetapplyError("destroy needs either SPEC or --project NAME (not both)")
@@ -449,15 +459,13 @@ class Cli:
         try:
             engine.require_privileges()
             engine.raise_open_files_limit()
-            path = Path(self.args.spec)
-            if not path.exists():
-                raise NetapplyError(f"{path}: no such file or directory")
+            source = sourcecli.source(self.args)
         except NetapplyError as e:
             self.err.print(f"[red]error:[/red] {escape(str(e))}")
             return EXIT_ERROR
         return watch_mod.run(watch_mod.Options(
-            path, self.args.host, self.args.debounce, self.args.resync, self.args.log_format,
-            self.args.lock_timeout, self._engine_urls()))
+            None, self.args.host, self.args.debounce, self.args.resync, self.args.log_format,
+            self.args.lock_timeout, self._engine_urls(), source))
 
     def import_file(self) -> int:
         """The spec on stdout (also when it does not validate, to be fixed by
@@ -530,8 +538,8 @@ class Cli:
         return EXIT_OK
 
     def _fingerprint(self, snap: engine.Snapshot) -> planfile.Fingerprint:
-        return planfile.fingerprint(self.args.spec, self.digests, self.resolution, snap,
-                                    self.host)
+        return planfile.fingerprint(self.args.spec or self.args.source, self.digests,
+                                    self.resolution, snap, self.host)
 
     def _save_plan(self, doc: dict[str, Any]) -> None:
         """plan --out: the file, or PlanFileError and no file."""

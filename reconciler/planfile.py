@@ -160,12 +160,17 @@ def fingerprint(spec_path: str, digests: Mapping[str, str], resolution: runtimes
         Group.MISSING_PATHS: {(path,): why for path, why in observed.missing_paths.items()},
         Group.MISSING_KINDS: {(kind,): "" for kind in observed.missing_kinds},
     }
-    return Fingerprint(os.path.abspath(spec_path), host, groups)
+    return Fingerprint(_absolute(spec_path), host, groups)
+
+
+def _absolute(path: str) -> str:
+    """A path made absolute; a store's URL (an etcd key) as it is."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def spec_file_items(digests: Mapping[str, str]) -> dict[Item, str]:
-    """(absolute path,) -> SHA-256 of each spec file."""
-    return {(os.path.abspath(f),): d for f, d in digests.items()}
+    """(absolute path or key URL,) -> SHA-256 of each spec file."""
+    return {(_absolute(f),): d for f, d in digests.items()}
 
 
 def _runtime_items(resolution: runtimes.Resolution) -> dict[Item, str]:

@@ -8,6 +8,7 @@ entry the schema found nothing wrong in, so they can rely on its shape.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reconciler import schema, speccheck, yamlsource
@@ -15,7 +16,7 @@ from reconciler.errors import Problem, SpecError
 from reconciler.model import Spec
 from reconciler.yamlsource import Document
 
-__all__ = ["Sources", "Spec", "SpecError", "build", "load", "load_text", "read"]
+__all__ = ["Sources", "Spec", "SpecError", "build", "from_files", "load", "load_text", "read"]
 
 
 def load(path: str | os.PathLike[str]) -> Spec:
@@ -33,6 +34,8 @@ class Sources:
     docs: tuple[Document, ...]
     problems: tuple[Problem, ...]  # the files that could not be read or parsed
     directory: str | None  # the spec directory, when a directory was given
+    # The store's revision the files were read at (etcd); None for files on disk.
+    revision: int | None = None
 
     @property
     def digests(self) -> dict[str, str]:
@@ -46,6 +49,21 @@ def read(path: str | os.PathLike[str]) -> Sources:
     given = os.fspath(path)
     docs, problems = yamlsource.read(given)
     return Sources(tuple(docs), tuple(problems), given if os.path.isdir(given) else None)
+
+
+def from_files(files: Sequence[tuple[str, bytes]], directory: str,
+               revision: int | None = None) -> Sources:
+    """The files of a spec held elsewhere than on disk (etcd keys), as the
+    directory form: `files` are (name as shown in messages, bytes), read in
+    the given order; `directory` names where they are. Parse problems are in
+    the result; nothing is raised."""
+    docs: list[Document] = []
+    problems: list[Problem] = []
+    for name, raw in files:
+        doc, found = yamlsource.parse_bytes(raw, name)
+        docs.append(doc)
+        problems.extend(found)
+    return Sources(tuple(docs), tuple(problems), directory, revision)
 
 
 def build(sources: Sources) -> Spec:

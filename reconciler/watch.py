@@ -19,7 +19,6 @@ reconciles, which find nothing to do and so write nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -40,9 +39,8 @@ from rich.console import Console
 from rich.markup import escape
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from reconciler import engine, expect, firewall, lock, machines, runtimes, yamlsource
+from reconciler import engine, expect, firewall, lock, machines, runtimes, sources
 from reconciler import spec as spec_mod
 from reconciler.drivers.events import KernelEvents
 from reconciler.drivers.kernel import NETNS_DIR
@@ -52,6 +50,7 @@ from reconciler.executor import describe
 from reconciler.model import Runtime, Spec
 from reconciler.planner import Action, Change
 from reconciler.resources import Netns, Sublink, Veth
+from reconciler.sources.files import FileSource
 from reconciler.state.observe import ObservedState
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
@@ -70,13 +69,14 @@ class Stopping(Exception):
 
 @dataclass(frozen=True)
 class Options:
-    spec: Path
+    spec: Path | None  # a spec file or directory, unless source is given
     host: str | None = None
     debounce: float = 0.3
     resync: float = 60.0
     log_format: str = "auto"  # auto: text on a terminal, JSON lines otherwise
     lock_timeout: float = 30.0
     engine_urls: Mapping[Runtime, str | None] = field(default_factory=dict)
+    source: sources.Source | None = None  # where the spec is (default: FileSource(spec))
 
 
 @dataclass
@@ -125,28 +125,6 @@ class _LibraryLog(logging.Handler):
                       level=record.levelname.lower(), message=record.getMessage())
 
 
-class _SpecEvents(FileSystemEventHandler):
-    """Changes to the spec: the path itself (a file written in place or by
-    renaming a new one over it; a directory, or a symbolic link to one, that
-    is replaced, as git-sync swaps its link), or any *.yaml/*.yml file in it."""
-
-    def __init__(self, spec: Path, notify: Callable[[str], None]):
-        self.spec = spec
-        self.notify = notify
-
-    def _matters(self, path: str | bytes) -> bool:
-        found = Path(os.fsdecode(path))
-        return found == self.spec or (found.parent == self.spec
-                                      and found.suffix in yamlsource.SPEC_SUFFIXES)
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        paths = [event.src_path, getattr(event, "dest_path", "")]
-        if any(p and self._matters(p) for p in paths):
-            self.notify(f"spec {event.event_type}")
-
-
 class _NetnsEvents(FileSystemEventHandler):
     """A named namespace disappearing (`ip netns del`)."""
 
@@ -163,17 +141,14 @@ class _NetnsEvents(FileSystemEventHandler):
 class Watcher:
     def __init__(self, options: Options):
         self.options = options
-        # Not resolved: a link to the spec directory may be swapped for another.
-        self.spec_path = Path(os.path.abspath(options.spec))
+        assert options.source is not None or options.spec is not None
+        self.source: sources.Source = options.source or FileSource(options.spec or "")
         self.log = Log(options.log_format)
         self.triggers: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.stopping = False
         self.last_good: Spec | None = None
         self.owned_netns: set[str] = set()  # as the last successful reconcile left them
         self.reconciles = 0
-        self.spec_events = _SpecEvents(self.spec_path, self._put("spec"))
-        self.dir_watch: ObservedWatch | None = None
-        self.dir_target: tuple[str, int] | None = None
         self.host_said: str | None = None
         self.resolver = runtimes.Resolver(options.engine_urls)
         self.engine_events = runtimes.EngineEvents(
@@ -235,23 +210,23 @@ class Watcher:
         observer = Observer()
         netns_events = _NetnsEvents(self._put("kernel"))
         try:
-            observer.schedule(self.spec_events, str(self.spec_path.parent))
             os.makedirs(NETNS_DIR, exist_ok=True)
             observer.schedule(netns_events, NETNS_DIR)
         except OSError as e:  # e.g. the machine's limit of inotify watches
             text = f"cannot watch files ({e}); changes are seen at the next resync"
             self.log.line("error", text, error=text)
-        self._follow_spec_dir(observer)
         observer.start()
         kernel_events: KernelEvents | None = None
-        self.log.line("start", f"watching {self.spec_path} (debounce {self.options.debounce} s, "
-                      f"full resync every {self.options.resync} s)",
-                      spec=str(self.spec_path), pid=os.getpid())
+        self.log.line("start", f"watching {self.source.location} (debounce "
+                      f"{self.options.debounce} s, full resync every {self.options.resync} s)",
+                      spec=self.source.location, pid=os.getpid())
+        self.source.follow(self._put("spec"), lambda text: self.log.line("source", text,
+                                                                         source=text))
         try:
             trigger: str | None = "start"
             backoff = 0.0
             while trigger is not None and not self.stopping:
-                self._follow_spec_dir(observer)
+                self.source.refresh()
                 outcome = self._reconcile(trigger)
                 if outcome.result == "stopped":
                     break
@@ -275,6 +250,7 @@ class Watcher:
             # Its threads may still see an event while they stop, and say so.
             logging.getLogger("watchdog").setLevel(logging.ERROR)
             observer.stop()
+            self.source.close()
             if kernel_events is not None:
                 kernel_events.stop()
             self.engine_events.stop()
@@ -282,27 +258,6 @@ class Watcher:
             observer.join(timeout=2)
         self.log.line("stop", "stopped", reconciles=self.reconciles)
         return 0
-
-    def _follow_spec_dir(self, observer: BaseObserver) -> None:
-        """Watch the spec directory the spec path leads to now: after a link is
-        swapped, or the directory is made anew, the new one (the old one's
-        watch goes). Failing that, the resync still comes."""
-        target = None
-        with contextlib.suppress(OSError):
-            if self.spec_path.is_dir():
-                target = (os.path.realpath(self.spec_path), os.stat(self.spec_path).st_ino)
-        if target == self.dir_target:
-            return
-        try:
-            if self.dir_watch is not None:
-                observer.unschedule(self.dir_watch)
-                self.dir_watch = None
-            if target is not None:
-                self.dir_watch = observer.schedule(self.spec_events, str(self.spec_path))
-            self.dir_target = target
-        except (OSError, KeyError) as e:
-            text = f"cannot watch {self.spec_path} ({e}); changes are seen at the next resync"
-            self.log.line("error", text, error=text)
 
     def _reconcile(self, trigger: str) -> Outcome:
         self.reconciles += 1
@@ -324,7 +279,12 @@ class Watcher:
 
     def _attempt(self) -> Outcome:
         try:
-            spec = spec_mod.load(str(self.spec_path))
+            read = self.source.read()
+            spec = spec_mod.build(read)
+        except sources.Unavailable:
+            # Said once by the source when lost; drift is still repaired.
+            return self._keep_last_good([], "the spec store is unreachable; the last good "
+                                            "spec stays in force")
         except SpecError as e:
             return self._keep_last_good([str(p) for p in e.problems])
         except NetapplyError as e:
@@ -338,17 +298,21 @@ class Watcher:
         outcome = self._apply(spec)
         if outcome.result == "converged":
             self.last_good = spec
+            if read.revision is not None:
+                outcome.detail = f"revision {read.revision}"
         return outcome
 
-    def _keep_last_good(self, errors: list[str]) -> Outcome:
+    def _keep_last_good(self, errors: list[str], detail: str = "the spec is invalid; the last "
+                        "good one stays in force") -> Outcome:
         """The spec as saved cannot be applied (errors say why): the last good
         one stays in force, drift repaired against it, until a fix is saved."""
         if self.last_good is None:
-            return Outcome("invalid spec", errors=errors, detail="nothing applied yet")
+            return Outcome("invalid spec" if errors else "no spec", errors=errors,
+                           detail="nothing applied yet")
         outcome = self._apply(self.last_good)
         outcome.errors = errors + outcome.errors
-        outcome.detail = "the spec is invalid; the last good one stays in force"
-        if outcome.result == "converged":
+        outcome.detail = detail
+        if outcome.result == "converged" and errors:
             outcome.result = "invalid spec"
         return outcome
 

@@ -364,6 +364,12 @@ def read_file(file: str) -> tuple[Document, list[Problem]]:
         return Document(file, ok=False), [
             Problem(None, f"spec: cannot read {file}: {err.strerror}")
         ]
+    return parse_bytes(raw, file)
+
+
+def parse_bytes(raw: bytes, file: str) -> tuple[Document, list[Problem]]:
+    """Parse a spec file's bytes (UTF-8, a BOM allowed), read from wherever
+    `file` names (a path, or an etcd key's URL). Problems are returned."""
     if len(raw) > MAX_FILE_BYTES:
         return Document(file, ok=False), [Problem(
             Where(file, 1, 1), f"spec: the file is larger than {MAX_FILE_BYTES >> 20} MiB, "

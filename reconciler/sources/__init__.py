@@ -1,0 +1,59 @@
+"""Where a spec comes from: one small interface, two implementations.
+
+- files.FileSource: a YAML file or a directory of them on disk (watchdog).
+- etcdsource.EtcdSource: the keys PREFIX/<name>.yaml of an etcd cluster,
+  listed then watched by revision (etcd.py is the one module that talks to
+  etcd).
+
+`watch`, `plan` and `show` read a spec only through Source, so they do not
+know which one they read (flannel's subnet.Manager has etcd and Kubernetes
+behind one interface the same way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from reconciler import spec as spec_mod
+from reconciler.errors import NetapplyError
+
+Notify = Callable[[str], None]
+
+
+class Unavailable(NetapplyError):
+    """The store cannot be read now (no endpoint answers, or none has
+    quorum). Nobody has to act on the spec: the last good one stays in force
+    and the source catches up when the store returns; the operator may have
+    to bring the store back."""
+
+
+class Source(Protocol):
+    """A spec's files with the revision they were read at, and a way to hear
+    that they changed."""
+
+    @property
+    def location(self) -> str:
+        """Where the spec is, as the user named it (never with credentials)."""
+        ...
+
+    def read(self) -> spec_mod.Sources:
+        """The spec's files, parsed (problems inside), with the store's
+        revision (None for files). Raises SpecError when there is nothing to
+        read at all, Unavailable when the store cannot be read now."""
+        ...
+
+    def follow(self, changed: Notify, status: Notify) -> None:
+        """From now on, call changed(detail) whenever the spec may have
+        changed ("look again": level-based, never a delta), and status(text)
+        once when the source is lost and once when it is back. Threads it
+        starts are stopped by close()."""
+        ...
+
+    def refresh(self) -> None:
+        """Between two reconciles: follow what the spec location leads to now
+        (a swapped directory link)."""
+        ...
+
+    def close(self) -> None:
+        ...

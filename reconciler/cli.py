@@ -196,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="events this close together make one reconcile (default 0.3)")
     p.add_argument("--log-format", choices=("auto", "text", "json"), default="auto",
                    help="auto: text on a terminal, JSON lines otherwise")
+    sourcecli.watch_options(p)
     lock_timeout(p)
     import_parser(sub, shared)
     sourcecli.push_parser(sub.add_parser(

@@ -103,6 +103,11 @@ def test_machines_drop_a_dead_machine_after_its_lease_and_take_it_back(
         assert any("container 'db' is on host 'b', which is not registered now" in r["note"]
                    for r in watches["a"].records("note"))
         assert lab.run("b", "ip", "netns", "pids", "db").returncode == 0  # still there
+        shown = lab.netapply("a", "show", "--source", cluster.url("netapply/live", STORE_HOST),
+                             "--host", "a")
+        assert shown.returncode == 0, shown.stderr
+        assert "note: container 'db' is on host 'b', which is not registered now" in \
+            " ".join(shown.stdout.split())
         assert lab.ping("a", "web", "cache")
 
         # b's watch starts again: it registers, and a and c take it back.

@@ -125,10 +125,10 @@ def changes(spec: Spec, found: Allocations) -> list[_Change]:
     releases = []
     for key, record in sorted(found.records.items()):
         families = wanted.get(key, {})
-        network = spec.networks.get(key[0])
+        held_on = spec.networks.get(key[0])
         keep = tuple(ip for ip in record.addresses
-                     if network is not None and ip.version in families
-                     and fleet.usable(network, ip) and ip not in explicit[key[0]]
+                     if held_on is not None and ip.version in families
+                     and fleet.usable(held_on, ip) and ip not in explicit[key[0]]
                      and found.owners.get((key[0], ip)) == key[1])
         if len({ip.version for ip in keep}) != len(keep):
             keep = keep[:1]
@@ -154,9 +154,8 @@ def changes(spec: Spec, found: Allocations) -> list[_Change]:
             taken[name].add(new)
             add.append(new)
         if add:
-            record = found.records.get((name, container))
-            out.append(_Change(name, container, record,
-                               record.addresses if record else (), tuple(add)))
+            had = found.records.get((name, container))
+            out.append(_Change(name, container, had, had.addresses if had else (), tuple(add)))
     return out
 
 

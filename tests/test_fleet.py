@@ -6,12 +6,13 @@ sources/alloc.py: the pure parts)."""
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import pytest
 
-from reconciler import desired, fleet
+from reconciler import cli, desired, fleet, sourcecli
 from reconciler import spec as spec_mod
-from reconciler.errors import SpecError
+from reconciler.errors import NetapplyError, SpecError
 from reconciler.model import IPAddress, Spec
 from reconciler.resources import Fdb, Neigh
 from reconciler.sources import alloc
@@ -192,3 +193,13 @@ def test_a_full_pool_is_a_spec_problem() -> None:
         alloc.changes(build(small, LIVE), found)
     assert "no free IPv4 address left in 10.200.0.0/30 for container 'db'" \
         in str(e.value.problems)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--ttl", "0"], "--ttl 0: a lease lasts at least 1 second"),
+    (["--address", "node-a"], "--address 'node-a' is not an IP address"),
+])
+def test_watch_membership_options_are_checked(options: list[str], message: str) -> None:
+    args = cli._parser().parse_args(["watch", "--source", "etcd://127.0.0.1:1/p", *options])
+    with pytest.raises(NetapplyError, match=re.escape(message)):
+        sourcecli.source(args)

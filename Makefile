@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SANDBOX := scripts/sandbox
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps venv demo demo-docker demo-overlay test test-long lint unit wheel-check bench clean pictures
+.PHONY: all deps venv demo demo-docker demo-overlay demo-fleet test test-long lint unit wheel-check bench clean pictures
 
 all: test
 
@@ -56,6 +56,11 @@ demo-docker: deps venv
 # Three machines in one sandbox sharing overlay networks (examples/overlay).
 demo-overlay: deps venv
 	$(SANDBOX) scripts/demo-overlay.sh
+
+# Three machines on a 3-member etcd in one sandbox: push, move, a machine
+# dropped when its lease expires and taken back (docs/fleet.md).
+demo-fleet: deps venv
+	$(SANDBOX) scripts/demo-fleet.sh
 
 lint: venv
 	$(BIN)/ruff check reconciler tests bench

@@ -25,6 +25,7 @@ from reconciler import (
     compose,
     engine,
     export,
+    fleet,
     lock,
     machines,
     output,
@@ -196,6 +197,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="events this close together make one reconcile (default 0.3)")
     p.add_argument("--log-format", choices=("auto", "text", "json"), default="auto",
                    help="auto: text on a terminal, JSON lines otherwise")
+    sourcecli.watch_options(p)
     lock_timeout(p)
     import_parser(sub, shared)
     sourcecli.push_parser(sub.add_parser(
@@ -438,9 +440,10 @@ class Cli:
 
     def _snapshot(self, spec: spec_mod.Spec, kernel: NetlinkKernel,
                   destroy: bool = False) -> engine.Snapshot:
-        """Observe and plan, with a note for each runtime container skipped."""
+        """Observe and plan, with a note for each runtime container skipped
+        (and, in etcd, each container whose host is gone)."""
         snap = engine.snapshot(kernel, spec, destroy=destroy, host=self.host)
-        return replace(snap, notes=(*self.resolution.notes, *snap.notes))
+        return replace(snap, notes=(*self.resolution.notes, *snap.notes, *fleet.gone(spec)))
 
     def _which_host(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> str | None:
         """Which of a spec's hosts this machine is (it applies only its share);
@@ -902,13 +905,15 @@ class Cli:
             ]
             self._print_json({"project": spec.project, "resources": resources,
                               "runtime_containers": self.resolution.to_json(),
-                              "unread": list(observed.unread)})
+                              "unread": list(observed.unread), "notes": fleet.gone(spec)})
         else:
             self.out.print(render.state_text(owned, spec.project, self.resolution.labels(),
                                              spec.network_labels()))
             runtimes_text = render.runtimes_text(self.resolution.to_json())
             if runtimes_text:
                 self.out.print(runtimes_text)
+            if fleet.gone(spec):  # etcd: containers whose host's lease expired
+                self.out.print(render.notes_text(fleet.gone(spec)))
         engine.require_read(observed, "what is shown may miss what the project owns there")
         return EXIT_OK
 

@@ -456,8 +456,11 @@ def _overlay(
         isolated=not network.icc, master_ifname=network.interface,
     )
     yield vxlan
+    # A member on a machine that is not a host now (its etcd lease expired,
+    # fleet.py) keeps its address, but nothing here leads to it.
     remote = [ep for ep in endpoints
-              if ep.network.name == network.name and ep.container.host != host]
+              if ep.network.name == network.name and ep.container.host != host
+              and ep.container.host in spec.hosts]
     ifname = vxlan.ifname
     for machine in sorted({ep.container.host for ep in remote if ep.container.host}):
         yield Fdb(network.name, ZERO_MAC, str(spec.hosts[machine].address), ifname)
@@ -741,7 +744,7 @@ def _allocate_family(
         if container.name in chosen:
             continue
         if spread:
-            new_ip = _spread(spec.project, network.name, container.name, pool, taken)
+            new_ip = place(spec.project, network.name, container.name, pool, taken)
         else:
             new_ip = next(free, None)
         if new_ip is None:
@@ -755,7 +758,7 @@ def _allocate_family(
     return chosen
 
 
-def _spread(
+def place(
     project: str, network: str, container: str,
     pool: ipaddress.IPv4Network | ipaddress.IPv6Network, taken: set[IPAddress],
 ) -> IPAddress | None:

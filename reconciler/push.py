@@ -12,6 +12,7 @@ transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from reconciler import spec as spec_mod
 from reconciler import yamlsource
 from reconciler.errors import NetapplyError, Problem, SpecError
+from reconciler.fleet import Fleet
 from reconciler.sources import etcd as etcd_mod
 from reconciler.sources.etcdsource import is_spec_name
 
@@ -67,7 +69,8 @@ def push(path: str, store: etcd_mod.Store, expect_revision: int | None = None) -
     """Validate the spec at path, then write it under the store's prefix.
     Raises SpecError (nothing written), Conflict, etcd_mod.Compacted (the
     expected revision is gone), sources.Unavailable, etcd_mod.StoreError."""
-    spec_mod.load(path)
+    # Validated as etcd reads it: its hosts may be machines that register there.
+    spec_mod.build(dataclasses.replace(spec_mod.read(path), fleet=Fleet()))
     files = dict(spec_files(path))
     where = store.location
     prefix = where.prefix + "/"

@@ -5,16 +5,20 @@ only; the work is in sources/ and push.py."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 
 import shtab
 from rich.console import Console
 from rich.markup import escape
 
+from reconciler import engine
 from reconciler import push as push_mod
 from reconciler import spec as spec_mod
+from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import NetapplyError, SpecError
-from reconciler.sources import Source, Unavailable
+from reconciler.model import IPAddress
+from reconciler.sources import Source, Unavailable, membership
 from reconciler.sources import etcd as etcd_mod
 from reconciler.sources.etcdsource import EtcdSource
 from reconciler.sources.files import FileSource
@@ -42,6 +46,18 @@ def options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def watch_options(p: argparse.ArgumentParser) -> None:
+    """watch's options for live membership in etcd."""
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --source: the underlay address this machine registers in etcd "
+                        "(default: its host's address in the spec, else the address it "
+                        "reaches etcd from)")
+    p.add_argument("--ttl", type=int, default=membership.DEFAULT_TTL, metavar="SECONDS",
+                   help="with --source: the lease of this machine's registration; the others "
+                        "drop it this long after it dies (default "
+                        f"{membership.DEFAULT_TTL})")
+
+
 def push_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="a YAML file or a directory of YAML files"
                    ).complete = shtab.FILE  # type: ignore[attr-defined]
@@ -66,10 +82,26 @@ def source(args: argparse.Namespace) -> Source:
     """watch's source: the spec path, or the etcd URL. Raises NetapplyError."""
     _one(args)
     if args.source is not None:
-        return EtcdSource(store(args.source, args))
+        if args.ttl < 1:
+            raise NetapplyError(f"--ttl {args.ttl}: a lease lasts at least 1 second")
+        try:
+            address = ipaddress.ip_address(args.address) if args.address else None
+        except ValueError:
+            raise NetapplyError(f"--address {args.address!r} is not an IP address") from None
+        target = store(args.source, args)
+        member = membership.Membership(target, membership.Identity(args.host, address, args.ttl))
+        return EtcdSource(target, member, _local_addresses)
     if not os.path.exists(args.spec):
         raise NetapplyError(f"{args.spec}: no such file or directory")
     return FileSource(args.spec)
+
+
+def _local_addresses() -> list[IPAddress]:
+    kernel = NetlinkKernel()
+    try:
+        return engine.local_addresses(kernel)
+    finally:
+        kernel.close()
 
 
 def read(args: argparse.Namespace, err: Console) -> spec_mod.Sources:

@@ -11,8 +11,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from reconciler import fleet as fleet_mod
 from reconciler import schema, speccheck, yamlsource
 from reconciler.errors import Problem, SpecError
+from reconciler.fleet import Fleet
 from reconciler.model import Spec
 from reconciler.yamlsource import Document
 
@@ -36,6 +38,9 @@ class Sources:
     directory: str | None  # the spec directory, when a directory was given
     # The store's revision the files were read at (etcd); None for files on disk.
     revision: int | None = None
+    # What the store holds beside the files (etcd: live hosts, sticky
+    # addresses; see fleet.py); None for files on disk.
+    fleet: Fleet | None = None
 
     @property
     def digests(self) -> dict[str, str]:
@@ -52,7 +57,7 @@ def read(path: str | os.PathLike[str]) -> Sources:
 
 
 def from_files(files: Sequence[tuple[str, bytes]], directory: str,
-               revision: int | None = None) -> Sources:
+               revision: int | None = None, fleet: Fleet | None = None) -> Sources:
     """The files of a spec held elsewhere than on disk (etcd keys), as the
     directory form: `files` are (name as shown in messages, bytes), read in
     the given order; `directory` names where they are. Parse problems are in
@@ -63,12 +68,13 @@ def from_files(files: Sequence[tuple[str, bytes]], directory: str,
         doc, found = yamlsource.parse_bytes(raw, name)
         docs.append(doc)
         problems.extend(found)
-    return Sources(tuple(docs), tuple(problems), directory, revision)
+    return Sources(tuple(docs), tuple(problems), directory, revision, fleet)
 
 
 def build(sources: Sources) -> Spec:
     """The spec of files read by read(). Raises SpecError as load() does."""
-    return _finish(list(sources.docs), list(sources.problems), sources.directory)
+    return _finish(list(sources.docs), list(sources.problems), sources.directory,
+                   sources.fleet)
 
 
 def load_text(text: str, filename: str = "<string>") -> Spec:
@@ -77,7 +83,8 @@ def load_text(text: str, filename: str = "<string>") -> Spec:
     return _finish([doc], problems, None)
 
 
-def _finish(docs: list[Document], problems: list[Problem], directory: str | None) -> Spec:
+def _finish(docs: list[Document], problems: list[Problem], directory: str | None,
+            fleet: Fleet | None = None) -> Spec:
     """Every problem at once: the semantic checks run on every entry the
     schema found nothing wrong in (an entry with a schema problem is skipped
     and, where others name it, taken as defined), unless the file could not
@@ -105,9 +112,9 @@ def _finish(docs: list[Document], problems: list[Problem], directory: str | None
     if merge_problems or (problems and not broken):
         raise SpecError([*problems, *merge_problems])
     try:
-        spec = speccheck.Builder(data, where, broken or set()).build()
+        spec = speccheck.Builder(data, where, broken or set(), fleet is not None).build()
     except SpecError as e:
         problems.extend(e.problems)
     if problems:
         raise SpecError(problems)
-    return spec
+    return spec if fleet is None else fleet_mod.complete(spec, fleet, fleet_mod.spans(data))

@@ -9,7 +9,7 @@ from collections.abc import Set
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reconciler import expectspec, model, reserved
+from reconciler import expectspec, fleet, model, reserved
 from reconciler.drivers.kernel import NETNS_DIR
 from reconciler.errors import Problem, SpecError, Where
 from reconciler.model import Driver, NetworkMode, Spec
@@ -65,11 +65,16 @@ class Builder:
     """Turns schema-valid data into model values, collecting every semantic problem."""
 
     def __init__(self, data: dict[str, Any], where: dict[Path, Where],
-                 broken: Set[tuple[str | int, ...]] = frozenset()):
+                 broken: Set[tuple[str | int, ...]] = frozenset(), live_hosts: bool = False):
         """`broken`: the entries the schema found problems in, ("networks",
         "front") or ("expect", 2): not checked here, and where another entry
-        names one, it counts as defined (its problems are reported already)."""
+        names one, it counts as defined (its problems are reported already).
+        `live_hosts`: a spec read from etcd, whose hosts may also be machines
+        registered there (fleet.py): a container may name a host the spec
+        does not list."""
         self.data = data
+        self.live_hosts = live_hosts
+        self.spans = fleet.spans(data) if live_hosts else bool(data.get("hosts"))
         self.where = where
         self.broken = broken
         self.project: str = data["project"]
@@ -304,10 +309,10 @@ class Builder:
         if driver == Driver.OVERLAY:
             if vni is None:
                 self.report(base, f"{what}: vni is required for overlay networks")
-            if not self.raw_hosts:
-                self.report(
-                    base, f"{what}: overlay networks need a hosts section listing the machines"
-                )
+            if not self.spans:
+                self.report(base, f"{what}: overlay networks need a hosts section listing the "
+                            "machines" + (", or containers naming their host (registered "
+                            "machines are hosts)" if self.live_hosts else ""))
         if driver not in MODES:
             return vni, None, None
         parent, mode = raw.get("parent"), raw.get("mode")
@@ -435,10 +440,16 @@ class Builder:
         self, base: Path, what: str, mode: NetworkMode, raw: dict[str, Any]
     ) -> str | None:
         host = raw.get("host")
-        if host is not None and host not in self.raw_hosts:
+        if self.live_hosts and host is not None and host not in self.raw_hosts:
+            # A machine that registers in etcd under that name (fleet.py).
+            if not fleet.HOST_NAME.fullmatch(host):
+                self.report((*base, "host"), f"{what}: host {show(host)} is not a host name "
+                            "(^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$)")
+        elif host is not None and host not in self.raw_hosts:
             self.report((*base, "host"), f"{what}: host {show(host)} is not defined in hosts")
-        if host is None and self.raw_hosts and mode != NetworkMode.HOST:
-            self.report(base, f"{what}: host is required because the spec has hosts")
+        if host is None and self.spans and mode != NetworkMode.HOST:
+            self.report(base, f"{what}: host is required because the spec has hosts"
+                        + (" or a container names its host" if self.live_hosts else ""))
         return host
 
     def _attachments(self, base: Path, what: str, raw: Any) -> tuple[model.Attachment, ...]:

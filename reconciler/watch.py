@@ -40,7 +40,7 @@ from rich.markup import escape
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from reconciler import engine, expect, firewall, lock, machines, runtimes, sources
+from reconciler import engine, expect, firewall, fleet, lock, machines, runtimes, sources
 from reconciler import spec as spec_mod
 from reconciler.drivers.events import KernelEvents
 from reconciler.drivers.kernel import NETNS_DIR
@@ -157,6 +157,7 @@ class Watcher:
             lambda text: self.log.line("engine", text))
         self.notes_said: tuple[str, ...] = ()
         self.failing_said: tuple[str, ...] = ()  # expectations that did not hold, as logged
+        self.hosts_said: frozenset[str] | None = None  # the spec's hosts, as last built
 
     # ---- triggers --------------------------------------------------------------
 
@@ -277,10 +278,29 @@ class Watcher:
             self.log.line("error", f"  {error}", error=error)
         return outcome
 
+    def _read(self) -> tuple[spec_mod.Sources, Spec]:
+        """The spec as the source has it now, settled (sticky addresses
+        allocated in etcd); read again while it changes under the settling."""
+        for _attempt in range(3):
+            read = self.source.read()
+            try:
+                return read, self.source.settle(spec_mod.build(read))
+            except sources.Changed:
+                continue
+        raise NetapplyError("the spec kept changing while overlay addresses were allocated")
+
+    def _hosts_changed(self, spec: Spec) -> None:
+        """Says which machines joined or left (live hosts in etcd)."""
+        hosts = frozenset(spec.hosts)
+        if self.hosts_said is not None and hosts != self.hosts_said:
+            joined, left = sorted(hosts - self.hosts_said), sorted(self.hosts_said - hosts)
+            text = "hosts " + ", ".join([*(f"+{h}" for h in joined), *(f"-{h}" for h in left)])
+            self.log.line("hosts", text, joined=joined, left=left, hosts=sorted(hosts))
+        self.hosts_said = hosts
+
     def _attempt(self) -> Outcome:
         try:
-            read = self.source.read()
-            spec = spec_mod.build(read)
+            read, spec = self._read()
         except sources.Unavailable:
             # Said once by the source when lost; drift is still repaired.
             return self._keep_last_good([], "the spec store is unreachable; the last good "
@@ -295,6 +315,7 @@ class Watcher:
             return self._keep_last_good([
                 f"the project changed from '{self.last_good.project}' to '{spec.project}': "
                 "destroy the old project first, then restart watch"])
+        self._hosts_changed(spec)
         outcome = self._apply(spec)
         if outcome.result == "converged":
             self.last_good = spec
@@ -329,7 +350,9 @@ class Watcher:
 
         try:
             kernel = NetlinkKernel()
-            chosen = machines.select(spec, self.options.host, engine.local_addresses(kernel))
+            # In etcd, the name this machine registered as (if the spec spans machines).
+            requested = self.options.host or (self.source.host if spec.hosts else None)
+            chosen = machines.select(spec, requested, engine.local_addresses(kernel))
             host = chosen.host
             if host is not None and host != self.host_said:
                 self.log.line("host", f"this machine is host '{host}' ({chosen.why})",
@@ -342,7 +365,7 @@ class Watcher:
                 snap = engine.snapshot(kernel, spec, host=host)
                 # Said once each time they change: skipped runtime containers,
                 # a port someone else started holding, other managers.
-                notes = (*resolution.notes, *snap.notes)
+                notes = (*resolution.notes, *snap.notes, *fleet.gone(spec))
                 if notes != self.notes_said:
                     for note in notes:
                         self.log.line("note", note, note=note)

@@ -39,6 +39,22 @@ def test_the_units_fit_together() -> None:
     assert unit("netapply-watch.service")["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"
 
 
+def test_the_etcd_unit_runs_watch_on_etcd_with_the_options_of_its_environment() -> None:
+    service = unit("netapply-watch-etcd.service")["Service"]
+    env = {"NETAPPLY_SOURCE": "etcd://10.0.0.5:2379/netapply/shop",
+           "NETAPPLY_OPTIONS": "--host node-a --address 10.0.0.21 --ttl 10"}
+    # systemd's expansion: ${VAR} as one word, $VAR split at whitespace.
+    argv = [word for part in shlex.split(service["ExecStart"])
+            for word in ([env[part[2:-1]]] if part.startswith("${")
+                         else env[part[1:]].split() if part.startswith("$") else [part])]
+    args = cli._parser().parse_args(argv[1:])
+    assert (args.command, args.source, args.host, args.address, args.ttl) == (
+        "watch", env["NETAPPLY_SOURCE"], "node-a", "10.0.0.21", 10)
+    assert service["KillSignal"] == "SIGTERM"
+    assert service["CapabilityBoundingSet"] == \
+        unit("netapply-watch.service")["Service"]["CapabilityBoundingSet"]
+
+
 @pytest.mark.kernel
 def test_watch_runs_with_the_units_capabilities(sandbox: Path) -> None:
     service = unit("netapply-watch.service")["Service"]

@@ -55,14 +55,14 @@ def wait_for(what: str, check: Callable[[], bool], seconds: float = 30.0) -> Non
 class Watch:
     """`netapply watch --source` on a lab machine, and its JSON log."""
 
-    def __init__(self, lab: Lab, machine: str, url: str, log: Path):
+    def __init__(self, lab: Lab, machine: str, url: str, log: Path, *options: str):
         self.log = log
-        self.stderr = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.stderr = open(log, "a")  # noqa: SIM115 - closed in stop()
         # scripts/lab run execs nsenter, which execs python: this PID is the watch.
         self.process = subprocess.Popen(
             [str(REPO / "scripts" / "lab"), "run", machine, sys.executable, "-m",
              "reconciler.cli", "watch", "--source", url, "--log-format", "json",
-             "--debounce", "0.1"], stdout=subprocess.DEVNULL, stderr=self.stderr,
+             "--debounce", "0.1", *options], stdout=subprocess.DEVNULL, stderr=self.stderr,
             env={**lab.env, **os_env_without_etcd(), "LAB_DIR": lab.env["LAB_DIR"]}, cwd=REPO)
 
     def records(self, event: str) -> list[dict[str, Any]]:

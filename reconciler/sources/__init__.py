@@ -28,6 +28,11 @@ class Unavailable(NetapplyError):
     to bring the store back."""
 
 
+class Changed(NetapplyError):
+    """The spec in the store changed while this machine was acting on it
+    (allocating addresses): nobody has to act; it reads the spec again."""
+
+
 class Source(Protocol):
     """A spec's files with the revision they were read at, and a way to hear
     that they changed."""
@@ -41,6 +46,19 @@ class Source(Protocol):
         """The spec's files, parsed (problems inside), with the store's
         revision (None for files). Raises SpecError when there is nothing to
         read at all, Unavailable when the store cannot be read now."""
+        ...
+
+    @property
+    def host(self) -> str | None:
+        """The machine this source registered as in the store (etcd watch);
+        None when it registers nothing."""
+        ...
+
+    def settle(self, spec: spec_mod.Spec) -> spec_mod.Spec:
+        """The spec read() gave, built, with what the store decides beyond
+        the files: sticky overlay addresses allocated there (etcd watch).
+        Files: the spec as it is. Raises Changed, Unavailable, SpecError,
+        NetapplyError."""
         ...
 
     def follow(self, changed: Notify, status: Notify) -> None:

@@ -209,6 +209,10 @@ def delete(key: str) -> dict[str, Any]:
     return {"request_delete_range": {"key": _b64(key)}}
 
 
+def get(key: str) -> dict[str, Any]:
+    return {"request_range": {"key": _b64(key)}}
+
+
 def get_prefix(prefix: str, keys_only: bool = False) -> dict[str, Any]:
     return {"request_range": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                               "keys_only": keys_only}}

@@ -8,16 +8,27 @@ scratch, retrying with capped backoff; the loss is said once, and so is the
 return. While the store is known lost, read() fails at once (Unavailable),
 so that drift is repaired against the last good spec without waiting for
 timeouts; the follower notices the return and says "look again".
+
+Beside the spec files, the listing holds the fleet (fleet.py): the machines
+registered under PREFIX/hosts/ (a registration or its expiry is a change
+too, so every machine looks again), and the sticky overlay addresses under
+PREFIX/alloc/. For `watch` (with a Membership), this machine registers at
+its first read, settle() allocates the addresses in etcd, and close()
+revokes the registration; `plan` and `show` only read both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import threading
+from collections.abc import Callable, Iterable
 
+from reconciler import fleet, yamlsource
 from reconciler import spec as spec_mod
-from reconciler import yamlsource
 from reconciler.errors import Problem, SpecError
-from reconciler.sources import Notify, Unavailable
+from reconciler.model import IPAddress
+from reconciler.sources import Notify, Unavailable, alloc, membership
 from reconciler.sources import etcd as etcd_mod
 
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0  # seconds between two attempts to reach a lost store
@@ -30,11 +41,24 @@ def is_spec_name(name: str) -> bool:
             and name.endswith(yamlsource.SPEC_SUFFIXES))
 
 
+def matters(name: str) -> bool:
+    """A key whose change may change what a machine applies: a spec file or
+    a registration (allocations change only with the spec)."""
+    return is_spec_name(name) or name.startswith(membership.HOSTS + "/")
+
+
 class EtcdSource:
     """Source: the spec files under an etcd prefix."""
 
-    def __init__(self, store: etcd_mod.Store):
+    def __init__(self, store: etcd_mod.Store, member: membership.Membership | None = None,
+                 local: Callable[[], Iterable[IPAddress]] = tuple):
+        """`member`: register this machine and allocate overlay addresses
+        (watch); `local`: this machine's addresses (to find which spec host
+        it is)."""
         self.store = store
+        self.member = member
+        self.local = local
+        self.marker = 0  # the push marker's mod_revision at the last read
         self.where = store.location
         self.lost: str | None = None  # why the store is lost, while it is
         self.stopping = threading.Event()
@@ -61,10 +85,35 @@ class EtcdSource:
             raise SpecError([Problem(None, f"spec: {self.location} holds no *.yaml or *.yml "
                                            f"keys (netapply push SPEC {self.location} writes "
                                            "them)")])
-        return spec_mod.from_files(files, self.location, listing.revision)
+        found = alloc.read(self.where, listing.entries)
+        self.marker = found.marker
+        live = membership.live_hosts(self.where, listing.entries)
+        read = spec_mod.from_files(files, self.location, listing.revision)
+        if self.member is None:  # plan, show: the addresses etcd holds now
+            return spec_mod.Sources(read.docs, read.problems, read.directory, read.revision,
+                                    fleet.Fleet(live, found.pinned()))
+        if self.member.lease == 0:
+            self.member.join(_spec_hosts(read), self.local)
+        assert self.member.name is not None and self.member.address is not None
+        live[self.member.name] = self.member.address  # alive: this is it
+        # Addresses are pinned by settle(), after allocating.
+        return spec_mod.Sources(read.docs, read.problems, read.directory, read.revision,
+                                fleet.Fleet(live))
+
+    @property
+    def host(self) -> str | None:
+        return self.member.name if self.member is not None else None
+
+    def settle(self, spec: spec_mod.Spec) -> spec_mod.Spec:
+        if self.member is None:
+            return spec
+        found = alloc.settle(self.store, spec, self.marker)
+        return fleet.pin(spec, found.pinned())
 
     def follow(self, changed: Notify, status: Notify) -> None:
         self.status = status
+        if self.member is not None:
+            self.member.status = status
         self.thread = threading.Thread(target=self._follow, args=(changed,),
                                        name="etcd-watch", daemon=True)
         self.thread.start()
@@ -74,6 +123,8 @@ class EtcdSource:
 
     def close(self) -> None:
         self.stopping.set()
+        if self.member is not None:
+            self.member.leave()
         self.store.close()
         if self.thread is not None:
             self.thread.join(timeout=2)
@@ -125,9 +176,24 @@ class EtcdSource:
         try:
             for event in self.store.watch(prefix, start):
                 self.next = event.revision + 1
-                if is_spec_name(self.where.name(event.key)):
+                name = self.where.name(event.key)
+                if is_spec_name(name):
                     changed(f"etcd revision {event.revision}")
+                elif matters(name):
+                    changed(f"{name} {'left' if event.deleted else 'registered'} at etcd "
+                            f"revision {event.revision}")
         except Unavailable:
             self.stopping.wait(0.1)
             return False
         return True
+
+
+def _spec_hosts(read: spec_mod.Sources) -> dict[str, IPAddress]:
+    """The hosts the spec files write (name -> address), before any check."""
+    found: dict[str, IPAddress] = {}
+    for doc in read.docs:
+        hosts = doc.data.get("hosts") if isinstance(doc.data, dict) else None
+        for name, value in (hosts.items() if isinstance(hosts, dict) else ()):
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                found[str(name)] = ipaddress.ip_address(value.get("address"))
+    return found

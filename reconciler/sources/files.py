@@ -59,6 +59,13 @@ class FileSource:
     def read(self) -> spec_mod.Sources:
         return spec_mod.read(str(self.path))
 
+    @property
+    def host(self) -> str | None:
+        return None
+
+    def settle(self, spec: spec_mod.Spec) -> spec_mod.Spec:
+        return spec
+
     def follow(self, changed: Notify, status: Notify) -> None:
         self.status = status
         self.events = _SpecEvents(self.path, changed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import difflib
 import json
 import os
 import signal
@@ -66,9 +67,33 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(self, message)
 
 
+def _with_suggestion(e: _UsageError, argv: Sequence[str]) -> _UsageError:
+    """An unrecognized option, with the option it resembles ("--outptu":
+    did you mean --output?); argparse may also have taken the option's value
+    for SPEC, so the spec argument is named as argparse saw it."""
+    if not str(e).startswith("unrecognized arguments:"):
+        return e
+    known = [o for action in _all_actions(_parser()) for o in action.option_strings]
+    hints = []
+    for word in argv:
+        if word.startswith("--") and word.split("=")[0] not in known:
+            close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.8)
+            if close:
+                hints.append(f"{word.split('=')[0]}: did you mean {close[0]}?")
+    return _UsageError(e.parser, f"{e} ({'; '.join(hints)})") if hints else e
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_actions(sub)
+
+
 def _json_requested(argv: Sequence[str]) -> bool:
     return any(a == "--output=json" or (a == "--output" and b == "json")
-               for a, b in zip(argv, [*argv[1:], ""], strict=True))
+               for a, b in zip(argv, [*argv[1:], ""], strict=False))
 
 
 def problem_json(problem: Problem) -> dict[str, Any]:
@@ -158,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
         "--detailed-exitcode", action="store_true",
         help="exit 0 when there are no changes, 2 when there are, 1 on error",
     )
-    p.add_argument("--out", metavar="FILE",
+    p.add_argument("--out", metavar="FILE", type=_file_name,
                    help="also save the plan to FILE, for `netapply apply FILE`: it applies "
                         "exactly this plan, or nothing if the spec or the kernel changed")
     for name, text in (
@@ -214,7 +239,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def graph_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--out", metavar="FILE",
+    p.add_argument("-o", "--out", metavar="FILE", type=_file_name,
                    help="write the picture to FILE.svg, FILE.png (drawn by Graphviz's dot) or "
                         "FILE.dot (default: DOT on stdout)")
     p.add_argument("--live", action="store_true",
@@ -248,6 +273,12 @@ def lock_timeout(p: argparse.ArgumentParser) -> None:
                         "machine (default 30)")
 
 
+def _file_name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("an empty file name")
+    return text
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -266,7 +297,7 @@ class Cli:
         no_color = bool(args.no_color)
         # Output never decides control flow: a closed pipe or a hung-up
         # terminal must not stop an apply half-way or skip its rollback.
-        out, err = output.standard_streams()
+        out, err = output.standard_streams(fallback=args.command in REPORTING)
         self.out = Console(file=cast(TextIO, out), no_color=no_color, highlight=False,
                            soft_wrap=True)
         self.err = Console(file=cast(TextIO, err), no_color=no_color, highlight=False,
@@ -328,12 +359,17 @@ class Cli:
                 return EXIT_ERROR
             self._report_failure(e)
             self._report_done(e.done, left=True)
+            verb = "destroy" if self.args.command == "destroy" else "apply"
             self.err.print(
-                "Fix the cause and run apply again: it continues from the current state."
+                f"Fix the cause and run {verb} again: it continues from the current state."
             )
         except NetapplyError as e:
             self._report_error(e)
         except KeyboardInterrupt:
+            if self.done:  # after the kernel changed (the checks after an apply)
+                self.err.print("[red]error:[/red] interrupted")
+                self._report_done(self.done, left=True)
+                return EXIT_ERROR
             self.err.print("interrupted")
             return 130
         return EXIT_ERROR
@@ -485,8 +521,8 @@ class Cli:
         except KeyboardInterrupt:
             self.err.print("interrupted")
             return 130
-        sys.stdout.write(imported.text)
-        sys.stdout.flush()
+        self.out.file.write(imported.text)
+        self.out.file.flush()
         for note in imported.notes:
             self.err.print(f"note: {escape(note)}")
         for problem in imported.problems:
@@ -517,6 +553,8 @@ class Cli:
         self.printed_json = True
 
     def plan(self, spec: spec_mod.Spec, kernel: NetlinkKernel) -> int:
+        if self.args.out:
+            self._refuse_out_in_spec()
         snap = self._snapshot(kernel=kernel, spec=spec)
         planned = expect_mod.checks(spec, snap.observed, self.host)
         notes = (*snap.notes, *expect_mod.notes(planned))
@@ -543,6 +581,20 @@ class Cli:
     def _fingerprint(self, snap: engine.Snapshot) -> planfile.Fingerprint:
         return planfile.fingerprint(self.args.spec or self.args.source, self.digests,
                                     self.resolution, snap, self.host)
+
+    def _refuse_out_in_spec(self) -> None:
+        """plan --out must not write over the spec it plans (one of its
+        files, or a new .yaml/.yml file in its directory, which would join
+        it): NetapplyError, before anything is read or written."""
+        if self.args.spec is None:
+            return
+        out, spec = os.path.realpath(self.args.out), os.path.realpath(self.args.spec)
+        files = {os.path.realpath(f) for f in self.digests} | {spec}
+        joins = (os.path.isdir(spec) and os.path.dirname(out) == spec
+                 and out.endswith((".yaml", ".yml")))
+        if out in files or joins:
+            raise NetapplyError(f"--out {self.args.out} is part of the spec {self.args.spec}: "
+                                "the saved plan would replace it; save the plan elsewhere")
 
     def _save_plan(self, doc: dict[str, Any]) -> None:
         """plan --out: the file, or PlanFileError and no file."""
@@ -1011,11 +1063,18 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(n, handler)
 
 
+# Commands whose stdout reports on a change to the kernel: a reader that went
+# away must not stop it half-way, and its lines go to stderr instead. The
+# others' stdout is their result: one that cannot be written fails them.
+REPORTING = ("apply", "destroy", "confirm", "watch")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(argv)
     except _UsageError as e:
+        e = _with_suggestion(e, argv)
         message = f"{e.parser.prog}: {e}"
         if _json_requested(argv):
             _write_json_problems(output.standard_streams()[0], [
@@ -1024,7 +1083,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             e.parser.print_usage(sys.stderr)
             sys.stderr.write(f"{e.parser.prog}: error: {e}\n")
         return EXIT_ERROR
-    return Cli(args).run()
+    command = Cli(args)
+    code = command.run()
+    stdout = command.out.file
+    if isinstance(stdout, output.GuardedStream) and stdout.gone and args.command not in REPORTING:
+        command.err.print(f"[red]error:[/red] the output could not be written ({stdout.why}): "
+                          "what is on stdout is incomplete")
+        return EXIT_ERROR
+    return code
 
 
 if __name__ == "__main__":

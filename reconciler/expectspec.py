@@ -70,7 +70,7 @@ def _entry(i: int, raw: dict[str, Any], containers: Mapping[str, Container],
         ok = False
     address: IPAddress | None = None
     if target not in containers:
-        address = _address((*base, "to"), what, target, containers, report)
+        address = _address((*base, "to"), what, target, containers, networks, report)
         ok = ok and address is not None
     if not ok or origin is None:
         return None
@@ -89,7 +89,7 @@ def _did_you_mean(name: str, containers: Mapping[str, Container]) -> str:
 
 
 def _address(path: Path, what: str, text: str, containers: Mapping[str, Container],
-             report: Report) -> IPAddress | None:
+             networks: Mapping[str, Network], report: Report) -> IPAddress | None:
     """`to` written as an address: one a single host can answer at."""
     zone = reserved.zone_problem(text)
     if zone is not None:
@@ -107,6 +107,17 @@ def _address(path: Path, what: str, text: str, containers: Mapping[str, Containe
         report(path, f"{what}: to {address} is {entry.name} ({entry.network}), which no "
                      "single host answers at")
         return None
+    for network in networks.values() if address.version == 4 else ():
+        # (IPv6 has no broadcast; its subnet-router anycast address is answered.)
+        subnet = network.subnet
+        if subnet.prefixlen >= 31:
+            continue  # /31 (RFC 3021) and /32 have no such addresses
+        role = ("network" if address == subnet.network_address else
+                "broadcast" if address == subnet.broadcast_address else "")
+        if role:
+            report(path, f"{what}: to {address} is the {role} address of network "
+                         f"'{network.name}' ({subnet}), which no single host answers at")
+            return None
     return address
 
 

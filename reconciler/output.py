@@ -43,6 +43,7 @@ class GuardedStream:
         self._target = stream
         self._fallback = fallback
         self.gone = False
+        self.why = ""  # the first failure, when gone ("No space left on device")
 
     def _stream(self) -> TextIO | None:
         return None if self.gone else self._target
@@ -54,8 +55,8 @@ class GuardedStream:
                 stream.write(text)
                 stream.flush()
                 return len(text)
-            except FAILURES:
-                self._give_up(stream)
+            except FAILURES as e:
+                self._give_up(stream, e)
         if self._fallback is not None:
             self._fallback.write(text)
         return len(text)
@@ -65,8 +66,8 @@ class GuardedStream:
         if stream is not None:
             try:
                 stream.flush()
-            except FAILURES:
-                self._give_up(stream)
+            except FAILURES as e:
+                self._give_up(stream, e)
 
     def isatty(self) -> bool:
         stream = self._stream()
@@ -86,8 +87,9 @@ class GuardedStream:
         stream = self._stream()
         return (getattr(stream, "encoding", None) or "utf-8") if stream else "utf-8"
 
-    def _give_up(self, stream: TextIO) -> None:
+    def _give_up(self, stream: TextIO, e: Exception) -> None:
         self.gone = True
+        self.why = getattr(e, "strerror", None) or str(e)
         # Text left in Python's buffer would be flushed (and fail) again at
         # exit: point the descriptor at /dev/null so it goes nowhere.
         with contextlib.suppress(*FAILURES, AttributeError):
@@ -99,7 +101,9 @@ class GuardedStream:
                 os.close(null)
 
 
-def standard_streams() -> tuple[GuardedStream, GuardedStream]:
-    """Guarded stdout (falling back to stderr) and stderr."""
+def standard_streams(fallback: bool = True) -> tuple[GuardedStream, GuardedStream]:
+    """Guarded stdout and stderr; stdout falls back to stderr where its
+    lines are reports for a person (apply's progress), not where they are
+    the result itself (`fallback` False: a result cut short is an error)."""
     err = GuardedStream(sys.stderr)
-    return GuardedStream(sys.stdout, fallback=err), err
+    return GuardedStream(sys.stdout, fallback=err if fallback else None), err

@@ -286,6 +286,37 @@ def test_kernel_error_mid_apply_reports_and_next_apply_converges(
     assert converge(SEED) == 0
 
 
+def test_a_failed_destroy_says_to_run_destroy_again(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FailingDelete(NetlinkKernel):
+        def netns_del(self, name: str) -> None:
+            raise KernelError(f"delete netns {name}", errno.ENOSPC)
+
+    assert run_cli(capsys, "apply", "--auto-approve", str(SEED))[0] == 0
+    monkeypatch.setattr(cli, "NetlinkKernel", FailingDelete)
+    code, out, err = run_cli(capsys, "destroy", "--auto-approve", str(SEED))
+    assert code == 1, out + err
+    assert "Fix the cause and run destroy again: it continues from the current state." in err
+    monkeypatch.undo()
+    assert run_cli(capsys, "destroy", "--auto-approve", str(SEED))[0] == 0
+
+
+def test_ctrl_c_after_the_kernel_changed_is_a_failure_naming_what_stays(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted in the checks after an apply without rollback: not 130
+    ("before anything was changed"), but 1 and the steps left in place."""
+    def interrupted(*_args: object) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.Cli, "_expectations_hold", interrupted)
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", "--no-rollback-on-failure",
+                             str(SEED))
+    assert code == 1 and "Apply complete" in out
+    assert err.startswith("error: interrupted\nAlready done (") and ", left in place:" in err
+
+
 @pytest.mark.parametrize(("code", "reason", "hint"), [
     (errno.EEXIST, "File exists", "something else made an object with that name after"),
     (errno.ENODEV, "No such device", "an interface it needs is gone (deleted meanwhile, or a "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,67 @@ def test_labels_appear_in_plan_and_show(
     shown = json.loads(out)["resources"]
     assert any(r.get("labels", {}).get("team") == "web" and r["kind"] == "bridge"
                for r in shown)
+
+
+def test_no_arguments_at_all_is_a_usage_error_not_a_traceback(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys)
+    assert code == cli.EXIT_ERROR and "required: COMMAND" in err
+
+
+def test_a_misspelt_option_is_named_with_the_one_it_resembles(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "plan", "--outptu", "json", str(SHOP))
+    assert code == cli.EXIT_ERROR and "--outptu: did you mean --output?" in err
+
+
+@pytest.mark.parametrize("argv", [["plan", "--out", ""], ["graph", "-o", ""]])
+def test_an_empty_output_file_name_is_refused(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *argv, str(SHOP))
+    assert code == cli.EXIT_ERROR and "an empty file name" in err and out == ""
+
+
+@pytest.mark.parametrize("out_in_spec", ["file", "new file in the directory"])
+def test_plan_out_never_replaces_the_spec(
+        out_in_spec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = tmp_path / "spec"
+    directory.mkdir()
+    (directory / "shop.yaml").write_text(SHOP.read_text())
+    spec, out = ((directory / "shop.yaml", directory / "shop.yaml") if out_in_spec == "file"
+                 else (directory, directory / "plan.yaml"))
+    code, _, err = run(capsys, "plan", str(spec), "--out", str(out))
+    assert code == cli.EXIT_ERROR and "is part of the spec" in err
+    assert (directory / "shop.yaml").read_text() == SHOP.read_text()
+    assert sorted(p.name for p in directory.iterdir()) == ["shop.yaml"]
+
+
+@pytest.mark.parametrize("argv", [["completion", "bash"], ["validate", str(SHOP)],
+                                  ["import", "compose",
+                                   str(REPO / "examples" / "compose" / "compose.yaml")]])
+def test_a_result_that_cannot_be_written_fails_the_command(argv: list[str]) -> None:
+    """stdout is the result (a full disk): exit 1 and say so; not exit 0 with
+    an empty file, nor the result dumped on stderr, nor a traceback."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "reconciler.cli", *argv], stdout=full,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == cli.EXIT_ERROR
+    assert "the output could not be written (No space left on device)" in done.stderr
+    assert "Traceback" not in done.stderr and "_shtab" not in done.stderr
+
+
+def test_ctrl_c_while_starting_is_interrupted_not_a_traceback() -> None:
+    """The entry point imports the command line itself: an interrupt there
+    is reported as one (130), as it is once running."""
+    probe = ("import builtins, sys\n"
+             "real = builtins.__import__\n"
+             "def interrupted(name, *a, **k):\n"
+             "    if name == 'reconciler' and a and a[2] and 'cli' in a[2]:\n"
+             "        raise KeyboardInterrupt\n"
+             "    return real(name, *a, **k)\n"
+             "builtins.__import__ = interrupted\n"
+             "from reconciler.entry import main\n"
+             "sys.exit(main())\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")

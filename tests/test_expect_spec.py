@@ -70,6 +70,8 @@ def test_every_problem_has_its_position() -> None:
       - {from: web, to: batch, ping: true}
       - {from: batch, to: web, ping: true}
       - {from: web, to: "fe80::1", ping: true}
+      - {from: web, to: 172.30.1.255, ping: true}
+      - {from: web, to: 172.30.2.0, port: 80}
     """)
     assert found == [
         "s.yaml:13:4: expect[0]: from 'wbe' is not a container of the spec "
@@ -86,6 +88,10 @@ def test_every_problem_has_its_position() -> None:
         "no address of it can be checked from another container",
         "s.yaml:20:15: expect[7]: to fe80::1 is link-local (fe80::/10), which no single host "
         "answers at",
+        "s.yaml:21:15: expect[8]: to 172.30.1.255 is the broadcast address of network 'front' "
+        "(172.30.1.0/24), which no single host answers at",
+        "s.yaml:22:15: expect[9]: to 172.30.2.0 is the network address of network 'back' "
+        "(172.30.2.0/24), which no single host answers at",
     ]
 
 

@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -253,12 +254,20 @@ class Store:
         self.location = location
         self.access = access or Access()
         self.timeout = timeout
+        for option, path in (("--cacert", self.access.cacert), ("--cert", self.access.cert),
+                             ("--key", self.access.key)):
+            if path is not None and not os.path.isfile(path):
+                raise NetapplyError(f"{option} {path}: no such file")
         protocol = "https" if self.access.tls else "http"
         self.clients = [
             etcd3gw.Etcd3Client(host, port, protocol, ca_cert=self.access.cacert,
                                 cert_key=self.access.key, cert_cert=self.access.cert,
                                 timeout=timeout, api_path=API)
             for host, port in location.endpoints]
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE or
+        # CURL_CA_BUNDLE in the environment override a session's own CA file
+        # (psf/requests#3829), and --cacert must win.
+        self.verify: str | bool = self.access.cacert or True
         self.current = 0  # the endpoint that answered last
         self.lock = threading.Lock()
         self.token: str | None = None
@@ -284,8 +293,10 @@ class Store:
                 found = self._post(client, path, body)
             except _RETRYABLE as e:
                 host, port = self.location.endpoints[index]
-                causes.append(f"{host}:{port}: {_cause(e)}")
+                causes.append(f"{host}:{port}: {_cause(e, self.access)}")
                 continue
+            except OSError as e:  # requests: a TLS file gone since the start
+                raise StoreError(f"{self.where}: {_cause(e, self.access)}") from None
             self.current = index
             return found
         raise Unavailable(f"{self.where}: no endpoint answers ({'; '.join(causes)})")
@@ -295,7 +306,8 @@ class Store:
         for attempt in (1, 2):
             self._authenticate(client, again=attempt == 2)
             try:
-                found: dict[str, Any] = client.post(client.get_url(path), json=body)
+                found: dict[str, Any] = client.post(client.get_url(path), json=body,
+                                                    verify=self.verify)
                 return found
             except _RETRYABLE:
                 raise
@@ -313,7 +325,8 @@ class Store:
             return
         try:
             found = client.post(client.get_url("/auth/authenticate"),
-                                json={"name": self.access.user, "password": self.access.password})
+                                json={"name": self.access.user, "password": self.access.password},
+                                verify=self.verify)
         except _RETRYABLE:
             raise
         except etcd3gw.exceptions.Etcd3Exception as e:
@@ -390,10 +403,12 @@ class Store:
         try:
             self._authenticate(client, again=False)
             response = client.session.post(client.get_url("watch"), json=body, stream=True,
-                                           timeout=(self.timeout, idle))
+                                           timeout=(self.timeout, idle), verify=self.verify)
         except (requests.RequestException, *_RETRYABLE) as e:
             self.current = (index + 1) % len(self.clients)
-            raise Unavailable(f"{self.where}: cannot watch: {_cause(e)}") from None
+            raise Unavailable(f"{self.where}: cannot watch: {_cause(e, self.access)}") from None
+        except OSError as e:  # requests: a TLS file gone since the start
+            raise StoreError(f"{self.where}: cannot watch: {_cause(e, self.access)}") from None
         self.stream = response
         try:
             if response.status_code != 200:
@@ -442,10 +457,55 @@ class Store:
             client.session.close()
 
 
-def _cause(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
+def _cause(e: BaseException, access: Access | None = None) -> str:
+    """Why a request failed, in one line. etcd3gw keeps requests' text in
+    detail_text (its str() is empty)."""
+    text = str(getattr(e, "detail_text", None) or e) or type(e).__name__
+    tls = _tls_cause(text, access or Access())
+    if tls:
+        return tls
     if "Connection refused" in text:
         return "connection refused"
     if "timed out" in text.lower():
         return "timed out"
     return text.splitlines()[0][:200]
+
+
+# "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ... (_ssl.c:1006)"
+# inside requests' "HTTPSConnectionPool(...): Max retries exceeded ... (Caused by ...)".
+_SSL_REASON = re.compile(r"\[(?:SSL|X509)(?:: (?P<code>[A-Z0-9_]+))?\] (?P<text>[^(')]*?)\s*\(_ssl")
+# How a TLS server ends the handshake with a client whose certificate it
+# refuses: etcd 3.4 (Go) closes it (EOF); others send an alert.
+_REFUSED = ("EOF occurred in violation of protocol", "alert certificate required",
+            "alert bad certificate", "alert unknown ca", "alert handshake failure",
+            "alert certificate unknown", "alert certificate expired")
+
+
+def _tls_cause(text: str, access: Access) -> str | None:
+    """What a TLS failure means for the operator, in etcdctl's terms (None:
+    not a TLS failure)."""
+    if "SSLError" not in text and "[SSL" not in text and "[X509" not in text:
+        if not access.tls and "Remote end closed connection without response" in text:
+            return ("the endpoint closed the connection without an answer (if it serves "
+                    "TLS, give --cacert, and --cert and --key if it wants a client certificate)")
+        return None
+    found = _SSL_REASON.search(text)
+    reason = found.group("text") if found else next(
+        (r for r in _REFUSED if r in text), text.splitlines()[0][:200])
+    code = found.group("code") if found else None
+    if code == "CERTIFICATE_VERIFY_FAILED":
+        if "mismatch" in reason:
+            return f"TLS: {reason}: etcd's certificate does not name the host in the URL"
+        if access.cacert is None:
+            return (f"TLS: {reason}: etcd's certificate is not signed by a CA this machine "
+                    "trusts; give etcd's CA with --cacert")
+        return f"TLS: {reason}: etcd's certificate is not signed by --cacert {access.cacert}"
+    if code == "KEY_VALUES_MISMATCH":
+        return f"TLS: --key {access.key} is not the key of --cert {access.cert}"
+    if any(r in reason for r in _REFUSED):
+        if access.cert is None:
+            return (f"TLS: etcd ended the handshake ({reason}): it requires a client "
+                    "certificate; give --cert and --key")
+        return (f"TLS: etcd refused the client certificate --cert {access.cert} ({reason}): "
+                "is it signed by a CA etcd trusts, and made for client authentication?")
+    return f"TLS: {reason}"

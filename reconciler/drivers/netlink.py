@@ -168,9 +168,9 @@ class NetlinkKernel:
         except OSError as e:
             raise KernelError(what, e.errno or errno.EIO) from None
 
-    def _write(self, what: str, fn: Callable[[], Any]) -> None:
+    def _write(self, what: str, fn: Callable[[], T]) -> T:
         self.writes += 1
-        self._call(what, fn)
+        return self._call(what, fn)
 
     def _index(self, ns: str, ifname: str) -> int:
         known = self._indexes.setdefault(ns, {})
@@ -452,9 +452,8 @@ class NetlinkKernel:
     # ---- links ---------------------------------------------------------------
 
     def bridge_add(self, ifname: str, mac: str) -> None:
-        self.writes += 1
-        index = self._call(f"create bridge {ifname}",
-                           lambda: self._sock("").bridge_add(ifname, mac))
+        index = self._write(f"create bridge {ifname}",
+                            lambda: self._sock("").bridge_add(ifname, mac))
         self._learn("", ifname, index)
 
     def veth_add(
@@ -462,9 +461,8 @@ class NetlinkKernel:
         peer_mtu: int,
     ) -> None:
         what = f"create veth {host_ifname} <-> {peer_ifname} in {_ns_label(peer_ns)}"
-        self.writes += 1
         with self._ns_fd(peer_ns, what) as fd:
-            index, peer = self._call(
+            index, peer = self._write(
                 what,
                 lambda: self._sock("").veth_add(
                     host_ifname, host_mtu, peer_ifname, peer_mac, peer_mtu, fd
@@ -581,8 +579,7 @@ class NetlinkKernel:
         self._fresh("", (parent,), run)
 
     def vxlan_add(self, ifname: str, vni: int, local: str, port: int, mtu: int) -> None:
-        self.writes += 1
-        index = self._call(
+        index = self._write(
             f"create vxlan {ifname} (vni {vni}, local {local}, port {port})",
             lambda: self._sock("").vxlan_add(ifname, vni, local, port, mtu),
         )

@@ -10,8 +10,10 @@ tests/test_rtnl.py checks what it reads against pyroute2 on the same kernel.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
+import mmap
 import os
 import socket
 import struct
@@ -77,7 +79,10 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 RTN_UNICAST = 1
 
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
-RECV_SIZE = 1 << 20  # one receive buffer of this size per socket, reused for every reply
+# The receive buffer of each socket, reused for every reply. The kernel builds
+# a dump's datagrams no larger than 32 KiB (netlink_recvmsg caps max_recvmsg_len
+# at SKB_WITH_OVERHEAD(32768)); a larger one is reported, never cut (MSG_TRUNC).
+RECV_SIZE = 64 << 10
 IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type
@@ -150,11 +155,16 @@ class Rtnl:
         self._seq = 0
         # One buffer for every reply (recv_into): no fresh megabyte per reply.
         # What _replies yields are views into it, valid until the next receive.
-        self._buffer = bytearray(RECV_SIZE)
+        # Anonymous memory: only the pages a reply fills are ever touched, so a
+        # run with a socket in each of 1,000 namespaces does not hold 64 MiB.
+        self._buffer = mmap.mmap(-1, RECV_SIZE)
         self._view = memoryview(self._buffer)
 
     def close(self) -> None:
         self.sock.close()
+        with contextlib.suppress(BufferError):  # a reply still looked at: freed with it
+            self._view.release()
+            self._buffer.close()
 
     def __enter__(self) -> Rtnl:
         return self
@@ -178,7 +188,9 @@ class Rtnl:
         asking for the next."""
         buffer, view = self._buffer, self._view
         while True:
-            length = self.sock.recv_into(buffer)
+            length = self.sock.recv_into(buffer, RECV_SIZE, socket.MSG_TRUNC)
+            if length > RECV_SIZE:  # the datagram's size, larger than what was read
+                raise NetlinkError(errno.EMSGSIZE, _strerror(errno.EMSGSIZE))
             offset = 0
             while offset + HEADER.size <= length:
                 size, kind, _flags, msg_seq, _pid = HEADER.unpack_from(buffer, offset)

@@ -14,33 +14,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from types import FrameType
-from typing import Any, NoReturn, TextIO, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 
-import shtab
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from reconciler import (
-    __version__,
-    compose,
-    engine,
-    export,
-    fleet,
-    lock,
-    machines,
-    output,
-    planfile,
-    projects,
-    render,
-    runtimes,
-    sourcecli,
-)
-from reconciler import expect as expect_mod
-from reconciler import graph as graph_mod
-from reconciler import graphlive as graph_live
+from reconciler import __version__, lazy, output
 from reconciler import spec as spec_mod
-from reconciler import watch as watch_mod
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import ApplyError, NetapplyError, Problem, SpecError
 from reconciler.executor import Result, describe, internal
@@ -49,7 +29,40 @@ from reconciler.planner import Action, Change, Plan
 from reconciler.resources import fields_json, is_shared
 from reconciler.state.observe import ObservedState, observe
 
+if TYPE_CHECKING:
+    import shtab
+
+    from reconciler import (
+        compose,
+        engine,
+        export,
+        fleet,
+        lock,
+        machines,
+        planfile,
+        projects,
+        render,
+        runtimes,
+        sourcecli,
+    )
+    from reconciler import expect as expect_mod
+    from reconciler import graph as graph_mod
+    from reconciler import graphlive as graph_live
+    from reconciler import watch as watch_mod
+else:  # what a command does not use is never imported (lazy.py)
+    shtab = lazy.module("shtab")
+    compose, engine, export, fleet, lock, machines, planfile, projects, render, runtimes = (
+        lazy.module(f"reconciler.{name}") for name in (
+            "compose", "engine", "export", "fleet", "lock", "machines", "planfile", "projects",
+            "render", "runtimes"))
+    sourcecli = lazy.module("reconciler.sourcecli")
+    expect_mod, graph_mod, graph_live, watch_mod = (
+        lazy.module(f"reconciler.{name}") for name in ("expect", "graph", "graphlive", "watch"))
+
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+# Complete this argument with file names: shtab.FILE in the parser that
+# `completion` builds (_file_completion); shtab is imported for that command alone.
+COMPLETE_FILE = "file names"
 
 
 class _UsageError(Exception):
@@ -140,6 +153,17 @@ def _global_options(default: object) -> _Parser:
     return parent
 
 
+def _file_completion(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """parser, its arguments marked COMPLETE_FILE completed by shtab.FILE."""
+    for action in parser._actions:
+        if getattr(action, "complete", None) == COMPLETE_FILE:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _file_completion(sub)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="netapply", parents=[_global_options(False)],
@@ -155,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         spec = p.add_argument("spec", metavar="SPEC",
                               help="a YAML file or a directory of YAML files",
                               nargs="?" if optional else None)
-        spec.complete = shtab.FILE  # type: ignore[attr-defined]
+        spec.complete = COMPLETE_FILE  # type: ignore[attr-defined]
         return p
 
     p = command("validate", "check a spec without touching the kernel")
@@ -251,7 +275,7 @@ def import_parser(sub: argparse._SubParsersAction[_Parser], shared: _Parser) -> 
     text = "print a netapply spec for the networking of another tool's file"
     p = sub.add_parser("import", help=text, description=text, parents=[shared])
     p.add_argument("format", choices=("compose",), help="compose: a Docker Compose file")
-    p.add_argument("file", metavar="FILE").complete = shtab.FILE  # type: ignore[attr-defined]
+    p.add_argument("file", metavar="FILE").complete = COMPLETE_FILE  # type: ignore[attr-defined]
     p.add_argument("--project", metavar="NAME",
                    help="the Compose project name (as docker compose -p; default: "
                         "COMPOSE_PROJECT_NAME, the file's name:, or its directory)")
@@ -308,7 +332,8 @@ class Cli:
 
     def run(self) -> int:
         if self.args.command == "completion":
-            self.out.file.write(shtab.complete(_parser(), shell=self.args.shell))
+            self.out.file.write(shtab.complete(_file_completion(_parser()),
+                                               shell=self.args.shell))
             self.out.file.flush()
             return EXIT_OK
         if self.args.command == "watch":
@@ -904,6 +929,8 @@ class Cli:
         steps = sum(1 for _ in plan.steps())
         owners = spec.ns_owners()
         if self.out.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
             with Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 console=self.out, transient=True,
@@ -918,11 +945,14 @@ class Cli:
 
                 return engine.apply(kernel, spec, plan, destroy, advance, self.host)
 
-        verb = "destroyed" if destroy else "done"
+        # Not a terminal: plain lines, written as they are (no markup, no
+        # terminal checks per line, which cost rich about 30 per container).
+        prefix = f"  {'destroyed' if destroy else 'done'}: "
+        stream = self.out.file
 
         def log(action: Action, change: Change) -> None:
             self.done.append(describe(action, change, owners))
-            self.out.print(f"  {verb}: {escape(self.done[-1])}")
+            stream.write(f"{prefix}{self.done[-1]}\n")
             if check is not None:
                 check()
 

@@ -427,11 +427,25 @@ def _ns_where(spec: Spec, container: Container) -> Where | None:
     return spec.locate("containers", container.name, key)
 
 
+def ipv6_ll(network: Network) -> bool:
+    """Whether the links of a network (bridge, VXLAN device, both ends of each
+    veth, macvlan and ipvlan links) get IPv6 link-local addresses: only on a
+    network with IPv6. On an IPv4-only network each would probe for duplicates,
+    solicit routers and report its multicast groups, flooded by the bridge to
+    every port through netfilter and a veth into each namespace, under the
+    kernel's RTNL lock: the cost of adding a container grew with the number
+    already there. Their address generation mode is none (kernel
+    Documentation/networking/ip-sysctl.rst, addr_gen_mode: 1 = "do no generate a
+    link-local address"). Docker does the same since its fix of CVE-2024-32473
+    (interfaces of IPv4-only networks got IPv6 addresses anyway)."""
+    return network.ipv6_subnet is not None
+
+
 def _bridge(project: str, network: Network, localnet: bool, rp_loose: bool
             ) -> Iterator[Resource]:
     bridge = Bridge(
         network.name, network.interface, network.mtu, bridge_mac(project, network.name),
-        localnet=localnet, rp_loose=rp_loose,
+        localnet=localnet, rp_loose=rp_loose, ipv6_ll=ipv6_ll(network),
     )
     yield bridge
     if network.gateway is not None:
@@ -453,7 +467,7 @@ def _overlay(
         str(spec.hosts[host].address), network.port, network.mtu, master=network.name,
         # Isolated like the containers' ports under icc: false, so that isolation
         # holds between machines too.
-        isolated=not network.icc, master_ifname=network.interface,
+        isolated=not network.icc, ipv6_ll=ipv6_ll(network), master_ifname=network.interface,
     )
     yield vxlan
     # A member on a machine that is not a host now (its etcd lease expired,
@@ -513,6 +527,7 @@ def _sublink(container: Container, ep: Endpoint, ns: str) -> Sublink:
         mac=Sublink.own_mac(kind, ep.network.mode, ep.mac),
         mtu=ep.network.mtu,
         allocated=_record(ep),
+        ipv6_ll=ipv6_ll(ep.network),
         owned_ns=container.netns is not None,
     )
 
@@ -534,6 +549,8 @@ def _veth(spec: Spec, container: Container, ep: Endpoint, ns: str) -> Veth:
         # published port (port isolation forbids that anyway under icc: false).
         hairpin=ep.network.icc and publishes,
         allocated=_record(ep),
+        ipv6_ll=ipv6_ll(ep.network),
+        host_ipv6_ll=ipv6_ll(ep.network),
         owned_ns=container.netns is not None,
         master_ifname=ep.network.interface,
     )

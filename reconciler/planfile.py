@@ -28,14 +28,20 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler import engine, lock, machines, outfile, runtimes
+from reconciler import lazy, outfile
 from reconciler import spec as spec_mod
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import NetapplyError, SpecError
 from reconciler.model import IPNetwork, Runtime, Spec
 from reconciler.resources import fields_json, ns_label
+
+if TYPE_CHECKING:
+    from reconciler import engine, lock, machines, runtimes
+else:  # `validate` asks whether its argument is a saved plan, and needs none of these
+    engine, lock, machines, runtimes = (
+        lazy.module(f"reconciler.{name}") for name in ("engine", "lock", "machines", "runtimes"))
 
 FORMAT = 1  # of the saved plan file
 MARKER = "netapply_saved_plan"  # its first key: how `apply FILE` tells it from a spec

@@ -156,6 +156,10 @@ class Bridge(_HostWide):
     # that network, which strict reverse-path filtering drops. Set, never
     # reverted, and a bridge already loose is left loose (desired.py).
     rp_loose: bool = False
+    # IPv6 address generation on (IFLA_INET6_ADDR_GEN_MODE not none): the link
+    # gets a link-local address when it comes up. Off on networks without IPv6
+    # (desired.ipv6_ll).
+    ipv6_ll: bool = True
 
     @property
     def key(self) -> Key:
@@ -192,6 +196,11 @@ class Veth:
     # recorded in the host end's mark: stickiness keeps these, never an address
     # someone put on the link by hand ("" where an older mark has none).
     allocated: str = ""
+    # IPv6 address generation on (IFLA_INET6_ADDR_GEN_MODE not none): the link
+    # gets a link-local address when it comes up. Off on networks without IPv6
+    # (desired.ipv6_ll).
+    ipv6_ll: bool = True
+    host_ipv6_ll: bool = True  # the same for the host end
     owned_ns: bool = field(default=True, compare=False)  # ns is a Netns of the project
     master_ifname: str | None = field(default=None, compare=False)
 
@@ -229,6 +238,7 @@ class Sublink:
     mtu: int
     up: bool = True
     allocated: str = ""  # as Veth.allocated, recorded in the link's own mark
+    ipv6_ll: bool = True  # as Bridge.ipv6_ll
     owned_ns: bool = field(default=True, compare=False)
 
     @property
@@ -271,6 +281,7 @@ class Vxlan(_HostWide):
     isolated: bool = False  # bridge port isolation (icc: false), as on the containers' ports
     learning: bool = False
     proxy: bool = True
+    ipv6_ll: bool = True  # as Bridge.ipv6_ll
     master_ifname: str | None = field(default=None, compare=False)
 
     @property

@@ -150,7 +150,7 @@ def normalized(kernel: Kernel, random_macs: set[tuple[str, str]]) -> dict[str, A
              None if (ns, link.ifname) in random_macs else link.mac,
              link.up, link.alias, names.get(link.master) if link.master else None,
              link.isolated, link.hairpin, link.mode, host_names.get(link.parent or 0),
-             link.vxlan)
+             link.vxlan, link.ipv6_ll)
             for link in links
         )
         out[f"addresses {ns}"] = sorted(

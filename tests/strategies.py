@@ -261,11 +261,11 @@ class Drift:
 DRIFTS: dict[type, list[str]] = {
     Firewall: ["delete", "drop a rule", "add a rule"],
     Netns: ["delete", "loopback down"],
-    Bridge: ["delete", "mtu", "down", "rename", "localnet toggled"],
+    Bridge: ["delete", "mtu", "down", "rename", "localnet toggled", "ipv6 toggled"],
     Veth: ["delete host end", "delete container end", "mtu", "mac", "down", "rename",
            "detach", "add address", "host end down", "host end mtu", "host end rename",
-           "isolation toggled", "hairpin toggled"],
-    Vxlan: ["delete", "down", "mtu", "detach", "rename", "isolation toggled"],
+           "isolation toggled", "hairpin toggled", "ipv6 toggled", "host end ipv6 toggled"],
+    Vxlan: ["delete", "down", "mtu", "detach", "rename", "isolation toggled", "ipv6 toggled"],
     Fdb: ["delete"],
     Neigh: ["delete", "other mac"],
     Address: ["delete"],
@@ -298,6 +298,7 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
             "rename": lambda: kernel.link_set("", res.ifname, new_name="br-drift"),
             "localnet toggled": lambda: kernel.sysctl_set(
                 localnet_sysctl(res.ifname), "0" if res.localnet else "1"),
+            "ipv6 toggled": lambda: kernel.link_addr_gen("", res.ifname, not res.ipv6_ll),
         }[what]()
     elif isinstance(res, Veth):
         {
@@ -316,6 +317,9 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
                                                          isolated=not res.isolated),
             "hairpin toggled": lambda: kernel.link_set("", res.host_ifname,
                                                        hairpin=not res.hairpin),
+            "ipv6 toggled": lambda: kernel.link_addr_gen(res.ns, res.ifname, not res.ipv6_ll),
+            "host end ipv6 toggled": lambda: kernel.link_addr_gen(
+                "", res.host_ifname, not res.host_ipv6_ll),
         }[what]()
     elif isinstance(res, Vxlan):
         {
@@ -326,6 +330,7 @@ def _drift(kernel: Kernel, what: str, res: Resource) -> None:
             "rename": lambda: kernel.link_set("", res.ifname, new_name="vx-drift"),
             "isolation toggled": lambda: kernel.link_set("", res.ifname,
                                                          isolated=not res.isolated),
+            "ipv6 toggled": lambda: kernel.link_addr_gen("", res.ifname, not res.ipv6_ll),
         }[what]()
     elif isinstance(res, Fdb):
         kernel.fdb_del(res.ifname, res.mac, res.dst or None)

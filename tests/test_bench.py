@@ -33,3 +33,9 @@ def test_bench_runs_at_a_small_size(tmp_path: Path) -> None:
     ]
     cold = doc["rows"][2]["netapply"]  # 10 hosts links and the one table they share
     assert cold["writes"] > 0 and cold["file_writes"] == 11 and cold["peak_rss_mb"] > 0
+    # Cold apply per container, at each N and grown from the smallest N to the
+    # largest, beside the same for the ip -batch script (issue 17's targets).
+    assert doc["rows"][2]["per_container_ms"] == pytest.approx(1000 * cold["seconds"] / 10)
+    growth = doc["per_container_growth"]["a. cold apply"]
+    assert growth["sizes"] == [5, 10] and growth["netapply"] > 0 and growth["baseline"] > 0
+    assert "per container, a. cold apply: N=10 / N=5" in proc.stdout

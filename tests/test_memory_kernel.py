@@ -191,6 +191,10 @@ CALLS = st.one_of(
               st.sampled_from(HOST_ENDS), st.sampled_from(NAMESPACES),
               st.sampled_from(INNER), st.sampled_from(MACS), st.sampled_from(MTUS)),
     _link_set(),
+    st.builds(lambda ns, n, on, drop: Call("link_addr_gen", (ns, n, on),
+                                           (("drop_link_local", drop),)),
+              st.sampled_from(SPACES), st.sampled_from(ALL_LINKS + VXLANS), st.booleans(),
+              st.booleans()),
     st.builds(lambda ns, n: Call("link_del", (ns, n)),
               st.sampled_from(SPACES), st.sampled_from(ALL_LINKS)),
     st.builds(lambda ns, n, c: Call("addr_add", (ns, n, c)),
@@ -213,6 +217,7 @@ SETUP = [
     Call("netns_add", ("n1", "netapply/p/netns/n1")),
     Call("bridge_add", ("br1", "02:00:00:00:00:01")),
     Call("veth_add", ("vh1", 1500, "n1", "eth0", "02:42:ac:1e:01:02", 1500)),
+    Call("link_addr_gen", ("", "vh1", False)),  # as on a network without IPv6
     Call("link_set", ("", "vh1"), (("master", "br1"), ("up", True))),
     Call("link_set", ("n1", "eth0"), (("up", True),)),
     Call("link_set", ("n1", "lo"), (("up", True),)),
@@ -256,6 +261,15 @@ def replay(calls: list[Call], compare: Callable[[], None], real: NetlinkKernel,
 
 
 @given(st.lists(CALLS, max_size=25), st.booleans())
+@example(  # IPv6 address generation off and on again, of up links, the loopback, a new veth
+    calls=[Call("link_addr_gen", ("n1", "eth0", False), (("drop_link_local", True),)),
+           Call("link_addr_gen", ("", "vh1", True)),
+           Call("link_addr_gen", ("n1", "lo", False)),
+           Call("veth_add", ("vh2", 1500, "n1", "eth1", "02:42:ac:1e:01:03", 1500)),
+           Call("link_addr_gen", ("n1", "eth1", False)),
+           Call("link_addr_gen", ("n1", "eth9", False))],
+    with_setup=True,
+)
 @example(  # a secondary address goes with its subnet's primary
     calls=[Call("addr_add", ("n1", "eth0", "10.1.0.3/24")),
            Call("addr_del", ("n1", "eth0", "10.1.0.2/24"))],

@@ -69,7 +69,7 @@ def test_a_machine_knows_the_other_machines_members_of_its_overlays() -> None:
     vx = desired.vxlan_ifname("mesh", "blue")
     overlay = {k: r for k, r in on_a.items() if k[0] in OVERLAY_KINDS}
     assert overlay == {r.key: r for r in [
-        Vxlan("blue", vx, 100, "192.0.2.11", 4789, 1450, "blue",
+        Vxlan("blue", vx, 100, "192.0.2.11", 4789, 1450, "blue", ipv6_ll=False,
               master_ifname=load_text(SPEC, "m").networks["blue"].interface),
         Fdb("blue", ZERO_MAC, "192.0.2.12", vx),
         Fdb("blue", db_mac, "192.0.2.12", vx),

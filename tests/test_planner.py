@@ -210,5 +210,6 @@ def test_json_plan_is_stable_and_complete() -> None:
         "reason": "not in the kernel",
         "before": None,
         "after": {"network": "front", "ifname": "br-front", "mtu": 1500,
-                  "mac": "02:00:00:00:00:01", "up": True, "localnet": False, "rp_loose": False},
+                  "mac": "02:00:00:00:00:01", "up": True, "localnet": False, "rp_loose": False,
+                  "ipv6_ll": True},
     }

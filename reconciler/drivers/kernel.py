@@ -74,6 +74,9 @@ class LinkInfo:
     parent: int | None = None  # macvlan/ipvlan: index of the parent in the host namespace
     mode: str | None = None  # macvlan/ipvlan mode, named as in the spec
     vxlan: VxlanInfo | None = None
+    # IPv6 address generation (IFLA_INET6_ADDR_GEN_MODE) is on: the link gets a
+    # link-local address when it comes up. False: mode none, or no IPv6 on it.
+    ipv6_ll: bool = True
 
 
 # Neighbour states (NUD_*) of the entries netapply makes: a bridge's "static"
@@ -208,6 +211,14 @@ class Kernel(Protocol):
         """A permanent neighbour entry in the host namespace."""
     def neigh_del(self, ifname: str, ip: str) -> None: ...
     def link_del(self, ns: str, ifname: str) -> None: ...
+    def link_addr_gen(self, ns: str, ifname: str, enabled: bool,
+                      drop_link_local: bool = False) -> None:
+        """IPv6 address generation of the link on (EUI-64) or off (none: no
+        link-local address, so no duplicate address detection, router
+        solicitation or listener report flooded to the link's neighbours), in
+        a change of its own, before the link goes up. drop_link_local: when
+        switching off, also delete the link-local addresses the link already
+        has (it was up). EAFNOSUPPORT when the link has no IPv6 (MTU below 1280)."""
     def addr_add(self, ns: str, ifname: str, cidr: str) -> None: ...
     def addr_del(self, ns: str, ifname: str, cidr: str) -> None: ...
     def route_add(

@@ -19,7 +19,11 @@ ones that test pins down:
   and removing a subnet's primary address removes its secondaries;
 - setting a link down removes its IPv4 routes and all its IPv6 addresses and
   routes; loopback up adds 127.0.0.1/8 and ::1/128;
-- MTU must be 68..65535 (EINVAL; the loopback's MTU is not modelled);
+- MTU must be 68..65535 (EINVAL; the loopback's MTU is not modelled); below
+  1280 a link has no IPv6 (its address generation mode cannot be set:
+  EAFNOSUPPORT) and when it is back its mode is the default (EUI-64) again;
+- a link's IPv6 address generation mode is set on its own; link-local
+  addresses the kernel makes are not modelled (only those added by hand);
   a multicast MAC is EADDRNOTAVAIL; the loopback cannot be deleted;
 - a macvlan/ipvlan link needs its driver (EOPNOTSUPP), a parent of the host
   namespace (ENODEV) that is no bridge port (EBUSY), an MTU no larger than the
@@ -64,6 +68,7 @@ from reconciler.model import IFNAMSIZ, IPAddress
 from reconciler.resources import RTPROT_NETAPPLY, ZERO_MAC
 
 MIN_MTU, MAX_MTU = 68, 65535
+IPV6_MIN_MTU = 1280  # below it a link has no IPv6 (addrconf_notify, NETDEV_CHANGEMTU)
 KINDS = frozenset({"bridge", "veth", "macvlan", "ipvlan", "vxlan"})
 VXLAN_N_VID = 1 << 24
 # Per-link settings modelled, with the values the kernel takes.
@@ -92,6 +97,16 @@ class _Link:
     route_localnet: str = "0"  # the link's net/ipv4/conf/<ifname>/route_localnet
     rp_filter: str = "0"  # the link's net/ipv4/conf/<ifname>/rp_filter
     vxlan: VxlanInfo | None = None
+    addr_gen: bool = True  # IPv6 address generation mode other than none
+
+    @property
+    def ipv6_ll(self) -> bool:
+        return self.addr_gen and self.mtu >= IPV6_MIN_MTU
+
+    def set_mtu(self, mtu: int) -> None:
+        if self.mtu < IPV6_MIN_MTU <= mtu:
+            self.addr_gen = True  # IPv6 comes back with the default mode
+        self.mtu = mtu
 
 
 @dataclass
@@ -219,7 +234,7 @@ class MemoryKernel:
         return [
             LinkInfo(link.index, link.ifname, link.kind, link.mtu, link.mac, link.up,
                      link.alias, link.master, link.isolated, link.hairpin, link.parent,
-                     link.mode, link.vxlan)
+                     link.mode, link.vxlan, link.ipv6_ll)
             for link in space.links.values()
         ]
 
@@ -443,7 +458,7 @@ class MemoryKernel:
         if new_name is not None:
             link.ifname = new_name
         if mtu is not None and mtu != link.mtu:  # the same value does not pin it
-            link.mtu = mtu
+            link.set_mtu(mtu)
             link.mtu_set = True
         if mac is not None:
             link.mac = mac
@@ -482,7 +497,7 @@ class MemoryKernel:
         if bridge is None or bridge.kind != "bridge" or bridge.mtu_set:
             return
         ports = [link.mtu for link in space.links.values() if link.master == bridge.index]
-        bridge.mtu = min(ports) if ports else DEFAULT_MTU
+        bridge.set_mtu(min(ports) if ports else DEFAULT_MTU)
 
     def _loopback_changed(self, space: _Namespace, lo: _Link) -> None:
         if lo.up:
@@ -614,6 +629,20 @@ class MemoryKernel:
         link = self._link(space, ifname, what)
         if space.neigh.pop((link.index, str(ipaddress.ip_address(ip))), None) is None:
             raise KernelError(what, errno.ENOENT)
+
+    def link_addr_gen(self, ns: str, ifname: str, enabled: bool,
+                      drop_link_local: bool = False) -> None:
+        what = f"set IPv6 address generation of {ifname} in {ns or 'host namespace'}"
+        space = self._ns(ns, what)
+        link = self._link(space, ifname, what)
+        self.writes += 1
+        if link.mtu < IPV6_MIN_MTU:
+            raise KernelError(what, errno.EAFNOSUPPORT)
+        link.addr_gen = enabled
+        if not enabled and drop_link_local:
+            space.addresses = [(i, a) for i, a in space.addresses
+                               if not (i == link.index and a.version == 6
+                                       and a.ip.is_link_local)]
 
     def link_del(self, ns: str, ifname: str) -> None:
         self.writes += 1

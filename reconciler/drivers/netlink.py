@@ -2,8 +2,14 @@
 
 One netlink socket per namespace, opened after entering that namespace and kept
 for the whole run (pyroute2's own netns support forks a helper per socket).
-Namespaces are created in-process the way iproute2 does: a thread unshares its
-network namespace and bind-mounts it under /run/netns.
+Namespaces are created in-process the way iproute2 does: the calling thread
+unshares its network namespace, opens the socket it will use there, bind-mounts
+the namespace under /run/netns and returns to its own.
+
+Interface indexes come from the kernel, not from a lookup by name before each
+change: every link dump of a namespace, the kernel's echo of each link created
+(NLM_F_ECHO) and netapply's own renames and deletes keep a name -> index table
+per namespace; a name missing there is looked up.
 
 Under /run/netns and /etc/netns no symbolic link is followed, on the way or at
 the end (drivers/files.py): what is in the way is reported, never written through.
@@ -15,11 +21,11 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import ipaddress
 import os
 import resource
 import stat
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -67,6 +73,10 @@ MODULES_DIR = "/lib/modules"
 FD_RESERVE = 32
 MIN_SOCKETS = 4  # the host's, and the namespace a step works in, with room to spare
 MANAGED_DIRS = (NETNS_DIR, ETC_NETNS_DIR)
+LOOPBACK = "lo"
+# A namespace's loopback is registered first and always gets this index
+# (LOOPBACK_IFINDEX, include/net/net_namespace.h).
+LOOPBACK_IFINDEX = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
@@ -113,6 +123,7 @@ class NetlinkKernel:
         # files allows are served by closing the least recently used socket.
         self._sockets: dict[str, Rtnl] = {}
         self._budget = socket_budget()
+        self._indexes: dict[str, dict[str, int]] = {}  # ns -> ifname -> index
 
     # ---- sockets -------------------------------------------------------------
 
@@ -157,14 +168,48 @@ class NetlinkKernel:
         except OSError as e:
             raise KernelError(what, e.errno or errno.EIO) from None
 
-    def _write(self, what: str, fn: Callable[[], Any]) -> None:
+    def _write(self, what: str, fn: Callable[[], T]) -> T:
         self.writes += 1
-        self._call(what, fn)
+        return self._call(what, fn)
 
     def _index(self, ns: str, ifname: str) -> int:
-        return self._call(
-            f"look up {ifname} in {_ns_label(ns)}", lambda: self._sock(ns).index(ifname)
-        )
+        known = self._indexes.setdefault(ns, {})
+        index = known.get(ifname)
+        if index is None:
+            index = known[ifname] = self._call(
+                f"look up {ifname} in {_ns_label(ns)}", lambda: self._sock(ns).index(ifname)
+            )
+        return index
+
+    def _on(self, ns: str, ifname: str, what: str, fn: Callable[[Rtnl, int], Any]) -> None:
+        """A change to the link named ifname in ns, by its index."""
+        def run() -> None:
+            index = self._index(ns, ifname)
+            self._write(what, lambda: fn(self._sock(ns), index))
+
+        self._fresh(ns, (ifname,), run)
+
+    def _fresh(self, ns: str, names: tuple[str, ...], run: Callable[[], T]) -> T:
+        """run(), again with indexes looked up anew when a remembered one names
+        no link any more (ENODEV: deleted from outside, or with its veth peer)."""
+        known = self._indexes.get(ns, {})
+        remembered = any(name in known for name in names)
+        try:
+            return run()
+        except KernelError as e:
+            if e.errno != errno.ENODEV or not remembered:
+                raise
+            for name in names:
+                self._learn(ns, name, None)
+            return run()
+
+    def _learn(self, ns: str, ifname: str, index: int | None) -> None:
+        """Remember a link's index (from an echo or a rename); None forgets it."""
+        known = self._indexes.setdefault(ns, {})
+        if index:
+            known[ifname] = index
+        else:
+            known.pop(ifname, None)
 
     # ---- reads ---------------------------------------------------------------
 
@@ -196,7 +241,9 @@ class NetlinkKernel:
         return inspect_ns(ns or OWN_NETNS)
 
     def links(self, ns: str) -> list[LinkInfo]:
-        return self._call(f"list links in {_ns_label(ns)}", lambda: self._sock(ns).links())
+        found = self._call(f"list links in {_ns_label(ns)}", lambda: self._sock(ns).links())
+        self._indexes[ns] = {link.ifname: link.index for link in found}
+        return found
 
     def addresses(self, ns: str) -> list[AddrInfo]:
         return self._call(
@@ -322,11 +369,13 @@ class NetlinkKernel:
         self.writes += 1
         what = f"create netns {name}"
         _prepare_netns_dir(what)
+        self._forget(name)
+        self._indexes.pop(name, None)
         try:
             with files.directory(NETNS_DIR) as dir_fd:
                 fd, made = _netns_file(dir_fd, name, what)
                 try:
-                    self._mount_netns(name, lo_alias, fd, what)
+                    sock = self._mount_netns(lo_alias, fd, what)
                 except KernelError:
                     if made:
                         with contextlib.suppress(OSError):
@@ -338,35 +387,43 @@ class NetlinkKernel:
             raise KernelError(f"{what}: {e}", e.errno or errno.ELOOP) from None
         except OSError as e:
             raise KernelError(what, e.errno or errno.EIO) from None
+        while len(self._sockets) >= self._budget:
+            self._forget(next(iter(self._sockets)))
+        self._sockets[name] = sock
+        self._indexes[name] = {LOOPBACK: LOOPBACK_IFINDEX}
 
-    def _mount_netns(self, name: str, lo_alias: str, fd: int, what: str) -> None:
-        """A new namespace, its loopback marked, bind-mounted on the file fd
-        (through /proc/self/fd, so the mount lands on that very file even if
-        a link took its name meanwhile)."""
+    def _mount_netns(self, lo_alias: str, fd: int, what: str) -> Rtnl:
+        """A new namespace, made by this thread, which opens there the socket
+        it keeps using for it (no second entry into the namespace), marks the
+        loopback, bind-mounts the namespace on the file fd (through
+        /proc/self/fd, so the mount lands on that very file even if a link took
+        its name meanwhile) and returns to its own namespace."""
         target = f"/proc/self/fd/{fd}".encode()
-        failure: list[KernelError] = []
-
-        def run() -> None:
-            # unshare() changes only this thread's namespace. The loopback is
-            # marked before the bind mount makes the namespace visible (and keeps
-            # it alive after the thread ends), so it is never seen unmarked.
+        own = os.open(OWN_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        sock: Rtnl | None = None
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), what)
             try:
-                _check(_libc.unshare(CLONE_NEWNET), what)
-                with Rtnl() as sock:
-                    index = self._call(what, lambda: sock.index("lo"))
-                    self._call(what, lambda: sock.link_set(index, alias=lo_alias, up=True))
-                src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
-                _check(_libc.mount(src, target, b"none", MS_BIND, None), what)
-            except KernelError as e:
-                failure.append(e)
-            except OSError as e:  # no descriptor left for the socket
-                failure.append(KernelError(what, e.errno or errno.EIO))
-
-        thread = threading.Thread(target=run, name=f"netns-{name}")
-        thread.start()
-        thread.join()
-        if failure:
-            raise failure[0]
+                # The loopback is marked before the bind mount makes the
+                # namespace visible, so it is never seen unmarked.
+                sock = Rtnl()
+                made = sock
+                self._call(what, lambda: made.link_set(LOOPBACK_IFINDEX, alias=lo_alias,
+                                                       up=True))
+                _check(_libc.mount(OWN_NETNS.encode(), target, b"none", MS_BIND, None), what)
+            finally:
+                _setns(own, "return to own namespace")
+        except OSError as e:  # no descriptor left for the socket
+            if sock is not None:
+                sock.close()
+            raise KernelError(what, e.errno or errno.EIO) from None
+        except KernelError:
+            if sock is not None:
+                sock.close()
+            raise
+        finally:
+            os.close(own)
+        return sock
 
     def netns_del(self, name: str) -> None:
         """Unmount and remove /run/netns/<name>: the namespace, or the empty
@@ -374,6 +431,7 @@ class NetlinkKernel:
         not followed) is not netapply's: EEXIST."""
         self.writes += 1
         self._forget(name)
+        self._indexes.pop(name, None)
         what = f"delete netns {name}"
         try:
             with files.directory(NETNS_DIR) as dir_fd:
@@ -394,10 +452,9 @@ class NetlinkKernel:
     # ---- links ---------------------------------------------------------------
 
     def bridge_add(self, ifname: str, mac: str) -> None:
-        self._write(
-            f"create bridge {ifname}",
-            lambda: self._sock("").bridge_add(ifname, mac),
-        )
+        index = self._write(f"create bridge {ifname}",
+                            lambda: self._sock("").bridge_add(ifname, mac))
+        self._learn("", ifname, index)
 
     def veth_add(
         self, host_ifname: str, host_mtu: int, peer_ns: str, peer_ifname: str, peer_mac: str,
@@ -405,12 +462,15 @@ class NetlinkKernel:
     ) -> None:
         what = f"create veth {host_ifname} <-> {peer_ifname} in {_ns_label(peer_ns)}"
         with self._ns_fd(peer_ns, what) as fd:
-            self._write(
+            index, peer = self._write(
                 what,
                 lambda: self._sock("").veth_add(
                     host_ifname, host_mtu, peer_ifname, peer_mac, peer_mtu, fd
                 ),
             )
+        self._learn("", host_ifname, index)
+        if peer_ns:  # the peer's index is that in its own namespace (IFLA_LINK_NETNSID)
+            self._learn(peer_ns, peer_ifname, peer)
 
     @contextmanager
     def _ns_fd(self, ns: str, what: str) -> Iterator[int]:
@@ -439,6 +499,16 @@ class NetlinkKernel:
         hairpin: bool | None = None,
     ) -> None:
         what = f"set {ifname} in {_ns_label(ns)}"
+        names = (ifname,) if master is None else (ifname, master)
+        self._fresh(ns, names, lambda: self._link_set(
+            ns, ifname, what, new_name=new_name, mtu=mtu, mac=mac, up=up, master=master,
+            nomaster=nomaster, alias=alias, isolated=isolated, hairpin=hairpin))
+
+    def _link_set(
+        self, ns: str, ifname: str, what: str, *, new_name: str | None, mtu: int | None,
+        mac: str | None, up: bool | None, master: str | None, nomaster: bool,
+        alias: str | None, isolated: bool | None, hairpin: bool | None,
+    ) -> None:
         index = self._index(ns, ifname)
         attrs: dict[str, Any] = {}
         if new_name is not None:
@@ -472,23 +542,48 @@ class NetlinkKernel:
             self._write(what, lambda: sock.link_set(index, up=False))
             attrs.setdefault("up", was_up)
             self._write(what, lambda: sock.link_set(index, **attrs))
+        if new_name is not None and new_name != ifname:
+            self._learn(ns, ifname, None)
+            self._learn(ns, new_name, index)
+
+    def link_addr_gen(self, ns: str, ifname: str, enabled: bool,
+                      drop_link_local: bool = False) -> None:
+        what = (f"{'enable' if enabled else 'disable'} IPv6 address generation on {ifname} "
+                f"in {_ns_label(ns)}")
+        self._on(ns, ifname, what, lambda sock, index: sock.addr_gen_mode(index, enabled))
+        if enabled or not drop_link_local:
+            return
+        sock, index = self._sock(ns), self._index(ns, ifname)
+        for found in self._call(what, sock.addresses):
+            if found.index == index and ipaddress.ip_interface(found.cidr).ip.is_link_local:
+                try:
+                    self._write(what, functools.partial(sock.addr, False, index, found.cidr))
+                except KernelError as e:
+                    if e.errno not in GONE:  # gone meanwhile (the link went down)
+                        raise
 
     def sublink_add(
         self, kind: str, parent: str, mode: str, ns: str, ifname: str, mac: str | None,
         mtu: int,
     ) -> None:
         what = f"create {kind} {ifname} on {parent} in {_ns_label(ns)}"
-        index = self._index("", parent)
-        with self._ns_fd(ns, what) as fd:
-            self._write(
-                what, lambda: self._sock("").sublink_add(kind, index, mode, ifname, mac, mtu, fd)
-            )
+
+        def run() -> None:
+            index = self._index("", parent)
+            with self._ns_fd(ns, what) as fd:
+                # Without an echo: that of a link made in another namespace
+                # goes to whichever socket there has this socket's port id.
+                self._write(what, lambda: self._sock("").sublink_add(
+                    kind, index, mode, ifname, mac, mtu, fd))
+
+        self._fresh("", (parent,), run)
 
     def vxlan_add(self, ifname: str, vni: int, local: str, port: int, mtu: int) -> None:
-        self._write(
+        index = self._write(
             f"create vxlan {ifname} (vni {vni}, local {local}, port {port})",
             lambda: self._sock("").vxlan_add(ifname, vni, local, port, mtu),
         )
+        self._learn("", ifname, index)
 
     def fdb_add(self, ifname: str, mac: str, dst: str | None) -> None:
         self._fdb(True, ifname, mac, dst)
@@ -499,51 +594,41 @@ class NetlinkKernel:
     def _fdb(self, add: bool, ifname: str, mac: str, dst: str | None) -> None:
         where = f"{ifname} to {dst}" if dst is not None else f"the bridge of {ifname}"
         what = f"{'add' if add else 'delete'} forwarding entry {mac} on {where}"
-        index = self._index("", ifname)
-        self._write(what, lambda: self._sock("").fdb_entry(add, index, mac, dst))
+        self._on("", ifname, what, lambda sock, index: sock.fdb_entry(add, index, mac, dst))
 
     def neigh_add(self, ifname: str, ip: str, mac: str, replace: bool = False) -> None:
-        index = self._index("", ifname)
         op = "replace" if replace else "add"
-        self._write(f"{op} neighbour {ip} {mac} on {ifname}",
-                    lambda: self._sock("").neigh(op, index, ip, mac))
+        self._on("", ifname, f"{op} neighbour {ip} {mac} on {ifname}",
+                 lambda sock, index: sock.neigh(op, index, ip, mac))
 
     def neigh_del(self, ifname: str, ip: str) -> None:
-        index = self._index("", ifname)
-        self._write(f"delete neighbour {ip} on {ifname}",
-                    lambda: self._sock("").neigh("delete", index, ip))
+        self._on("", ifname, f"delete neighbour {ip} on {ifname}",
+                 lambda sock, index: sock.neigh("delete", index, ip))
 
     def link_del(self, ns: str, ifname: str) -> None:
         what = f"delete {ifname} in {_ns_label(ns)}"
-        index = self._index(ns, ifname)
-        self._write(what, lambda: self._sock(ns).link_del(index))
+        try:
+            self._on(ns, ifname, what, lambda sock, index: sock.link_del(index))
+        finally:
+            self._learn(ns, ifname, None)  # gone, or unknown: looked up again
 
     # ---- addresses and routes --------------------------------------------------
 
     def addr_add(self, ns: str, ifname: str, cidr: str) -> None:
-        index = self._index(ns, ifname)
         # No duplicate address detection: the spec already rules out duplicates,
         # and DAD would leave a new IPv6 address unusable for a second or more.
         nodad = ":" in cidr
-        self._write(
-            f"add address {cidr} to {ifname} in {_ns_label(ns)}",
-            lambda: self._sock(ns).addr(True, index, cidr, nodad=nodad),
-        )
+        self._on(ns, ifname, f"add address {cidr} to {ifname} in {_ns_label(ns)}",
+                 lambda sock, index: sock.addr(True, index, cidr, nodad=nodad))
 
     def addr_del(self, ns: str, ifname: str, cidr: str) -> None:
-        index = self._index(ns, ifname)
-        self._write(
-            f"delete address {cidr} from {ifname} in {_ns_label(ns)}",
-            lambda: self._sock(ns).addr(False, index, cidr),
-        )
+        self._on(ns, ifname, f"delete address {cidr} from {ifname} in {_ns_label(ns)}",
+                 lambda sock, index: sock.addr(False, index, cidr))
 
     def route_add(self, ns: str, dst: str, via: str, ifname: str, replace: bool = False) -> None:
-        index = self._index(ns, ifname)
         op = "replace" if replace else "add"
-        self._write(
-            f"{op} route {dst} via {via} in {_ns_label(ns)}",
-            lambda: self._sock(ns).route(op, dst, RTPROT_NETAPPLY, via=via, oif=index),
-        )
+        self._on(ns, ifname, f"{op} route {dst} via {via} in {_ns_label(ns)}",
+                 lambda sock, index: sock.route(op, dst, RTPROT_NETAPPLY, via=via, oif=index))
 
     def route_del(self, ns: str, dst: str) -> None:
         self._write(

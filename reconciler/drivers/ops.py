@@ -64,6 +64,7 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
     elif isinstance(res, Bridge):
         staged = staging_ifname(project, res.key)
         kernel.bridge_add(staged, res.mac)
+        _new_link_ipv6(kernel, "", staged, res.ipv6_ll)
         # The MTU is set after creation so that the kernel keeps it as set by the
         # user instead of following the ports' MTU.
         kernel.link_set(
@@ -77,6 +78,8 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
     elif isinstance(res, Veth):
         host, inner = staging_ifname(project, res.key, "host"), staging_ifname(project, res.key)
         kernel.veth_add(host, res.host_mtu, res.ns, inner, res.mac, res.mtu)
+        _new_link_ipv6(kernel, "", host, res.host_ipv6_ll)
+        _new_link_ipv6(kernel, res.ns, inner, res.ipv6_ll)
         alias = link_alias(project, "veth", res.container, res.network)
         kernel.link_set(
             "", host, new_name=res.host_ifname,
@@ -91,12 +94,14 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         staged = staging_ifname(project, res.key)
         kernel.sublink_add(res.driver, res.parent, res.mode, res.ns, staged, res.mac or None,
                            res.mtu)
+        _new_link_ipv6(kernel, res.ns, staged, res.ipv6_ll)
         alias = link_alias(project, "sublink", res.container, res.network,
                            allocated=res.allocated)
         kernel.link_set(res.ns, staged, new_name=res.ifname, alias=alias, up=res.up)
     elif isinstance(res, Vxlan):
         staged = staging_ifname(project, res.key)
         kernel.vxlan_add(staged, res.vni, res.local, res.port, res.mtu)
+        _new_link_ipv6(kernel, "", staged, res.ipv6_ll)
         kernel.link_set("", staged, new_name=res.ifname,
                         alias=owner_alias(project, "vxlan", res.network),
                         master=res.master_ifname, up=res.up)
@@ -120,6 +125,23 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         _splice(kernel, res)
     else:  # pragma: no cover - the Resource union is closed
         raise InternalError(f"no create for {res!r}")
+
+
+def _new_link_ipv6(kernel: Kernel, ns: str, ifname: str, enabled: bool) -> None:
+    """A new link, still down, of a network without IPv6: no address generation,
+    so it never gets a link-local address (desired.ipv6_ll). Its own change:
+    the kernel takes it neither in the creating message nor, in time, in the
+    one that sets the link up."""
+    if not enabled:
+        kernel.link_addr_gen(ns, ifname, False)
+
+
+def _set_ipv6(kernel: Kernel, ns: str, ifname: str, before: bool, after: bool) -> None:
+    """Address generation of a link that may be up: switched off, its link-local
+    addresses go too; switched on, the kernel makes one when the link next
+    comes up (it does not when the mode is set over netlink)."""
+    if before != after:
+        kernel.link_addr_gen(ns, ifname, after, drop_link_local=not after)
 
 
 def _forget_flows(kernel: Kernel, before: Firewall | None, after: Firewall | None) -> None:
@@ -166,6 +188,7 @@ def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> N
     elif isinstance(before, Netns) and isinstance(after, Netns):
         kernel.link_set(after.name, LOOPBACK, up=after.lo_up)
     elif isinstance(before, Bridge) and isinstance(after, Bridge):
+        _set_ipv6(kernel, "", before.ifname, before.ipv6_ll, after.ipv6_ll)
         _set_link(kernel, "", before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac, after.mac, before.up, after.up)
         if before.localnet != after.localnet:
@@ -173,6 +196,7 @@ def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> N
         if after.rp_loose and not before.rp_loose:
             kernel.sysctl_set(rp_filter_sysctl(after.ifname), RP_LOOSE)
     elif isinstance(before, Sublink) and isinstance(after, Sublink):
+        _set_ipv6(kernel, after.ns, before.ifname, before.ipv6_ll, after.ipv6_ll)
         _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac or None, after.mac or None, before.up, after.up)
         if before.mac != after.mac:
@@ -181,6 +205,7 @@ def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> N
             kernel.link_set(after.ns, after.ifname, alias=link_alias(
                 project, "sublink", after.container, after.network, allocated=after.allocated))
     elif isinstance(before, Vxlan) and isinstance(after, Vxlan):
+        _set_ipv6(kernel, "", before.ifname, before.ipv6_ll, after.ipv6_ll)
         _set_link(kernel, "", before.ifname, after.ifname, before.mtu, after.mtu, None, None,
                   before.up, after.up)
         _set_master(kernel, after.ifname, before.master, after.master, after.master_ifname)
@@ -188,6 +213,8 @@ def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> N
     elif isinstance(before, Neigh) and isinstance(after, Neigh):
         kernel.neigh_add(after.ifname, after.ip, after.mac, replace=True)
     elif isinstance(before, Veth) and isinstance(after, Veth):
+        _set_ipv6(kernel, after.ns, before.ifname, before.ipv6_ll, after.ipv6_ll)
+        _set_ipv6(kernel, "", before.host_ifname, before.host_ipv6_ll, after.host_ipv6_ll)
         _set_link(kernel, after.ns, before.ifname, after.ifname, before.mtu, after.mtu,
                   before.mac, after.mac, before.up, after.up)
         _set_link(kernel, "", before.host_ifname, after.host_ifname, before.host_mtu,

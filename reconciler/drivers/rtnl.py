@@ -10,8 +10,10 @@ tests/test_rtnl.py checks what it reads against pyroute2 on the same kernel.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
+import mmap
 import os
 import socket
 import struct
@@ -33,7 +35,7 @@ NETLINK_EXT_ACK = 11
 SOL_NETLINK = 270
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x2, 0x4, 0x8
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 
@@ -52,7 +54,11 @@ NLM_F_APPEND = 0x800
 AF_BRIDGE = 7
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINK, IFLA_MTU, IFLA_MASTER = 1, 3, 5, 4, 10
-IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 18, 20, 28
+IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_NET_NS_FD = 18, 20, 26, 28
+# IFLA_AF_SPEC holds one nest per address family; IPv6's (AF_INET6) holds the
+# link's address generation mode (linux/if_link.h, enum in6_addr_gen_mode).
+IFLA_INET6_ADDR_GEN_MODE = 8  # u8
+IN6_ADDR_GEN_MODE_EUI64, IN6_ADDR_GEN_MODE_NONE = 0, 1
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33  # MODE: hairpin
 IFLA_MACVLAN_MODE = 1  # u32
@@ -73,6 +79,10 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 0, 255
 RTN_UNICAST = 1
 
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+# The receive buffer of each socket, reused for every reply. The kernel builds
+# a dump's datagrams no larger than 32 KiB (netlink_recvmsg caps max_recvmsg_len
+# at SKB_WITH_OVERHEAD(32768)); a larger one is reported, never cut (MSG_TRUNC).
+RECV_SIZE = 64 << 10
 IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type
@@ -102,7 +112,7 @@ def mac_bytes(mac: str) -> bytes:
     return bytes(int(part, 16) for part in mac.split(":"))
 
 
-def attrs(data: bytes, offset: int) -> Iterator[tuple[int, memoryview]]:
+def attrs(data: bytes | memoryview, offset: int) -> Iterator[tuple[int, memoryview]]:
     view = memoryview(data)
     end = len(data)
     while offset + ATTR.size <= end:
@@ -143,9 +153,18 @@ class Rtnl:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 0))
         self._seq = 0
+        # One buffer for every reply (recv_into): no fresh megabyte per reply.
+        # What _replies yields are views into it, valid until the next receive.
+        # Anonymous memory: only the pages a reply fills are ever touched, so a
+        # run with a socket in each of 1,000 namespaces does not hold 64 MiB.
+        self._buffer = mmap.mmap(-1, RECV_SIZE)
+        self._view = memoryview(self._buffer)
 
     def close(self) -> None:
         self.sock.close()
+        with contextlib.suppress(BufferError):  # a reply still looked at: freed with it
+            self._view.release()
+            self._buffer.close()
 
     def __enter__(self) -> Rtnl:
         return self
@@ -163,24 +182,29 @@ class Rtnl:
                                    self._seq, 0) + body)
         return self._seq
 
-    def _replies(self, seq: int) -> Iterator[tuple[int, bytes, int]]:
-        """(type, message, offset of its payload) until DONE or the ACK."""
+    def _replies(self, seq: int) -> Iterator[tuple[int, memoryview, int]]:
+        """(type, message, offset of its payload) until DONE or the ACK. A
+        message is a view into the socket's one receive buffer: read it before
+        asking for the next."""
+        buffer, view = self._buffer, self._view
         while True:
-            data = self.sock.recv(1 << 20)
+            length = self.sock.recv_into(buffer, RECV_SIZE, socket.MSG_TRUNC)
+            if length > RECV_SIZE:  # the datagram's size, larger than what was read
+                raise NetlinkError(errno.EMSGSIZE, _strerror(errno.EMSGSIZE))
             offset = 0
-            while offset + HEADER.size <= len(data):
-                size, kind, _flags, msg_seq, _pid = HEADER.unpack_from(data, offset)
+            while offset + HEADER.size <= length:
+                size, kind, _flags, msg_seq, _pid = HEADER.unpack_from(buffer, offset)
                 if size < HEADER.size:
                     return
                 if msg_seq == seq:
                     if kind == NLMSG_DONE:
                         return
                     if kind == NLMSG_ERROR:
-                        (code,) = ERRNO.unpack_from(data, offset + HEADER.size)
+                        (code,) = ERRNO.unpack_from(buffer, offset + HEADER.size)
                         if code:
                             raise NetlinkError(-code, _strerror(-code))
                         return
-                    yield kind, data[offset:offset + size], HEADER.size
+                    yield kind, view[offset:offset + size], HEADER.size
                 offset += (size + 3) & ~3
 
     def request(self, kind: int, flags: int, body: bytes) -> None:
@@ -188,7 +212,23 @@ class Rtnl:
         for _ in self._replies(self._send(kind, flags | NLM_F_ACK, body)):
             pass
 
-    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[bytes, int]]:
+    def create_link(self, body: bytes) -> tuple[int, int | None]:
+        """Create a link in this socket's namespace (RTM_NEWLINK, NLM_F_ECHO) and
+        return its index and its IFLA_LINK (a veth's peer) from the kernel's echo
+        of the new link (Linux 6.3; 0 without an echo), so that no lookup by name
+        follows. Only for links made in the socket's own namespace: the echo of
+        a link made in another goes to the socket of the same port id there."""
+        index, link = 0, None
+        seq = self._send(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK | NLM_F_ECHO, body)
+        for kind, msg, offset in self._replies(seq):
+            if kind == RTM_NEWLINK:
+                index = IFINFO.unpack_from(msg, offset)[2]
+                for key, value in attrs(msg, offset + IFINFO.size):
+                    if key == IFLA_LINK:
+                        link = U32.unpack_from(value)[0] or None
+        return index, link
+
+    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[memoryview, int]]:
         for _kind, message, offset in self._replies(self._send(kind, NLM_F_DUMP, body)):
             yield message, offset
 
@@ -206,7 +246,7 @@ class Rtnl:
             _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
             ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
             isolated, hairpin, parent, mode = False, False, None, None
-            vxlan = None
+            vxlan, ipv6_ll = None, False  # no IPv6 on the link: no link-local either
             for key, value in attrs(msg, offset + IFINFO.size):
                 if key == IFLA_IFNAME:
                     ifname = _text(value)
@@ -220,6 +260,8 @@ class Rtnl:
                     master = U32.unpack_from(value)[0] or None
                 elif key == IFLA_LINK:
                     parent = U32.unpack_from(value)[0] or None
+                elif key == IFLA_AF_SPEC:
+                    ipv6_ll = _ipv6_ll(value)
                 elif key == IFLA_LINKINFO:
                     info = dict(attrs(bytes(value), 0))
                     if IFLA_INFO_KIND in info:
@@ -236,7 +278,7 @@ class Rtnl:
             if kind not in ("macvlan", "ipvlan"):
                 parent = None  # veths name their peer here
             found.append(LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias,
-                                  master, isolated, hairpin, parent, mode, vxlan))
+                                  master, isolated, hairpin, parent, mode, vxlan, ipv6_ll))
         return found
 
     def index(self, ifname: str) -> int:
@@ -340,14 +382,17 @@ class Rtnl:
 
     # ---- links ------------------------------------------------------------------------
 
-    def bridge_add(self, ifname: str, mac: str) -> None:
+    def bridge_add(self, ifname: str, mac: str) -> int:
+        """Create a bridge; its index."""
         body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, ifname)
                 + attr(IFLA_ADDRESS, mac_bytes(mac))
                 + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "bridge")))
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+        return self.create_link(body)[0]
 
     def veth_add(self, ifname: str, mtu: int, peer: str, peer_mac: str, peer_mtu: int,
-                 peer_ns_fd: int) -> None:
+                 peer_ns_fd: int) -> tuple[int, int | None]:
+        """Create a veth pair, its peer in the namespace peer_ns_fd; the index of
+        each end (the peer's None when the echo did not name it)."""
         peer_body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, peer)
                      + attr(IFLA_ADDRESS, mac_bytes(peer_mac)) + attr_u32(IFLA_MTU, peer_mtu)
                      + attr_u32(IFLA_NET_NS_FD, peer_ns_fd))
@@ -356,7 +401,7 @@ class Rtnl:
         )
         body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, ifname)
                 + attr_u32(IFLA_MTU, mtu) + attr(IFLA_LINKINFO, info))
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+        return self.create_link(body)
 
     def sublink_add(self, kind: str, parent: int, mode: str, ifname: str, mac: str | None,
                     mtu: int, ns_fd: int) -> None:
@@ -373,7 +418,8 @@ class Rtnl:
             body += attr(IFLA_ADDRESS, mac_bytes(mac))
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
-    def vxlan_add(self, ifname: str, vni: int, local: str, port: int, mtu: int) -> None:
+    def vxlan_add(self, ifname: str, vni: int, local: str, port: int, mtu: int) -> int:
+        """Create a VXLAN device; its index."""
         address = ipaddress.ip_address(local)
         data = (attr_u32(IFLA_VXLAN_ID, vni)
                 + attr(IFLA_VXLAN_LOCAL if address.version == 4 else IFLA_VXLAN_LOCAL6,
@@ -383,7 +429,7 @@ class Rtnl:
         info = attr_str(IFLA_INFO_KIND, "vxlan") + attr(IFLA_INFO_DATA, data)
         body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, ifname)
                 + attr_u32(IFLA_MTU, mtu) + attr(IFLA_LINKINFO, info))
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+        return self.create_link(body)[0]
 
     def kind_registered(self, kind: str) -> bool:
         """Whether a driver for links of `kind` is built in or loaded, asked
@@ -423,6 +469,17 @@ class Rtnl:
             body += attr(IFLA_LINKINFO, attr_str(IFLA_INFO_SLAVE_KIND, "bridge")
                          + attr(IFLA_INFO_SLAVE_DATA, port))
         self.request(RTM_NEWLINK, 0, body)
+
+    def addr_gen_mode(self, index: int, enabled: bool) -> None:
+        """IPv6 address generation of a link on (EUI-64) or off (none), in a
+        message of its own: the kernel refuses IFLA_AF_SPEC in the message that
+        creates a link (EAFNOSUPPORT), and in a message that also sets the link
+        up it comes after the up (do_setlink handles IFLA_AF_SPEC last), when
+        the link-local address is already made. Kernel Documentation/networking/
+        ip-sysctl.rst, addr_gen_mode: 1 = do not generate a link-local address."""
+        mode = IN6_ADDR_GEN_MODE_EUI64 if enabled else IN6_ADDR_GEN_MODE_NONE
+        spec = attr(socket.AF_INET6, attr(IFLA_INET6_ADDR_GEN_MODE, bytes([mode])))
+        self.request(RTM_NEWLINK, 0, IFINFO.pack(0, 0, index, 0, 0) + attr(IFLA_AF_SPEC, spec))
 
     def link_del(self, index: int) -> None:
         self.request(RTM_DELLINK, 0, IFINFO.pack(0, 0, index, 0, 0))
@@ -495,6 +552,17 @@ class Rtnl:
         body += attr(NDA_LLADDR, mac_bytes(mac))
         flags = NLM_F_CREATE | (NLM_F_REPLACE if op == "replace" else NLM_F_EXCL)
         self.request(RTM_NEWNEIGH, flags, body)
+
+
+def _ipv6_ll(af_spec: memoryview) -> bool:
+    """Whether the link's IPv6 address generation mode gives it a link-local
+    address (any mode but none); False when the link has no IPv6 at all."""
+    for family, nest in attrs(af_spec, 0):
+        if family == socket.AF_INET6:
+            for key, value in attrs(nest, 0):
+                if key == IFLA_INET6_ADDR_GEN_MODE:
+                    return bool(value[0] != IN6_ADDR_GEN_MODE_NONE)
+    return False
 
 
 def _mac(value: memoryview) -> str:

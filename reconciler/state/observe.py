@@ -315,7 +315,7 @@ def _scan_host(scan: _Scan) -> None:
             localnet = scan.kernel.sysctl_get(localnet_sysctl(link.ifname))
             rp_filter = scan.kernel.sysctl_get(rp_filter_sysctl(link.ifname))
             bridge = Bridge(parts[1], link.ifname, link.mtu, link.mac, link.up, localnet == "1",
-                            rp_filter == RP_LOOSE)
+                            rp_filter == RP_LOOSE, link.ipv6_ll)
             scan.resources[bridge.key] = bridge
             owned[link.index] = bridge.key
             bridges[link.index] = parts[1]
@@ -359,7 +359,7 @@ def _scan_overlays(
         info = link.vxlan
         vxlan = Vxlan(network, link.ifname, info.vni, info.local or "", info.port, link.mtu,
                       _master(link, bridges, names), link.up, link.isolated, info.learning,
-                      info.proxy,
+                      info.proxy, link.ipv6_ll,
                       master_ifname=names.get(link.master or 0))
         scan.resources[vxlan.key] = vxlan
         networks[link.index] = network
@@ -525,6 +525,7 @@ def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bo
                 Sublink.own_mac(link.kind, link.mode or "", link.mac),
                 link.mtu, link.up,
                 allocated=parts[3] if len(parts) == 4 else "",
+                ipv6_ll=link.ipv6_ll,
                 owned_ns=owned_ns,
             )
             scan.resources[sublink.key] = sublink
@@ -591,6 +592,8 @@ def _pair_veths(scan: _Scan) -> None:
             isolated=host.link.isolated if host else False,
             hairpin=host.link.hairpin if host else False,
             allocated=host.allocated if host else "",
+            ipv6_ll=inner.link.ipv6_ll if inner else False,
+            host_ipv6_ll=host.link.ipv6_ll if host else False,
             owned_ns=inner is not None and inner.ns in netns_owned,
         )
         scan.resources[veth.key] = veth

@@ -473,7 +473,8 @@ def _cause(e: BaseException, access: Access | None = None) -> str:
 
 # "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ... (_ssl.c:1006)"
 # inside requests' "HTTPSConnectionPool(...): Max retries exceeded ... (Caused by ...)".
-_SSL_REASON = re.compile(r"\[(?:SSL|X509)(?:: (?P<code>[A-Z0-9_]+))?\] (?P<text>[^(')]*?)\s*\(_ssl")
+_SSL_REASON = re.compile(
+    r"\[(?:SSL|X509)(?:: (?P<code>[A-Z0-9_]+))?\] (?P<text>[^()]*?)\.?\s*\(_ssl")
 # How a TLS server ends the handshake with a client whose certificate it
 # refuses: etcd 3.4 (Go) closes it (EOF); others send an alert.
 _REFUSED = ("EOF occurred in violation of protocol", "alert certificate required",

@@ -124,6 +124,7 @@ class NetlinkKernel:
         self._sockets: dict[str, Rtnl] = {}
         self._budget = socket_budget()
         self._indexes: dict[str, dict[str, int]] = {}  # ns -> ifname -> index
+        self._closer = announce.Closer()  # announcement sockets, closed off the apply's path
 
     # ---- sockets -------------------------------------------------------------
 
@@ -157,6 +158,7 @@ class NetlinkKernel:
             sock.close()
 
     def close(self) -> None:
+        self._closer.wait()
         for ns in list(self._sockets):
             self._forget(ns)
 
@@ -689,7 +691,7 @@ class NetlinkKernel:
                 for a in addresses:
                     ip = ipaddress.ip_interface(a.cidr).ip
                     if not ip.is_link_local:
-                        announce.send(ifname, link.index, link.mac, ip)
+                        announce.send(ifname, link.index, link.mac, ip, self._closer)
 
             in_namespace(ns, send_all)
         except (OSError, KernelError):

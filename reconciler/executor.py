@@ -9,7 +9,7 @@ from reconciler.drivers import ops
 from reconciler.drivers.kernel import Kernel
 from reconciler.errors import ApplyError, InternalError, KernelError, NetapplyError
 from reconciler.planner import Action, Change, Plan
-from reconciler.resources import ns_label
+from reconciler.resources import Address, Resource, Sublink, Veth, ns_label
 
 Progress = Callable[[Action, Change], None]
 
@@ -36,6 +36,36 @@ def internal(e: Exception) -> NetapplyError:
                          "please report it with the spec")
 
 
+def _ip(res: Resource) -> str:
+    """The address of an Address resource without its prefix length, else ""."""
+    return res.cidr.split("/")[0] if isinstance(res, Address) else ""
+
+
+def moved_addresses(plan: Plan) -> set[str]:
+    """The addresses this plan takes from one link and gives to another (or
+    to the same link made anew, or to a link whose MAC changes): neighbours
+    hold them at the old MAC, so their creation is announced. An address new to the machine
+    is not: a gratuitous ARP is flooded to every port of the bridge and
+    processed in every namespace, which made announcing every address the
+    largest cost of a cold apply (quadratic in the containers on a
+    network). An address whose last holder went in an earlier apply is
+    relearnt by the kernel's own neighbour probing (RFC 4861 NUD, ARP
+    alike) within seconds."""
+    moved: set[str] = set()
+    for c in plan.changes:
+        before, after = c.before, c.after
+        if c.action in (Action.DELETE, Action.REPLACE) and before is not None:
+            # An address goes with it, or with its link (the link's record).
+            moved.add(_ip(before))
+            if isinstance(before, Veth | Sublink):
+                moved.update(before.allocated.split(","))
+        if c.action == Action.UPDATE and isinstance(before, Veth | Sublink) \
+                and isinstance(after, Veth | Sublink) and before.mac != after.mac:
+            moved.update(after.allocated.split(","))  # added after the MAC changed
+    moved.discard("")
+    return moved
+
+
 @dataclass
 class Result:
     done: list[str] = field(default_factory=list)
@@ -51,6 +81,7 @@ def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None 
     is. An exception `progress` raises (a request to stop between two steps)
     goes through unchanged."""
     result = Result()
+    moved = moved_addresses(plan)
     for action, change in plan.steps():
         text = describe(action, change, owners)
         try:
@@ -59,7 +90,8 @@ def execute(kernel: Kernel, project: str, plan: Plan, progress: Progress | None 
                 ops.delete(kernel, change.before)
             elif action == Action.CREATE:
                 assert change.after is not None
-                ops.create(kernel, project, change.after)
+                ops.create(kernel, project, change.after,
+                           announce=_ip(change.after) in moved)
             else:
                 assert change.before is not None and change.after is not None
                 ops.update(kernel, project, change.before, change.after)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from reconciler import planner, render
+from reconciler import executor, planner, render
 from reconciler.planner import KIND_ORDER, RANK, Action, Plan
 from reconciler.resources import (
     Address,
@@ -213,3 +213,19 @@ def test_json_plan_is_stable_and_complete() -> None:
                   "mac": "02:00:00:00:00:01", "up": True, "localnet": False, "rp_loose": False,
                   "ipv6_ll": True},
     }
+
+
+def test_only_addresses_that_move_are_announced() -> None:
+    """A cold apply announces nothing (a gratuitous ARP is flooded to every
+    port and was most of its cost); an address taken from one container and
+    given to another, or on a link whose MAC changes, is announced."""
+    cold = planner.plan(state_of(ALL), {})
+    assert executor.moved_addresses(cold) == set()
+    other = Veth(**{**VETH.__dict__, "container": "db", "ns": "db",
+                    "mac": "02:42:ac:1e:01:0b", "allocated": "172.30.1.10"})
+    taken = planner.plan(state_of([BR, VETH, ADDR]), state_of([BR, other]))
+    assert executor.moved_addresses(taken) == {"172.30.1.10"}
+    remac = Veth(**{**VETH.__dict__, "mac": "02:42:ac:1e:01:99", "allocated": "172.30.1.10"})
+    moved = planner.plan(state_of([BR, remac, ADDR]),
+                         state_of([BR, Veth(**{**remac.__dict__, "mac": VETH.mac})]))
+    assert executor.moved_addresses(moved) == {"172.30.1.10"}

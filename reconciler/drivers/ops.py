@@ -46,10 +46,12 @@ def hosts_path(netns: str) -> str:
     return os.path.join(ETC_NETNS_DIR, netns, "hosts")
 
 
-def create(kernel: Kernel, project: str, res: Resource) -> None:
+def create(kernel: Kernel, project: str, res: Resource, announce: bool = False) -> None:
     """Create res. A link is created under a staging name and then marked and
     renamed in one call, so an interruption never leaves an unmarked link under
-    a wanted name: only a leftover that the next apply recognises and removes."""
+    a wanted name: only a leftover that the next apply recognises and removes.
+    `announce`: a container's address that neighbours may know at another
+    MAC (it moved here in this apply) is announced (drivers/announce.py)."""
     if isinstance(res, Firewall):
         kernel.nft_apply(firewall.commands(res), f"write nftables table inet {res.table}")
         _forget_flows(kernel, None, res)
@@ -113,7 +115,7 @@ def create(kernel: Kernel, project: str, res: Resource) -> None:
         kernel.neigh_add(res.ifname, res.ip, res.mac)
     elif isinstance(res, Address):
         kernel.addr_add(res.ns, res.ifname, res.cidr)
-        if res.ns != HOST_NS:  # an address may have moved here from another container
+        if announce and res.ns != HOST_NS:
             kernel.announce(res.ns, res.ifname)
     elif isinstance(res, Route):
         kernel.route_add(res.ns, res.dst, res.via, res.ifname)

@@ -15,6 +15,7 @@ print as comments at the top of the spec.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ from reconciler.resources import (
     ZERO_MAC,
     Address,
     Bridge,
+    DockerUser,
     Fdb,
     Firewall,
     HostsTable,
@@ -51,6 +53,7 @@ from reconciler.resources import (
     Sublink,
     Veth,
     Vxlan,
+    docker_user_comment,
 )
 from reconciler.state.observe import UNSEEN_NS, ObservedState
 
@@ -328,11 +331,62 @@ def _network_data(project: str, net: _Net) -> dict[str, Any]:
 
 def _network_order(reader: _Reader) -> list[str]:
     """The firewall's rules follow the order of the spec's networks: keep it
-    (the table would differ otherwise); networks without rules by name."""
-    table = next(iter(reader.of(Firewall)), None)
-    seen = [rule.comment.partition(": ")[0] for rule in (table.rules if table else ())]
-    order = {name: i for i, name in reversed(list(enumerate(seen)))}
-    return sorted(reader.nets, key=lambda name: (order.get(name, len(order)), name))
+    (the table would differ otherwise); networks without rules by name.
+
+    No one chain names every network in every case (a guard rule exists only
+    for a network with a port on 127.0.0.1, an input rule only for an internal
+    one), and several chains together may name them in an order none of them
+    holds alone: each chain's rules, and the project's rules in DOCKER-USER,
+    give the order of the networks they name, and the spec's order is the one
+    that agrees with all of them (a topological sort of what each says)."""
+    sequences = [_named_order(reader, rules) for rules in _ordered_rules(reader)]
+    after: dict[str, set[str]] = {name: set() for name in reader.nets}
+    before_count = dict.fromkeys(reader.nets, 0)
+    for seq in sequences:
+        for first, then in itertools.pairwise(seq):
+            if then not in after[first]:
+                after[first].add(then)
+                before_count[then] += 1
+    named = {name for seq in sequences for name in seq}
+    order: list[str] = []
+    left = set(reader.nets)
+    while left:
+        ready = [n for n in left if before_count[n] == 0] or list(left)  # a cycle: tampered
+        # Networks some rule names come first; among equals, by name.
+        pick = min(ready, key=lambda n: (n not in named, n))
+        order.append(pick)
+        left.discard(pick)
+        for then in after[pick]:
+            before_count[then] -= 1
+    return order
+
+
+# The chains whose rules are commented `<network>: ...` (the DNAT chains'
+# comments name containers).
+NETWORK_CHAINS = frozenset(c.name for c in (firewall.GUARD, firewall.FORWARD, firewall.INPUT,
+                                            firewall.POSTROUTING))
+
+
+def _ordered_rules(reader: _Reader) -> list[list[str]]:
+    """Per chain of the project's table, and per DOCKER-USER family, the
+    network each rule names, in the rules' order."""
+    out: list[list[str]] = []
+    for table in reader.of(Firewall):
+        chains: dict[str, list[str]] = {}
+        for rule in table.rules:
+            if rule.chain in NETWORK_CHAINS:
+                chains.setdefault(rule.chain, []).append(rule.comment.partition(": ")[0])
+        out.extend(chains.values())
+    mark = docker_user_comment(reader.project, "")
+    for docker in reader.of(DockerUser):
+        out.append([rule.comment[len(mark):].partition(": ")[0] for rule in docker.rules
+                    if rule.comment.startswith(mark)])
+    return out
+
+
+def _named_order(reader: _Reader, names: list[str]) -> list[str]:
+    """The project's networks in `names`, each once, where it first comes."""
+    return list(dict.fromkeys(n for n in names if n in reader.nets))
 
 
 # ---- containers ------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +140,8 @@ class Summary:
                  f"{state}"]
         for net in self.networks:
             where = f"{net['driver']} {net['device']}" if net.get("device") else net["driver"]
-            lines.append(f"  network {net['name']}: {where}, subnet {net['subnet']}")
+            subnet = f"subnet {net['subnet']}" if net["subnet"] else "no address (incomplete)"
+            lines.append(f"  network {net['name']}: {where}, {subnet}")
         for c in self.containers:
             attached = ", ".join(f"{n['network']} {n['ipv4_address']}" for n in c["networks"])
             namespace = c["namespace"] or "a namespace netapply does not name"
@@ -189,7 +190,8 @@ def summarize(project: str, observed: ObservedState) -> Summary:
             "network": veth.network, "ipv4_address": recorded[0] if recorded else None,
             "ipv6_address": recorded[1] if len(recorded) > 1 else None})
     return Summary(project, networks, tuple(containers), tuple(published),
-                   tuple(problems(project, resources)), observed.unread)
+                   tuple(problems(project, resources, observed.foreign.netns)),
+                   observed.unread)
 
 
 def _remote(container: dict[str, Any], resources: Mapping[Key, Resource], name: str) -> bool:
@@ -223,9 +225,11 @@ class _Index:
         return self.by_kind[kind]
 
 
-def problems(project: str, resources: Mapping[Key, Resource]) -> list[str]:
+def problems(project: str, resources: Mapping[Key, Resource],
+             foreign_netns: Collection[str] = ()) -> list[str]:
     """What looks broken: leftovers of interrupted runs, and owned objects
-    missing a piece netapply always makes with them. Each is a sentence."""
+    missing a piece netapply always makes with them. Each is a sentence.
+    foreign_netns: the named namespaces without the project's mark."""
     idx = _Index(resources)
     out: list[str] = [r.title() for r in (*idx.of(Leftover), *idx.of(LeftoverFile))]
     bridges = {b.network: b for b in idx.of(Bridge)}
@@ -236,6 +240,7 @@ def problems(project: str, resources: Mapping[Key, Resource]) -> list[str]:
                    f"{table}): no isolation, masquerade or published ports")
     if idx.of(Firewall) and not bridged:
         out.append(f"the firewall table inet {table} is left without any network")
+    out.extend(_unaddressed(idx))
     for vxlan in idx.of(Vxlan):
         if vxlan.master != vxlan.network:
             out.append(f"network {vxlan.network}: {vxlan.title()} is not a port of the "
@@ -261,6 +266,52 @@ def problems(project: str, resources: Mapping[Key, Resource]) -> list[str]:
                 out.append(f"container {link.container}: address {ip} is missing from "
                            f"{link.ifname} (network {link.network})")
     out.extend(_namespace_problems(idx))
+    out.extend(_gone_namespaces(idx, foreign_netns))
+    return out
+
+
+def _unaddressed(idx: _Index) -> list[str]:
+    """A network whose subnet nothing here tells: its bridge has no address
+    (netapply gives every bridge network's bridge its gateway), nor has any
+    of its links (an overlay without a gateway, a macvlan/ipvlan network)."""
+    addressed = {a.link[-1] for a in idx.of(Address)}
+    out = []
+    for bridge in sorted(idx.of(Bridge), key=lambda b: b.network):
+        if bridge.network in addressed:
+            continue
+        if any(v.network == bridge.network for v in idx.of(Vxlan)):
+            what = "neither its bridge nor any of its containers' links has an address"
+        else:
+            what = f"its bridge {bridge.ifname} has no address"
+        out.append(f"network {bridge.network}: {what}, so its subnet is unknown (incomplete)")
+    for network in sorted({s.network for s in idx.of(Sublink)} - addressed):
+        out.append(f"network {network}: none of its containers' links has an address, so its "
+                   "subnet is unknown (incomplete)")
+    return out
+
+
+def _gone_namespaces(idx: _Index, foreign_netns: Collection[str]) -> list[str]:
+    """A hosts file of the project's for a namespace that is gone (deleted
+    with `ip netns del`, which takes the container's veths with it) or that is
+    no longer the project's: the container is gone, while its hosts file, and
+    the hosts tables of its peers, still name it."""
+    owned = {n.name for n in idx.of(Netns)}
+    tables = {t.name: t for t in idx.of(HostsTable)}
+    out = []
+    for hosts in sorted(idx.of(HostsFile), key=lambda f: f.netns):
+        if hosts.netns in owned:
+            continue
+        table = tables.get(hosts.link.rsplit("/", 1)[-1]) if hosts.link else None
+        listed = {line.partition("\t")[2].split()[0] for line in
+                  (table.content.splitlines() if table else ()) if "\t" in line
+                  and line.partition("\t")[2].split()[:1] != ["localhost"]}
+        # A container is named after its namespace unless `netns` says otherwise:
+        # only a table that lists no such name leaves the container unknown.
+        who = (f"container {hosts.netns}" if hosts.netns in listed or table is None
+               or not listed else f"the container of namespace {hosts.netns}")
+        what = ("its namespace is no longer the project's (no mark on its loopback)"
+                if hosts.netns in foreign_netns else "its namespace is gone")
+        out.append(f"{who}: {what}; its {hosts.title()} is left")
     return out
 
 

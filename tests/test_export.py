@@ -150,6 +150,44 @@ containers:
 """
 
 
+# Networks whose order no one chain of the table holds: the internal one has
+# no guard rule (no port on 127.0.0.1), the others no input rule, and the
+# macvlan network no rule at all. Each chain's rules follow the spec's order,
+# so the export must merge them to give it back.
+ORDERED = """\
+version: 1
+project: rich
+networks:
+  zeta:
+    subnet: 10.60.0.0/24
+  alpha:
+    subnet: 10.61.0.0/24
+    internal: true
+  mid:
+    subnet: 10.62.0.0/24
+  mv:
+    driver: macvlan
+    parent: mvpar0
+    subnet: 192.168.79.0/24
+containers:
+  web:
+    networks: [zeta, alpha]
+    ports: ["8080:80"]
+  db:
+    networks: [alpha]
+  app:
+    networks: [mid, mv]
+    ports: ["9090:90"]
+"""
+
+
+def _parent(name: str) -> None:
+    """An interface to be a macvlan parent (this kernel has no dummy driver)."""
+    subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"],
+                   check=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+
+
 @pytest.mark.parametrize("example", sorted(ROUND_TRIP))
 def test_export_destroy_apply_the_export_gives_the_same_kernel(
     sandbox: Path, capsys: pytest.CaptureFixture[str], example: str
@@ -180,20 +218,22 @@ def test_export_destroy_apply_the_export_gives_the_same_kernel(
     code, out, err = run_cli(capsys, "apply", "--auto-approve", str(exported))
     assert code == 0, out + err
     assert_same_kernel(_kernel(), before)
-    code, out, err = run_cli(capsys, "plan", "--detailed-exitcode", str(exported))
-    assert code == 0, out + err
-    assert "No changes" in out
+    for spec in (exported, path):
+        code, out, err = run_cli(capsys, "plan", "--detailed-exitcode", *(
+            args if spec == path else []), str(spec))
+        assert code == 0, out + err
+        assert "No changes" in out
 
 
+@pytest.mark.parametrize("text,parents", [(RICH, ("lan0", "lan1")), (ORDERED, ("mvpar0",))],
+                         ids=["every-option", "network-order"])
 def test_export_round_trip_of_every_option(
-    sandbox: Path, capsys: pytest.CaptureFixture[str]
+    sandbox: Path, capsys: pytest.CaptureFixture[str], text: str, parents: tuple[str, ...]
 ) -> None:
-    for lan in ("lan0", "lan1"):
-        subprocess.run(["ip", "link", "add", lan, "type", "veth", "peer", "name", lan + "p"],
-                       check=True)
-        subprocess.run(["ip", "link", "set", lan, "up"], check=True)
+    for parent in parents:
+        _parent(parent)
     spec = sandbox / "rich.yaml"
-    spec.write_text(RICH)
+    spec.write_text(text)
     code, out, err = run_cli(capsys, "apply", "--auto-approve", str(spec))
     assert code == 0, out + err
     before = _kernel()
@@ -204,9 +244,22 @@ def test_export_round_trip_of_every_option(
     code, out, err = run_cli(capsys, "apply", "--auto-approve", str(exported))
     assert code == 0, out + err
     assert_same_kernel(_kernel(), before)
-    again = spec_mod.load(exported)
-    assert again.networks["quiet"] == spec_mod.load(spec).networks["quiet"]
-    assert again.containers["web"].netns == "web-ns"
+    # The spec the project came from plans nothing against the kernel the
+    # export made: the bridge networks are in the spec's order (that of the
+    # macvlan networks is nowhere in the kernel: they have no rules).
+    code, out, err = run_cli(capsys, "plan", "--detailed-exitcode", str(spec))
+    assert code == 0, out + err
+    again, original = spec_mod.load(exported), spec_mod.load(spec)
+
+    def bridges(spec: Any) -> list[str]:
+        return [n.name for n in spec.networks.values() if str(n.driver) == "bridge"]
+
+    assert bridges(again) == bridges(original)
+    if text == ORDERED:
+        assert list(again.networks) == ["zeta", "alpha", "mid", "mv"]
+    if text == RICH:
+        assert again.networks["quiet"] == original.networks["quiet"]
+        assert again.containers["web"].netns == "web-ns"
 
 
 def test_export_of_the_overlay_names_the_machines_and_remote_members(
@@ -353,3 +406,46 @@ def test_destroy_needs_a_spec_or_a_project(
     code, _, err = run_cli(capsys, "destroy", "--auto-approve", "--project", "seed",
                            str(REPO / "examples" / "seed.yaml"))
     assert code == 1
+
+
+@pytest.mark.parametrize("container", ["web", "batch"])
+def test_ls_names_a_container_whose_namespace_is_gone(
+    sandbox: Path, capsys: pytest.CaptureFixture[str], container: str
+) -> None:
+    shop = REPO / "examples" / "shop.yaml"
+    code, out, err = run_cli(capsys, "apply", "--auto-approve", str(shop))
+    assert code == 0, out + err
+    # `ip netns del` takes the container's veths with it; its hosts file, and
+    # the hosts tables of its peers, still name it.
+    subprocess.run(["ip", "netns", "del", container], check=True)
+    problem = (f"container {container}: its namespace is gone; its hosts file "
+               f"/etc/netns/{container}/hosts is left")
+    shop_ls = _ls(capsys)["shop"]
+    assert shop_ls["broken"] and shop_ls["problems"] == [problem]
+    code, text, _ = run_cli(capsys, "ls")
+    assert code == 0  # broken is not unread
+    assert "2 published port(s); broken" in text
+    assert f"  problem: {problem}" in text
+    # Made again without the project's mark, it is not the project's.
+    subprocess.run(["ip", "netns", "add", container], check=True)
+    assert _ls(capsys)["shop"]["problems"] == [
+        f"container {container}: its namespace is no longer the project's (no mark on its "
+        f"loopback); its hosts file /etc/netns/{container}/hosts is left"]
+
+
+def test_ls_shows_a_bridge_without_an_address_as_incomplete(
+    sandbox: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    subprocess.run(["ip", "link", "add", "brfoo", "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "set", "brfoo", "alias", "netapply/fake/bridge/x"],
+                   check=True)
+    fake = _ls(capsys)["fake"]
+    assert fake["networks"] == [{"name": "x", "driver": "bridge", "subnet": None,
+                                 "device": "brfoo"}]
+    assert fake["broken"]
+    assert "network x: its bridge brfoo has no address, so its subnet is unknown " \
+        "(incomplete)" in fake["problems"]
+    code, text, _ = run_cli(capsys, "ls")
+    assert code == 0
+    assert "  network x: bridge brfoo, no address (incomplete)" in text
+    assert "None" not in text

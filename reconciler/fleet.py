@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 
 from reconciler.model import Attachment, Driver, Host, IPAddress, Network, NetworkMode, Spec
 
+DEFAULT_TTL = 10  # seconds: the lease of a machine's registration (watch --ttl)
+
 HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # as the schema's hosts keys
 
 

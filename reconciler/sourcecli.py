@@ -7,21 +7,29 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+from typing import TYPE_CHECKING
 
-import shtab
 from rich.console import Console
 from rich.markup import escape
 
-from reconciler import engine
-from reconciler import push as push_mod
+from reconciler import fleet, lazy
 from reconciler import spec as spec_mod
-from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import NetapplyError, SpecError
 from reconciler.model import IPAddress
-from reconciler.sources import Source, Unavailable, membership
-from reconciler.sources import etcd as etcd_mod
-from reconciler.sources.etcdsource import EtcdSource
-from reconciler.sources.files import FileSource
+from reconciler.sources import Source, Unavailable
+
+if TYPE_CHECKING:
+    from reconciler import engine
+    from reconciler import push as push_mod
+    from reconciler.drivers import netlink
+    from reconciler.sources import etcd as etcd_mod
+    from reconciler.sources import etcdsource, files, membership
+else:  # every command's parser has these options: the etcd client (etcd3gw,
+    # requests) and watchdog are imported only by a command that uses them
+    engine, push_mod, netlink, etcd_mod, etcdsource, files, membership = (
+        lazy.module(f"reconciler.{name}") for name in (
+            "engine", "push", "drivers.netlink", "sources.etcd", "sources.etcdsource",
+            "sources.files", "sources.membership"))
 
 EXIT_OK, EXIT_ERROR = 0, 1
 PUSH_HELP = ("validate a spec and write it to etcd in one transaction, guarded by the "
@@ -52,15 +60,17 @@ def watch_options(p: argparse.ArgumentParser) -> None:
                    help="with --source: the underlay address this machine registers in etcd "
                         "(default: its host's address in the spec, else the address it "
                         "reaches etcd from)")
-    p.add_argument("--ttl", type=int, default=membership.DEFAULT_TTL, metavar="SECONDS",
+    p.add_argument("--ttl", type=int, default=fleet.DEFAULT_TTL, metavar="SECONDS",
                    help="with --source: the lease of this machine's registration; the others "
                         "drop it this long after it dies (default "
-                        f"{membership.DEFAULT_TTL})")
+                        f"{fleet.DEFAULT_TTL})")
 
 
 def push_parser(p: argparse.ArgumentParser) -> None:
+    from reconciler.cli import COMPLETE_FILE  # the parser is built by cli, imported already
+
     p.add_argument("spec", metavar="SPEC", help="a YAML file or a directory of YAML files"
-                   ).complete = shtab.FILE  # type: ignore[attr-defined]
+                   ).complete = COMPLETE_FILE  # type: ignore[attr-defined]
     p.add_argument("url", metavar="URL", help=URL)
     p.add_argument("--expect-revision", type=int, metavar="N",
                    help="write only if the spec in etcd is unchanged since revision N (the "
@@ -90,14 +100,14 @@ def source(args: argparse.Namespace) -> Source:
             raise NetapplyError(f"--address {args.address!r} is not an IP address") from None
         target = store(args.source, args)
         member = membership.Membership(target, membership.Identity(args.host, address, args.ttl))
-        return EtcdSource(target, member, _local_addresses)
+        return etcdsource.EtcdSource(target, member, _local_addresses)
     if not os.path.exists(args.spec):
         raise NetapplyError(f"{args.spec}: no such file or directory")
-    return FileSource(args.spec)
+    return files.FileSource(args.spec)
 
 
 def _local_addresses() -> list[IPAddress]:
-    kernel = NetlinkKernel()
+    kernel = netlink.NetlinkKernel()
     try:
         return engine.local_addresses(kernel)
     finally:
@@ -113,7 +123,7 @@ def read(args: argparse.Namespace, err: Console) -> spec_mod.Sources:
     if getattr(args, "out", None):
         raise NetapplyError("plan --out saves plans of spec files only: plan against a "
                             "checkout of the spec, or push and let watch apply it")
-    found = EtcdSource(store(args.source, args))
+    found = etcdsource.EtcdSource(store(args.source, args))
     try:
         sources = found.read()
     finally:

@@ -27,7 +27,7 @@ from reconciler.sources import Notify, Unavailable
 from reconciler.sources import etcd as etcd_mod
 
 HOSTS = "hosts"
-DEFAULT_TTL = 10  # seconds
+DEFAULT_TTL = fleet.DEFAULT_TTL
 
 
 class MembershipError(NetapplyError):

@@ -29,6 +29,7 @@ deps:
 	command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
 	test -x /bin/busybox || missing="$$missing busybox-static"; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ ! -e $(POLICY_RC) ]; then \

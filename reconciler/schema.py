@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import functools
 import importlib.resources
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jsonschema
@@ -87,6 +89,39 @@ def broken_entries(doc: Document) -> set[tuple[str | int, ...]] | None:
 
 
 ENTRY_SECTIONS = ("hosts", "networks", "containers", "expect")
+
+
+def without_unknown_keys(doc: Document) -> Document:
+    """doc, without the keys the schema does not know inside an entry (a
+    misspelt `mtuu`, a `colour`): they mean nothing, so the rest of their
+    entry can still be checked (spec.py: every problem at once). The keys
+    are reported by problems() all the same."""
+    data = copy.deepcopy(doc.data)
+    changed = False
+    for error in _leaf_errors(_validator().iter_errors(doc.data)):
+        path = tuple(error.absolute_path)
+        if error.validator != "additionalProperties" or error.validator_value is not False \
+                or len(path) < 2 or path[0] not in ENTRY_SECTIONS:
+            continue
+        node: Any = data
+        for step in path:
+            node = node[step]
+        known = _schema(error).get("properties", {})
+        for key in [k for k in node if k not in known]:
+            del node[key]
+            changed = True
+    return dataclasses.replace(doc, data=data) if changed else doc
+
+
+def _leaf_errors(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
+    """The errors, with an anyOf/oneOf error replaced by those of the one
+    branch the value fits (as _translate reports them)."""
+    for error in errors:
+        branch = _matching_branch(error) if error.validator in ("anyOf", "oneOf") else None
+        if branch is None:
+            yield error
+        else:
+            yield from _leaf_errors(branch)
 
 
 def _translate(error: ValidationError, where: dict[Path, Where]) -> list[Problem]:

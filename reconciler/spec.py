@@ -90,29 +90,31 @@ def _finish(docs: list[Document], problems: list[Problem], directory: str | None
     and, where others name it, taken as defined), unless the file could not
     be read as YAML or a failure is outside any entry (nothing then has a
     trustworthy shape)."""
-    broken: set[tuple[str | int, ...]] | None = set() if not problems else None
+    trusted = not problems  # every file was read and parsed
+    broken: set[tuple[str | int, ...]] = set()
     offset = 0  # where this file's expect entries start in the merged list
-    for doc in docs:
+    for i, doc in enumerate(docs):
         shape = yamlsource.shape_problems(doc, directory is not None)
         problems.extend(shape)
-        if shape:
-            broken = None
+        trusted = trusted and not shape
         if isinstance(doc.data, dict):
             found = schema.problems(doc)
             problems.extend(found)
-            entries = schema.broken_entries(doc) if found else set()
-            if entries is None or broken is None:
-                broken = None
-            else:
-                broken |= {(p[0], p[1] + offset) if p[0] == "expect" else p  # type: ignore[operator]
-                           for p in entries}
-            expect = doc.data.get("expect")
+            if found:
+                docs[i] = doc = schema.without_unknown_keys(doc)
+                entries = schema.broken_entries(doc)
+                if entries is None:
+                    trusted = False
+                else:
+                    broken |= {(p[0], p[1] + offset) if p[0] == "expect" else p  # type: ignore[operator]
+                               for p in entries}
+            expect = doc.data.get("expect") if isinstance(doc.data, dict) else None
             offset += len(expect) if isinstance(expect, list) else 0
     data, where, merge_problems = yamlsource.merge(docs, directory)
-    if merge_problems or (problems and not broken):
+    if merge_problems or not trusted:
         raise SpecError([*problems, *merge_problems])
     try:
-        spec = speccheck.Builder(data, where, broken or set(), fleet is not None).build()
+        spec = speccheck.Builder(data, where, broken, fleet is not None).build()
     except SpecError as e:
         problems.extend(e.problems)
     if problems:

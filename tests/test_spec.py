@@ -1142,6 +1142,24 @@ def test_semantic_problems_are_found_beside_schema_problems() -> None:
     ]  # web's attachment to the broken front, and db (broken) in expect, are not faulted
 
 
+def test_an_unknown_key_hides_nothing_else_of_its_entry() -> None:
+    """A misspelt key means nothing: the rest of its network is still checked
+    (a tester's case: fixing `mtuu` revealed the overlap and the address)."""
+    found = problems(doc("""\
+        networks:
+          n1: {subnet: 172.31.5.0/24, mtuu: 1400}
+          n2: {subnet: 172.31.5.128/25}
+        containers:
+          a: {networks: {n1: {ipv4_address: 10.9.9.9, aliasses: [x]}}}
+        """))
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "network 'n1': unknown key 'mtuu' (did you mean 'mtu'?)",
+        "network 'n2': subnet 172.31.5.128/25 overlaps subnet 172.31.5.0/24 of network 'n1'",
+        "container 'a': ipv4_address 10.9.9.9 is outside network 'n1' (172.31.5.0/24)",
+        "container 'a': unknown key 'aliasses' in networks.n1 (did you mean 'aliases'?)",
+    ]
+
+
 def test_a_broken_top_level_key_stops_before_the_semantic_checks() -> None:
     """A failure outside any entry (here the sections' shape) leaves nothing
     whose shape can be trusted: only the schema's problems are reported."""

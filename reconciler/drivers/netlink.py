@@ -204,10 +204,9 @@ class NetlinkKernel:
         )
 
     def routes(self, ns: str) -> list[RouteInfo]:
-        found = self._call(f"list routes in {_ns_label(ns)}", lambda: self._sock(ns).routes())
-        return [
-            RouteInfo(r.dst, r.via, r.oif, r.proto) for r in found if r.table == RT_TABLE_MAIN
-        ]
+        found = self._call(f"list routes in {_ns_label(ns)}",
+                           lambda: self._sock(ns).routes(RT_TABLE_MAIN))
+        return [RouteInfo(r.dst, r.via, r.oif, r.proto) for r in found]
 
     def read_file(self, path: str) -> str | None:
         """The text of a regular file (bytes that are not UTF-8 replaced), None

@@ -11,6 +11,7 @@ tests/test_rtnl.py checks what it reads against pyroute2 on the same kernel.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -30,6 +31,7 @@ from reconciler.drivers.kernel import (
 
 NETLINK_ROUTE = 0
 NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12  # Linux 4.20: dump requests are checked, and their filters honoured
 SOL_NETLINK = 270
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -53,6 +55,8 @@ AF_BRIDGE = 7
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINK, IFLA_MTU, IFLA_MASTER = 1, 3, 5, 4, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 18, 20, 28
+IFLA_EXT_MASK = 29
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # a link dump without its counters (Linux 4.12)
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33  # MODE: hairpin
 IFLA_MACVLAN_MODE = 1  # u32
@@ -143,6 +147,14 @@ class Rtnl:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 0))
         self._seq = 0
+        # With strict checking, the kernel applies a dump request's filters (a
+        # route table, a link's addresses) instead of sending everything; a
+        # kernel before 4.20 does not know the option, and the parsers filter.
+        try:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            self.strict = True
+        except OSError:
+            self.strict = False
 
     def close(self) -> None:
         self.sock.close()
@@ -197,47 +209,22 @@ class Rtnl:
     def links(self, kind_filter: str | None = None) -> list[LinkInfo]:
         """Every link, or (kind_filter) those of a kind the kernel knows: a kind
         it does not know filters nothing (rtnl_dump_ifinfo in the kernel's
-        net/core/rtnetlink.c)."""
-        body = IFINFO.pack(0, 0, 0, 0, 0)
+        net/core/rtnetlink.c). Without their counters, which nothing reads."""
+        body = IFINFO.pack(0, 0, 0, 0, 0) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
         if kind_filter is not None:
             body += attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, kind_filter))
-        found = []
-        for msg, offset in self._dump(RTM_GETLINK, body):
-            _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
-            ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
-            isolated, hairpin, parent, mode = False, False, None, None
-            vxlan = None
-            for key, value in attrs(msg, offset + IFINFO.size):
-                if key == IFLA_IFNAME:
-                    ifname = _text(value)
-                elif key == IFLA_MTU:
-                    mtu = U32.unpack_from(value)[0]
-                elif key == IFLA_ADDRESS:
-                    mac = _mac(value)
-                elif key == IFLA_IFALIAS:
-                    alias = _text(value) or None
-                elif key == IFLA_MASTER:
-                    master = U32.unpack_from(value)[0] or None
-                elif key == IFLA_LINK:
-                    parent = U32.unpack_from(value)[0] or None
-                elif key == IFLA_LINKINFO:
-                    info = dict(attrs(bytes(value), 0))
-                    if IFLA_INFO_KIND in info:
-                        kind = _text(info[IFLA_INFO_KIND])
-                    if IFLA_INFO_DATA in info and kind in ("macvlan", "ipvlan"):
-                        mode = _sublink_mode(kind, bytes(info[IFLA_INFO_DATA]))
-                    elif IFLA_INFO_DATA in info and kind == "vxlan":
-                        vxlan = _vxlan_info(bytes(info[IFLA_INFO_DATA]))
-                    slave = info.get(IFLA_INFO_SLAVE_KIND)
-                    if IFLA_INFO_SLAVE_DATA in info and slave and _text(slave) == "bridge":
-                        port = dict(attrs(bytes(info[IFLA_INFO_SLAVE_DATA]), 0))
-                        isolated = bool(port.get(IFLA_BRPORT_ISOLATED, b"\0")[0])
-                        hairpin = bool(port.get(IFLA_BRPORT_MODE, b"\0")[0])
-            if kind not in ("macvlan", "ipvlan"):
-                parent = None  # veths name their peer here
-            found.append(LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias,
-                                  master, isolated, hairpin, parent, mode, vxlan))
-        return found
+        return [_link(msg, offset) for msg, offset in self._dump(RTM_GETLINK, body)]
+
+    def link(self, index: int) -> LinkInfo | None:
+        """One link by index; None when there is none (ENODEV)."""
+        body = IFINFO.pack(0, 0, index, 0, 0) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+        try:
+            for _kind, msg, offset in self._replies(self._send(RTM_GETLINK, 0, body)):
+                return _link(msg, offset)
+        except NetlinkError as e:
+            if e.errno != errno.ENODEV:
+                raise
+        return None
 
     def index(self, ifname: str) -> int:
         if len(ifname.encode()) > IFNAMSIZ:
@@ -251,40 +238,47 @@ class Rtnl:
         found = []
         for msg, offset in self._dump(RTM_GETADDR, IFADDR.pack(0, 0, 0, 0, 0)):
             family, prefixlen, _flags, _scope, index = IFADDR.unpack_from(msg, offset)
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
             local = address = None
-            for key, value in attrs(msg, offset + IFADDR.size):
+            for key, start, end in _spans(msg, offset + IFADDR.size):
                 if key == IFA_LOCAL:
-                    local = bytes(value)
+                    local = msg[start:end]
                 elif key == IFA_ADDRESS:
-                    address = bytes(value)
+                    address = msg[start:end]
             raw = local or address
-            if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
-                found.append(AddrInfo(index, f"{ipaddress.ip_address(raw)}/{prefixlen}"))
+            if raw is not None:
+                found.append(AddrInfo(index, f"{_ip(raw)}/{prefixlen}"))
         return found
 
-    def routes(self) -> list[RouteEntry]:
+    def routes(self, table: int | None = None) -> list[RouteEntry]:
+        """IPv4 and IPv6 routes, of every table or of `table` only (the kernel
+        filters them when it checks dumps strictly, else this does)."""
+        head = RTMSG.pack(0, 0, 0, 0, table or 0, 0, 0, 0, 0)
+        if table is not None and table > 255:
+            head += attr_u32(RTA_TABLE, table)
         found = []
-        for msg, offset in self._dump(RTM_GETROUTE, RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)):
-            family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = (
+        for msg, offset in self._dump(RTM_GETROUTE, head if self.strict else RTMSG.pack(
+                0, 0, 0, 0, 0, 0, 0, 0, 0)):
+            family, dst_len, _src, _tos, in_table, proto, _scope, _type, _flags = (
                 RTMSG.unpack_from(msg, offset)
             )
             if family not in (socket.AF_INET, socket.AF_INET6):
                 continue
             dst = via = None
             oif = None
-            for key, value in attrs(msg, offset + RTMSG.size):
+            for key, start, end in _spans(msg, offset + RTMSG.size):
                 if key == RTA_DST:
-                    dst = ipaddress.ip_address(bytes(value))
+                    dst = msg[start:end]
                 elif key == RTA_GATEWAY:
-                    via = str(ipaddress.ip_address(bytes(value)))
+                    via = _ip(msg[start:end])
                 elif key == RTA_OIF:
-                    oif = U32.unpack_from(value)[0]
+                    oif = U32.unpack_from(msg, start)[0]
                 elif key == RTA_TABLE:
-                    table = U32.unpack_from(value)[0]
-            if dst is None:
-                dst = ipaddress.ip_address("0.0.0.0" if family == socket.AF_INET else "::")
-            net = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
-            found.append(RouteEntry(str(net), via, oif, proto, table))
+                    in_table = U32.unpack_from(msg, start)[0]
+            if table is not None and in_table != table:
+                continue
+            found.append(RouteEntry(_net(family, dst, dst_len), via, oif, proto, in_table))
         return found
 
     def rules(self) -> list[tuple[int, int]]:
@@ -497,8 +491,94 @@ class Rtnl:
         self.request(RTM_NEWNEIGH, flags, body)
 
 
-def _mac(value: memoryview) -> str:
+def _mac(value: memoryview | bytes) -> str:
     return ":".join(f"{b:02x}" for b in value)
+
+
+def _spans(data: bytes, offset: int, end: int = -1) -> Iterator[tuple[int, int, int]]:
+    """(type, start, end) of each attribute from offset to end (of data): positions,
+    not copies, so that the many attributes a reader skips cost one unpack each."""
+    if end < 0:
+        end = len(data)
+    unpack = ATTR.unpack_from
+    while offset + 4 <= end:
+        size, kind = unpack(data, offset)
+        if size < 4:
+            return
+        yield kind & NLA_TYPE_MASK, offset + 4, offset + size
+        offset += (size + 3) & ~3
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ip(raw: bytes) -> str:
+    """An address in the text form the rest of netapply compares (ipaddress's);
+    the same few addresses come back in every dump, so each is formatted once."""
+    return str(ipaddress.ip_address(raw))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _net(family: int, raw: bytes | None, prefixlen: int) -> str:
+    if raw is None:
+        raw = bytes(4 if family == socket.AF_INET else 16)
+    return str(ipaddress.ip_network((raw, prefixlen), strict=False))
+
+
+def _link(msg: bytes, offset: int) -> LinkInfo:
+    _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
+    ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
+    isolated, hairpin, parent, mode = False, False, None, None
+    vxlan = None
+    # A link message has some fifty attributes and netapply reads seven: a
+    # plain loop over their headers, rather than a generator, halves the cost.
+    unpack, end, at = ATTR.unpack_from, len(msg), offset + IFINFO.size
+    while at + 4 <= end:
+        size, key = unpack(msg, at)
+        if size < 4:
+            break
+        key &= NLA_TYPE_MASK
+        start, stop = at + 4, at + size
+        at += (size + 3) & ~3
+        if key > IFLA_IFALIAS or key not in _LINK_ATTRS:
+            continue
+        if key == IFLA_IFNAME:
+            ifname = _cstr(msg, start, stop)
+        elif key == IFLA_MTU:
+            mtu = U32.unpack_from(msg, start)[0]
+        elif key == IFLA_ADDRESS:
+            mac = _mac(msg[start:stop])
+        elif key == IFLA_IFALIAS:
+            alias = _cstr(msg, start, stop) or None
+        elif key == IFLA_MASTER:
+            master = U32.unpack_from(msg, start)[0] or None
+        elif key == IFLA_LINK:
+            parent = U32.unpack_from(msg, start)[0] or None
+        elif key == IFLA_LINKINFO:
+            info = {k: msg[a:b] for k, a, b in _spans(msg, start, stop)}
+            if IFLA_INFO_KIND in info:
+                kind = _text(memoryview(info[IFLA_INFO_KIND]))
+            if IFLA_INFO_DATA in info and kind in ("macvlan", "ipvlan"):
+                mode = _sublink_mode(kind, info[IFLA_INFO_DATA])
+            elif IFLA_INFO_DATA in info and kind == "vxlan":
+                vxlan = _vxlan_info(info[IFLA_INFO_DATA])
+            slave = info.get(IFLA_INFO_SLAVE_KIND)
+            if IFLA_INFO_SLAVE_DATA in info and slave and _text(memoryview(slave)) == "bridge":
+                port = dict(attrs(info[IFLA_INFO_SLAVE_DATA], 0))
+                isolated = bool(port.get(IFLA_BRPORT_ISOLATED, b"\0")[0])
+                hairpin = bool(port.get(IFLA_BRPORT_MODE, b"\0")[0])
+    if kind not in ("macvlan", "ipvlan"):
+        parent = None  # veths name their peer here
+    return LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias, master,
+                    isolated, hairpin, parent, mode, vxlan)
+
+
+_LINK_ATTRS = frozenset({IFLA_IFNAME, IFLA_MTU, IFLA_ADDRESS, IFLA_IFALIAS, IFLA_MASTER,
+                         IFLA_LINK, IFLA_LINKINFO})
+
+
+def _cstr(data: bytes, start: int, end: int) -> str:
+    """A NUL-terminated string attribute."""
+    stop = data.find(b"\0", start, end)
+    return data[start:end if stop < 0 else stop].decode(errors="replace")
 
 
 def _vxlan_info(data: bytes) -> VxlanInfo:

@@ -132,4 +132,4 @@ def test_what_is_read_again_is_what_the_plan_wrote(sandbox: Path) -> None:
         assert {"container1", "container2"} <= set(read)
     finally:
         kernel.close()
-    assert addresses("container2", "eth0") == ["172.30.1.3/24"]
+    assert addresses("container2", "eth0") == ["172.30.1.50/24"]  # kept: it is still valid

@@ -280,6 +280,14 @@ def apply(
     kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
     progress: Progress | None = None, host: str | None = None, verify_all: bool = False,
 ) -> Result:
+    """Execute the plan and verify it (apply_verified), returning what was done."""
+    return apply_verified(kernel, spec, plan, destroy, progress, host, verify_all)[0]
+
+
+def apply_verified(
+    kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
+    progress: Progress | None = None, host: str | None = None, verify_all: bool = False,
+) -> tuple[Result, Snapshot]:
     """Execute the plan, then re-observe: a non-empty plan afterwards is an error
     that shows what still differs.
 
@@ -306,7 +314,7 @@ def apply(
         raise ApplyError(VERIFY, internal(e), result.done) from e
     if destroy:
         destroyed(after.observed, len(result.done))
-    return result
+    return result, after
 
 
 def verify(

@@ -2,13 +2,22 @@
 
 Level-based, as controller-runtime's reconcile loop: a spec file event, a
 kernel notification, a timer or SIGHUP only says "look again"; every
-reconcile is the same full observe -> plan -> apply as `netapply apply`.
+reconcile is the same observe -> plan -> apply -> verify as `netapply apply`.
 The engine's own writes cause notifications too (and the kernel's own
 follow-ups, such as IPv6 addresses becoming usable); they lead to a few more
 reconciles, which find nothing to do and so write nothing.
 
-- Triggers arrive on one queue; a burst (events closer than the debounce
-  interval) makes one reconcile.
+What makes a reconcile cheap: the namespaces' netlink sockets stay open; the
+observation is cached (state/cache.py), and a notification marks the part
+of the kernel it is about (a namespace, the host's, nftables, an /etc/netns
+entry) to be read again, and only those parts are; the timer's resync, and
+any notification lost (ENOBUFS), read everything again. Only the spec files
+that changed are parsed again (speccache.py). The plan is made whole, from
+the cached state; the verification reads again what the apply wrote.
+
+- Triggers arrive on one queue. The first of a burst starts a reconcile at
+  once (leading edge); what comes while it runs, or within the debounce
+  interval after it, makes one more when the burst has calmed down.
 - An invalid spec is logged, error by error, and the last good spec stays in
   force: drift is still repaired against it, and nothing is torn down.
 - A failed reconcile is retried with capped exponential backoff; the loop
@@ -43,15 +52,16 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from reconciler import engine, expect, firewall, lock, machines, runtimes, yamlsource
-from reconciler import spec as spec_mod
 from reconciler.drivers.events import KernelEvents
-from reconciler.drivers.kernel import NETNS_DIR
+from reconciler.drivers.kernel import ETC_NETNS_DIR, NETNS_DIR
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import NetapplyError, SpecError
 from reconciler.executor import describe
 from reconciler.model import Runtime, Spec
 from reconciler.planner import Action, Change
-from reconciler.resources import Netns, Sublink, Veth
+from reconciler.resources import Netns, Sublink, Veth, tables_dir
+from reconciler.speccache import SpecFiles
+from reconciler.state.cache import ObservedCache
 from reconciler.state.observe import ObservedState
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
@@ -86,6 +96,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     detail: str = ""
     steps: list[str] = field(default_factory=list)  # what was done ("web: create address ...")
+    full_read: bool = False  # the observation read the whole kernel (no cache)
 
 
 class Log:
@@ -130,9 +141,10 @@ class _SpecEvents(FileSystemEventHandler):
     renaming a new one over it; a directory, or a symbolic link to one, that
     is replaced, as git-sync swaps its link), or any *.yaml/*.yml file in it."""
 
-    def __init__(self, spec: Path, notify: Callable[[str], None]):
+    def __init__(self, spec: Path, notify: Callable[[str], None], files: SpecFiles):
         self.spec = spec
         self.notify = notify
+        self.files = files
 
     def _matters(self, path: str | bytes) -> bool:
         found = Path(os.fsdecode(path))
@@ -142,22 +154,54 @@ class _SpecEvents(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
-        paths = [event.src_path, getattr(event, "dest_path", "")]
-        if any(p and self._matters(p) for p in paths):
+        paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        matter = [p for p in paths if self._matters(p)]
+        for path in matter:
+            self.files.touched(path)
+        if matter:
             self.notify(f"spec {event.event_type}")
 
 
 class _NetnsEvents(FileSystemEventHandler):
-    """A named namespace disappearing (`ip netns del`)."""
+    """Entries of /run/netns changing: the cache reads that name again (the
+    namespace may be another now); an owned one deleted (`ip netns del`)
+    asks for a reconcile."""
 
-    def __init__(self, notify: Callable[[str], None]):
+    def __init__(self, notify: Callable[[str], None], cache: ObservedCache):
         self.notify = notify
+        self.cache = cache
         self.owned: set[str] = set()
 
-    def on_deleted(self, event: FileSystemEvent) -> None:
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write", "closed"):
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path:
+                self.cache.netns_entry(os.path.basename(os.fsdecode(path)))
         name = os.path.basename(os.fsdecode(event.src_path))
-        if name in self.owned:
+        if event.event_type == "deleted" and name in self.owned:
             self.notify(f"netns {name} deleted")
+
+
+class _EtcNetnsEvents(FileSystemEventHandler):
+    """Changes under /etc/netns: the entry they are in is read again at the next
+    reconcile (hosts files are repaired then, as before the cache)."""
+
+    def __init__(self, cache: ObservedCache):
+        self.cache = cache
+        self.tables = ""  # the project's tables directory, once known
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if not path:
+                continue
+            rest = os.path.relpath(os.fsdecode(path), ETC_NETNS_DIR)
+            name = rest.split(os.sep, 1)[0]
+            if name in (".", ".."):
+                continue
+            self.cache.etc_entry(None if name == self.tables else name)
 
 
 class Watcher:
@@ -171,7 +215,11 @@ class Watcher:
         self.last_good: Spec | None = None
         self.owned_netns: set[str] = set()  # as the last successful reconcile left them
         self.reconciles = 0
-        self.spec_events = _SpecEvents(self.spec_path, self._put("spec"))
+        self.specs = SpecFiles(self.spec_path)
+        self.cache = ObservedCache()
+        self.kernel: NetlinkKernel | None = None  # kept from one reconcile to the next
+        self.unwatched = False  # /run/netns or /etc/netns unwatched: no cache to trust
+        self.spec_events = _SpecEvents(self.spec_path, self._put("spec"), self.specs)
         self.dir_watch: ObservedWatch | None = None
         self.dir_target: tuple[str, int] | None = None
         self.host_said: str | None = None
@@ -197,14 +245,18 @@ class Watcher:
             self.triggers.put(STOP)
 
     def _wait(self, timeout: float, reason: str, backing_off: bool) -> str | None:
-        """What triggers the next reconcile: the first trigger to arrive and the
-        rest of its burst (each within the debounce interval of the one before,
-        for at most BURST_MAX), or `reason` when timeout passes; None to stop.
+        """What triggers the next reconcile, or `reason` when timeout passes;
+        None to stop. The first trigger that comes while idle goes at once
+        (leading edge), with whatever is queued by then. Triggers that came
+        while the last reconcile ran are a burst: it and the rest of it (each
+        within the debounce interval of the one before, for at most BURST_MAX)
+        make one reconcile (the trailing one).
         While backing off, kernel events wait for the retry: a failing
         reconcile's own partial writes must not make it fail again at once.
         The spec and SIGHUP go through at once."""
         deadline = time.monotonic() + timeout
         kinds: set[str] = set()
+        during = not self.triggers.empty()  # came while the last reconcile ran
         while True:
             try:
                 item = self.triggers.get(timeout=max(deadline - time.monotonic(), 0.0))
@@ -215,6 +267,17 @@ class Watcher:
             kinds.add(item[0])
             if not (backing_off and item[0] == "kernel"):
                 break
+        if not during:
+            # Leading edge: the first event while idle goes at once, with whatever
+            # is queued already; what comes while it runs makes one more, below.
+            while True:
+                try:
+                    item = self.triggers.get_nowait()
+                except queue.Empty:
+                    return ",".join(sorted(kinds))
+                if item == STOP:
+                    return None
+                kinds.add(item[0])
         burst_end = time.monotonic() + BURST_MAX
         while (left := min(self.options.debounce, burst_end - time.monotonic())) > 0:
             try:
@@ -233,13 +296,18 @@ class Watcher:
             signal.signal(signum, self._on_signal)
         logging.getLogger().addHandler(_LibraryLog(self.log))
         observer = Observer()
-        netns_events = _NetnsEvents(self._put("kernel"))
+        netns_events = _NetnsEvents(self._put("kernel"), self.cache)
+        etc_events = _EtcNetnsEvents(self.cache)
         try:
             observer.schedule(self.spec_events, str(self.spec_path.parent))
             os.makedirs(NETNS_DIR, exist_ok=True)
             observer.schedule(netns_events, NETNS_DIR)
+            os.makedirs(ETC_NETNS_DIR, exist_ok=True)
+            observer.schedule(etc_events, ETC_NETNS_DIR, recursive=True)
         except OSError as e:  # e.g. the machine's limit of inotify watches
-            text = f"cannot watch files ({e}); changes are seen at the next resync"
+            self.unwatched = True
+            text = (f"cannot watch files ({e}); changes are seen at the next resync, and "
+                    "every reconcile reads the whole kernel")
             self.log.line("error", text, error=text)
         self._follow_spec_dir(observer)
         observer.start()
@@ -259,9 +327,10 @@ class Watcher:
                 if self.last_good is not None:
                     if kernel_events is None or not kernel_events.alive():
                         project = self.last_good.project
+                        etc_events.tables = tables_dir(project)
                         kernel_events = KernelEvents(
                             project, firewall.table_name(project), self._put("kernel"),
-                            lambda text: self.log.line("error", text, error=text))
+                            lambda text: self.log.line("error", text, error=text), self.cache)
                         kernel_events.start()
                     netns_events.owned = {ns for ns in self.owned_netns if "/" not in ns}
                     kernel_events.watch(self.owned_netns)
@@ -271,6 +340,10 @@ class Watcher:
                 if backoff and backoff < wait:
                     wait, reason = backoff, "retry"
                 trigger = self._wait(wait, reason, backing_off=bool(backoff))
+                if trigger is not None and ("resync" in trigger.split(",")
+                                            or "sighup" in trigger.split(",")):
+                    self.cache.everything()  # read it all, and every spec file
+                    self.specs.touched()
         finally:
             # Its threads may still see an event while they stop, and say so.
             logging.getLogger("watchdog").setLevel(logging.ERROR)
@@ -279,6 +352,8 @@ class Watcher:
                 kernel_events.stop()
             self.engine_events.stop()
             self.resolver.close()
+            if self.kernel is not None:
+                self.kernel.close()
             observer.join(timeout=2)
         self.log.line("stop", "stopped", reconciles=self.reconciles)
         return 0
@@ -311,20 +386,22 @@ class Watcher:
         took = time.monotonic() - started
         text = f"reconcile ({trigger}): {outcome.result}, {outcome.actions} action(s) in " \
                f"{took:.3f} s"
+        if outcome.full_read:
+            text += " (read the whole kernel)"
         if outcome.detail:
             text += f"; {outcome.detail}"
         if outcome.steps:
             text += ": " + "; ".join(outcome.steps)
         self.log.line("reconcile", text, trigger=trigger, result=outcome.result,
                       actions=outcome.actions, duration_s=round(took, 4), errors=outcome.errors,
-                      detail=outcome.detail, steps=outcome.steps)
+                      detail=outcome.detail, steps=outcome.steps, full_read=outcome.full_read)
         for error in outcome.errors:
             self.log.line("error", f"  {error}", error=error)
         return outcome
 
     def _attempt(self) -> Outcome:
         try:
-            spec = spec_mod.load(str(self.spec_path))
+            spec = self.specs.load()
         except SpecError as e:
             return self._keep_last_good([str(p) for p in e.problems])
         except NetapplyError as e:
@@ -353,7 +430,6 @@ class Watcher:
         return outcome
 
     def _apply(self, spec: Spec) -> Outcome:
-        kernel: NetlinkKernel | None = None
         steps: list[str] = []
         owners: dict[str, str] = {}  # of the resolved spec (runtime containers' paths)
 
@@ -363,9 +439,20 @@ class Watcher:
             if self.stopping:
                 raise Stopping
 
+        reread, renamed = self.cache.take()
+        stored = False
         try:
-            kernel = NetlinkKernel()
-            chosen = machines.select(spec, self.options.host, engine.local_addresses(kernel))
+            if self.kernel is None:
+                self.kernel = NetlinkKernel()
+            kernel = self.kernel
+            for name in renamed:  # its socket may be bound to a namespace gone from there
+                kernel.forget(name)
+            kernel.forget_moved_paths()
+            if self.unwatched:
+                reread = None
+            local = engine.local_addresses(kernel) if spec.hosts and not self.options.host \
+                else []
+            chosen = machines.select(spec, self.options.host, local)
             host = chosen.host
             if host is not None and host != self.host_said:
                 self.log.line("host", f"this machine is host '{host}' ({chosen.why})",
@@ -375,7 +462,9 @@ class Watcher:
             spec = resolution.spec
             owners.update(spec.ns_owners())
             with lock.project_lock(spec.project, self.options.lock_timeout):
-                snap = engine.snapshot(kernel, spec, host=host)
+                snap = engine.snapshot(kernel, spec, host=host, previous=self.cache.observed,
+                                       reread=reread)
+                observed = snap.observed
                 # Said once each time they change: skipped runtime containers,
                 # a port someone else started holding, other managers.
                 notes = (*resolution.notes, *snap.notes)
@@ -384,14 +473,18 @@ class Watcher:
                         self.log.line("note", note, note=note)
                     self.notes_said = notes
                 if not snap.plan.empty:
-                    engine.apply(kernel, spec, snap.plan, progress=progress, host=host)
+                    _, after = engine.apply_verified(kernel, spec, snap.plan, progress=progress,
+                                                     host=host)
+                    observed = after.observed
+            self.cache.store(observed)
+            stored = True
             # Converged: the namespaces with the project's links are the desired
             # ones (made, or attached to by netns_path).
             self.owned_netns = {r.name for r in snap.desired.values() if isinstance(r, Netns)}
             self.owned_netns |= {r.ns for r in snap.desired.values()
                                  if isinstance(r, Veth | Sublink) and r.ns.startswith("/")}
-            self._check_expectations(spec, snap.observed, host)
-            return Outcome("converged", len(steps), steps=steps)
+            self._check_expectations(spec, observed, host)
+            return Outcome("converged", len(steps), steps=steps, full_read=reread is None)
         except Stopping:
             return Outcome("stopped", len(steps), detail="stopped between two actions",
                            steps=steps)
@@ -406,9 +499,8 @@ class Watcher:
             return Outcome("failed", len(steps), [f"internal error: {''.join(lines).strip()}"],
                            steps=steps)
         finally:
-            if kernel is not None:
-                kernel.close()
-
+            if not stored:  # what was taken to be read again is not known to be read
+                self.cache.give_back()
 
     def _check_expectations(self, spec: Spec, observed: ObservedState, host: str | None) -> None:
         """After a converge: check the spec's expectations, and log those that

@@ -384,7 +384,12 @@ class Rtnl:
         without changing anything: a link dump filtered by that kind lists only
         links of it (maybe none) when the kernel knows the kind, and every link
         (lo among them) when it does not."""
-        return all(link.kind == kind for link in self.links(kind))
+        body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+                + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, kind)))
+        # Only each link's kind is read: a host may have thousands of the kind.
+        # (The whole dump is read: one left unfinished keeps the socket busy.)
+        kinds = [_link_kind(msg, offset) for msg, offset in self._dump(RTM_GETLINK, body)]
+        return all(found == kind for found in kinds)
 
     def link_set(
         self, index: int, *, ifname: str | None = None, mtu: int | None = None,
@@ -569,6 +574,15 @@ def _link(msg: bytes, offset: int) -> LinkInfo:
         parent = None  # veths name their peer here
     return LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias, master,
                     isolated, hairpin, parent, mode, vxlan)
+
+
+def _link_kind(msg: bytes, offset: int) -> str | None:
+    for key, start, end in _spans(msg, offset + IFINFO.size):
+        if key == IFLA_LINKINFO:
+            for inner, a, b in _spans(msg, start, end):
+                if inner == IFLA_INFO_KIND:
+                    return _cstr(msg, a, b)
+    return None
 
 
 _LINK_ATTRS = frozenset({IFLA_IFNAME, IFLA_MTU, IFLA_ADDRESS, IFLA_IFALIAS, IFLA_MASTER,

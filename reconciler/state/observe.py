@@ -192,6 +192,7 @@ class _Scan:
     names: list[str] = field(default_factory=list)  # NETNS_LIST: the names in /run/netns
     sublinks: bool = False  # has macvlan/ipvlan links, whose parents are named from the host
     path_identity: tuple[int, int] | None = None  # of a netns_path namespace, when read
+    wanted: bool = False  # an /etc/netns entry: the spec named it when it was read
 
     def part(self) -> _Scan:
         """An empty scan of the same project, to read one part into."""
@@ -303,7 +304,11 @@ def observe(
     part(TABLES_PART, again.tables, _scan_own_tables)
     for entry, kind in sorted(kernel.dir_entries(ETC_NETNS_DIR).items()):
         if entry != tables_dir(project):
-            part(FILES_PART + entry, entry in again.files,
+            earlier = kept.get(FILES_PART + entry)
+            # What is a leftover there depends on whether the spec has the name.
+            fresh = entry in again.files or (
+                earlier is not None and earlier.wanted != (entry in wanted_names))
+            part(FILES_PART + entry, fresh,
                  lambda p, e=entry, k=kind: _scan_hosts_entry(  # type: ignore[misc]
                      p, e, k, wanted_names))
     for container, (path, ns) in sorted((blocks or {}).items()):
@@ -740,6 +745,7 @@ def _scan_hosts_entry(scan: _Scan, name: str, kind: FileType, names: frozenset[s
     anything else there is foreign. Types come first: only regular files are
     read, no link is followed."""
     directory = f"{ETC_NETNS_DIR}/{name}"
+    scan.wanted = name in names
     if kind != FileType.DIRECTORY:
         scan.in_the_way(directory, kind)
         return

@@ -292,6 +292,7 @@ def test_failures_are_retried_and_sighup_resyncs(sandbox: Path) -> None:
         watch.process.send_signal(signal.SIGHUP)
         wait_for("a resync", lambda: len(watch.reconciles()) > count)
         assert "sighup" in watch.reconciles()[count]["trigger"].split(",")
+        assert watch.reconciles()[count]["full_read"]  # a resync trusts no cache
 
 
 def exits_within_a_second(watch: Watch, signum: int) -> int:

@@ -71,8 +71,31 @@ def wait(check: Callable[[], bool], limit: float = 120.0) -> float:
     while not check():
         if time.perf_counter() - start > limit:
             raise SystemExit("netapply did not converge in time")
-        time.sleep(0.0002)
+        time.sleep(0.001)
     return time.perf_counter() - start
+
+
+class LogTail:
+    """The watch log's reconcile lines, read as they come."""
+
+    def __init__(self, path: Path):
+        self.file = open(path)  # noqa: SIM115 - lives as long as the measurement
+        self.count = 0
+
+    def reconciles(self) -> int:
+        self.count += sum('"event": "reconcile"' in line for line in self.file.readlines())
+        return self.count
+
+    def quiet(self, seconds: float = 0.5) -> None:
+        """Until no reconcile was logged for `seconds`: the change's own
+        notifications and their trailing reconcile are over, and the next
+        change meets an idle watch (a change in the middle of an apply would
+        be a failed write, retried after a backoff)."""
+        count, since = self.reconciles(), time.perf_counter()
+        while time.perf_counter() - since < seconds:
+            time.sleep(0.02)
+            if self.reconciles() != count:
+                count, since = self.count, time.perf_counter()
 
 
 def timed(cmd: list[str]) -> float:
@@ -124,19 +147,20 @@ def measure(n: int, runs: int, cycles: int, cli_runs: int) -> dict[str, Any]:
     log = open(work / "watch.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([*CLI, "watch", "--log-format", "json", str(spec)], stderr=log,
                             cwd=REPO)
+    tail = LogTail(work / "watch.log")
     try:
-        wait(lambda: (work / "watch.log").read_text().count('"reconcile"') >= 1)
-        time.sleep(2.0)  # the start's own notifications and their trailing reconcile
+        wait(lambda: tail.reconciles() >= 1)
+        tail.quiet(2.0)  # the start's own notifications and their trailing reconcile
         edits, drifts = [], []
         for _ in range(runs):
             moved += 1
             target = address_of(moved)
             write_spec(spec, spec_text(n, moved))
             edits.append(wait(lambda target=target: has_address(target)))  # type: ignore[misc]
-            time.sleep(0.5)  # idle again: the next change is the first of its burst
+            tail.quiet()
             kernel.addr_del(FIRST, "eth0", target)
             drifts.append(wait(lambda target=target: has_address(target)))  # type: ignore[misc]
-            time.sleep(0.5)
+            tail.quiet()
         row["edit_to_converged_s"] = statistics.median(edits)
         row["drift_to_repaired_s"] = statistics.median(drifts)
         row["edit_samples"] = [round(x, 4) for x in edits]
@@ -147,10 +171,11 @@ def measure(n: int, runs: int, cycles: int, cli_runs: int) -> dict[str, Any]:
             target = address_of(moved)
             write_spec(spec, spec_text(n, moved))
             wait(lambda target=target: has_address(target))  # type: ignore[misc]
+            tail.quiet(0.3)
             kernel.addr_del(FIRST, "eth0", target)
             wait(lambda target=target: has_address(target))  # type: ignore[misc]
+            tail.quiet(0.3)
             if cycle + 1 in (max(1, cycles // 10), cycles):
-                time.sleep(0.5)
                 rss.append(status_kib(proc.pid, "VmRSS") / 1024)
         row["cycles"] = cycles
         row["rss_mb_after_tenth_and_end"] = [round(x, 1) for x in rss]
@@ -161,6 +186,7 @@ def measure(n: int, runs: int, cycles: int, cli_runs: int) -> dict[str, Any]:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+        tail.file.close()
         subprocess.run([*CLI, "destroy", "--auto-approve", str(spec)], capture_output=True,
                        cwd=REPO)
 

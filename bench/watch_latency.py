@@ -86,11 +86,13 @@ class LogTail:
         self.count += sum('"event": "reconcile"' in line for line in self.file.readlines())
         return self.count
 
-    def quiet(self, seconds: float = 0.5) -> None:
-        """Until no reconcile was logged for `seconds`: the change's own
-        notifications and their trailing reconcile are over, and the next
-        change meets an idle watch (a change in the middle of an apply would
-        be a failed write, retried after a backoff)."""
+    def quiet(self, after: int, seconds: float = 0.5) -> None:
+        """Until more than `after` reconciles were logged (the one the change
+        started has ended: its address shows before its verification does) and
+        then none for `seconds` (its own notifications' trailing reconcile is
+        over): the next change meets an idle watch. A change in the middle of
+        an apply would make it fail, and retry after a backoff."""
+        wait(lambda: self.reconciles() > after)
         count, since = self.reconciles(), time.perf_counter()
         while time.perf_counter() - since < seconds:
             time.sleep(0.02)
@@ -149,18 +151,19 @@ def measure(n: int, runs: int, cycles: int, cli_runs: int) -> dict[str, Any]:
                             cwd=REPO)
     tail = LogTail(work / "watch.log")
     try:
-        wait(lambda: tail.reconciles() >= 1)
-        tail.quiet(2.0)  # the start's own notifications and their trailing reconcile
+        tail.quiet(0, 2.0)  # the start, its own notifications and their trailing reconcile
         edits, drifts = [], []
         for _ in range(runs):
             moved += 1
             target = address_of(moved)
+            before = tail.reconciles()
             write_spec(spec, spec_text(n, moved))
             edits.append(wait(lambda target=target: has_address(target)))  # type: ignore[misc]
-            tail.quiet()
+            tail.quiet(before)
+            before = tail.reconciles()
             kernel.addr_del(FIRST, "eth0", target)
             drifts.append(wait(lambda target=target: has_address(target)))  # type: ignore[misc]
-            tail.quiet()
+            tail.quiet(before)
         row["edit_to_converged_s"] = statistics.median(edits)
         row["drift_to_repaired_s"] = statistics.median(drifts)
         row["edit_samples"] = [round(x, 4) for x in edits]
@@ -169,15 +172,20 @@ def measure(n: int, runs: int, cycles: int, cli_runs: int) -> dict[str, Any]:
         for cycle in range(cycles):
             moved += 1
             target = address_of(moved)
+            before = tail.reconciles()
             write_spec(spec, spec_text(n, moved))
             wait(lambda target=target: has_address(target))  # type: ignore[misc]
-            tail.quiet(0.3)
+            tail.quiet(before)
+            before = tail.reconciles()
             kernel.addr_del(FIRST, "eth0", target)
             wait(lambda target=target: has_address(target))  # type: ignore[misc]
-            tail.quiet(0.3)
+            tail.quiet(before)
             if cycle + 1 in (max(1, cycles // 10), cycles):
                 rss.append(status_kib(proc.pid, "VmRSS") / 1024)
         row["cycles"] = cycles
+        logged = (work / "watch.log").read_text()
+        row["reconciles"] = logged.count('"event": "reconcile"')
+        row["failed_reconciles"] = logged.count('"result": "failed"')
         row["rss_mb_after_tenth_and_end"] = [round(x, 1) for x in rss]
         row["peak_rss_mb"] = round(status_kib(proc.pid, "VmHWM") / 1024, 1)
         return row

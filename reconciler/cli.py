@@ -230,6 +230,10 @@ def _parser() -> argparse.ArgumentParser:
                 "--confirm-timeout", type=_seconds, default=None, metavar="SECONDS",
                 help="after applying, roll back unless `netapply confirm SPEC` is run within "
                      "SECONDS (as netplan try does)")
+            p.add_argument(
+                "--verify-all", action="store_true",
+                help="after applying, read the whole kernel again and compare everything "
+                     "(default: what the apply wrote, and the firewall)")
     command("confirm", "keep what an apply --confirm-timeout is waiting to roll back")
     p = on_host(command("check", "check the spec's expectations (expect) with real packets"))
     p.add_argument("--output", choices=("text", "json"), default="text")
@@ -943,7 +947,8 @@ class Cli:
                     if check is not None:
                         check()
 
-                return engine.apply(kernel, spec, plan, destroy, advance, self.host)
+                return engine.apply(kernel, spec, plan, destroy, advance, self.host,
+                                    getattr(self.args, "verify_all", False))
 
         # Not a terminal: plain lines, written as they are (no markup, no
         # terminal checks per line, which cost rich about 30 per container).
@@ -956,7 +961,8 @@ class Cli:
             if check is not None:
                 check()
 
-        return engine.apply(kernel, spec, plan, destroy, log, self.host)
+        return engine.apply(kernel, spec, plan, destroy, log, self.host,
+                            getattr(self.args, "verify_all", False))
 
     def _confirm(self, project: str, destroy: bool) -> bool:
         if not sys.stdin.isatty():

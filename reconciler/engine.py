@@ -33,17 +33,20 @@ from reconciler.resources import (
     Bridge,
     Firewall,
     HostsFile,
+    HostsTable,
     Key,
     Kind,
     Leftover,
     LeftoverFile,
+    Netns,
     Resource,
     Sysctl,
     Veth,
     Vxlan,
     is_shared,
+    tables_dir,
 )
-from reconciler.state.observe import UNSEEN_NS, ObservedState, observe
+from reconciler.state.observe import UNSEEN_NS, ObservedState, Reread, observe
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -167,7 +170,8 @@ def plan_from(
         notes.extend(desired_mod.late_port_holders(observed))
         plan = planner.plan(wanted, observed.resources)
         plan = replace(plan, disruption=disruption.assess(
-            plan, wanted, observed.resources, container_names(machines.share(spec, host))))
+            plan, wanted, observed.resources, container_names(machines.share(spec, host))),
+            observed=observed)
         return Snapshot(observed, wanted, plan, tuple(notes))
 
 
@@ -200,13 +204,18 @@ def _unread_notes(observed: ObservedState) -> list[str]:
     return []
 
 
-def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> ObservedState:
-    """What the spec's project owns in the kernel, and the foreign names around it."""
+def observe_project(
+    kernel: Kernel, spec: Spec, host: str | None = None,
+    previous: ObservedState | None = None, reread: Reread | None = None,
+) -> ObservedState:
+    """What the spec's project owns in the kernel, and the foreign names around it.
+    With `previous` and `reread`, only the parts reread names are read again
+    (state.observe.observe)."""
     share = machines.share(spec, host)
     with no_gc_pauses():
         observed = observe(
             kernel, spec.project, netns_paths(share), desired_mod.used_link_kinds(share),
-            hosts_blocks(share), netns_names(share),
+            hosts_blocks(share), netns_names(share), previous, reread,
         )
     # Every command refuses these, destroy and show too: a path to the host's
     # namespace or a second name of one would be read as a container's.
@@ -217,10 +226,50 @@ def observe_project(kernel: Kernel, spec: Spec, host: str | None = None) -> Obse
 
 
 def snapshot(
-    kernel: Kernel, spec: Spec, destroy: bool = False, host: str | None = None
+    kernel: Kernel, spec: Spec, destroy: bool = False, host: str | None = None,
+    previous: ObservedState | None = None, reread: Reread | None = None,
 ) -> Snapshot:
-    """Observe and plan. With destroy, the desired state is empty."""
-    return plan_from(spec, observe_project(kernel, spec, host), destroy, host)
+    """Observe and plan. With destroy, the desired state is empty. `previous`
+    and `reread`: read again only what reread names (observe_project)."""
+    return plan_from(spec, observe_project(kernel, spec, host, previous, reread), destroy, host)
+
+
+def written(plan: Plan) -> Reread:
+    """The parts of the kernel a plan writes to: the host namespace if any of
+    its objects is there, the namespaces of the others (before and after a
+    change), /run/netns when it makes or deletes a namespace, the /etc/netns
+    entries of hosts files and leftovers, and the project's tables. The
+    firewall is always read again (and always verified)."""
+    namespaces: set[str] = set()
+    files: set[str] = set()
+    host = netns_dir = tables = False
+    for change in (*plan.changes, *plan.parked):
+        for res in (change.before, change.after):
+            if res is None:
+                continue
+            if isinstance(res, HostsTable):
+                tables = True
+            elif isinstance(res, HostsFile):
+                files.add(res.netns)
+            elif isinstance(res, LeftoverFile):
+                place, _, rest = res.path.removeprefix("/").partition("/")
+                if rest.startswith("netns/"):  # /run/netns/<name>, /etc/netns/<name>[/...]
+                    name = rest.removeprefix("netns/").split("/", 1)[0]
+                    files.add(name)
+                    netns_dir = netns_dir or place == "run"
+                    tables = tables or name.startswith(tables_dir(""))
+                else:
+                    host = True
+            elif res.ns == HOST_NS:
+                host = True
+            elif res.ns != UNSEEN_NS:
+                namespaces.add(res.ns)
+            if isinstance(res, Netns):
+                netns_dir = True
+            if isinstance(res, Veth):
+                host = True  # its host end
+    return Reread(host=host, nft=True, netns_dir=netns_dir, namespaces=frozenset(namespaces),
+                  files=frozenset(files), tables=tables)
 
 
 # The step an ApplyError names when the verification after the plan fails.
@@ -229,10 +278,24 @@ VERIFY = "verify the kernel after the apply"
 
 def apply(
     kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
-    progress: Progress | None = None, host: str | None = None,
+    progress: Progress | None = None, host: str | None = None, verify_all: bool = False,
 ) -> Result:
+    """Execute the plan and verify it (apply_verified), returning what was done."""
+    return apply_verified(kernel, spec, plan, destroy, progress, host, verify_all)[0]
+
+
+def apply_verified(
+    kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
+    progress: Progress | None = None, host: str | None = None, verify_all: bool = False,
+) -> tuple[Result, Snapshot]:
     """Execute the plan, then re-observe: a non-empty plan afterwards is an error
     that shows what still differs.
+
+    What is verified: the objects the plan wrote and the firewall, read again
+    with everything else of the namespaces they are in (written); the rest of
+    the kernel is taken as the plan saw it, which the desired state is built
+    from again. With verify_all, or a plan that does not carry the observation
+    it was made from (plan.observed), everything is read again and compared.
 
     Once the plan has started, every failure is an ApplyError whose `done`
     lists the steps done, so callers report it as a failed apply (and roll
@@ -244,15 +307,37 @@ def apply(
     interrupted (Ctrl-C). An exception `progress` raises goes through."""
     result = execute(kernel, spec.project, plan, progress, spec.ns_owners())
     try:
-        after = snapshot(kernel, spec, destroy=destroy, host=host)
-        _verify(after.plan, "the kernel did not converge after apply")
+        after = verify(kernel, spec, plan, destroy, host, verify_all)
     except KeyboardInterrupt:
         raise ApplyError(VERIFY, NetapplyError("interrupted by the user"), result.done) from None
     except Exception as e:
         raise ApplyError(VERIFY, internal(e), result.done) from e
     if destroy:
         destroyed(after.observed, len(result.done))
-    return result
+    return result, after
+
+
+def verify(
+    kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False, host: str | None = None,
+    verify_all: bool = False,
+) -> Snapshot:
+    """Read the kernel again after `plan` was executed, and raise
+    ConvergenceError when what it wrote (or, with verify_all, anything) still
+    differs from the spec. The snapshot returned is of the kernel now; its
+    plan is empty, or covers only what the plan did not write."""
+    if verify_all or plan.observed is None:
+        after = snapshot(kernel, spec, destroy=destroy, host=host)
+        _verify(after.plan, "the kernel did not converge after apply")
+        return after
+    after = snapshot(kernel, spec, destroy, host, plan.observed, written(plan))
+    keys = {c.key for c in plan.changes} | {
+        key for key in after.desired.keys() | after.observed.resources.keys()
+        if key[0] in (Kind.FIREWALL, Kind.DOCKER_USER)}
+    left = planner.plan({k: after.desired[k] for k in keys if k in after.desired},
+                        {k: after.observed.resources[k] for k in keys
+                         if k in after.observed.resources})
+    _verify(left, "the kernel did not converge after apply")
+    return after
 
 
 def _restorable(res: Resource) -> bool:

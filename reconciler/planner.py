@@ -33,6 +33,7 @@ from reconciler.resources import (
 
 if TYPE_CHECKING:
     from reconciler.disruption import Assessment
+    from reconciler.state.observe import ObservedState
 
 # Creation order by kind. Every dependency points from an earlier kind to a later
 # one (namespace -> link, bridge -> port, link -> address -> route), so sorting by
@@ -118,6 +119,9 @@ class Plan:
     # What the changes interrupt, for whom (disruption.assess): for display and
     # JSON only, so it takes no part in comparing plans.
     disruption: Assessment | None = field(default=None, compare=False)
+    # The observation the plan was made from (engine.plan_from), so that the
+    # verification after applying it reads again only what it wrote.
+    observed: ObservedState | None = field(default=None, compare=False, repr=False)
 
     @property
     def empty(self) -> bool:

@@ -1,14 +1,26 @@
 """`netapply watch`: keep the kernel equal to the spec, unattended.
 
-Level-based, as controller-runtime's reconcile loop: a spec file event, a
-kernel notification, a timer or SIGHUP only says "look again"; every
-reconcile is the same full observe -> plan -> apply as `netapply apply`.
+Level-based, as controller-runtime's reconcile loop: a spec change (a file
+event, an etcd revision), a kernel notification, a timer or SIGHUP only says
+"look again"; every reconcile is the same observe -> plan -> apply -> verify
+as `netapply apply`.
 The engine's own writes cause notifications too (and the kernel's own
 follow-ups, such as IPv6 addresses becoming usable); they lead to a few more
 reconciles, which find nothing to do and so write nothing.
 
-- Triggers arrive on one queue; a burst (events closer than the debounce
-  interval) makes one reconcile.
+What makes a reconcile cheap: the namespaces' netlink sockets stay open; the
+observation is cached (state/cache.py), and a notification marks the part
+of the kernel it is about (a namespace, the host's, nftables, an /etc/netns
+entry) to be read again, and only those parts are; the timer's resync, and
+any notification lost (ENOBUFS), read everything again. The spec comes from
+a source (sources/: files or etcd); of a spec on disk, only the files that
+changed are parsed again (speccache.py), and a spec whose files are all as
+they were is not built again. The plan is made whole, from the cached
+state; the verification reads again what the apply wrote.
+
+- Triggers arrive on one queue. The first of a burst starts a reconcile at
+  once (leading edge); what comes while it runs, or within the debounce
+  interval after it, makes one more when the burst has calmed down.
 - An invalid spec is logged, error by error, and the last good spec stays in
   force: drift is still repaired against it, and nothing is torn down.
 - A failed reconcile is retried with capped exponential backoff; the loop
@@ -43,14 +55,15 @@ from watchdog.observers import Observer
 from reconciler import engine, expect, firewall, fleet, lock, machines, runtimes, sources
 from reconciler import spec as spec_mod
 from reconciler.drivers.events import KernelEvents
-from reconciler.drivers.kernel import NETNS_DIR
+from reconciler.drivers.kernel import ETC_NETNS_DIR, NETNS_DIR
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import NetapplyError, SpecError
 from reconciler.executor import describe
 from reconciler.model import Runtime, Spec
 from reconciler.planner import Action, Change
-from reconciler.resources import Netns, Sublink, Veth
+from reconciler.resources import Netns, Sublink, Veth, tables_dir
 from reconciler.sources.files import FileSource
+from reconciler.state.cache import ObservedCache
 from reconciler.state.observe import ObservedState
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
@@ -86,6 +99,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     detail: str = ""
     steps: list[str] = field(default_factory=list)  # what was done ("web: create address ...")
+    full_read: bool = False  # the observation read the whole kernel (no cache)
 
 
 class Log:
@@ -126,16 +140,45 @@ class _LibraryLog(logging.Handler):
 
 
 class _NetnsEvents(FileSystemEventHandler):
-    """A named namespace disappearing (`ip netns del`)."""
+    """Entries of /run/netns changing: the cache reads that name again (the
+    namespace may be another now); an owned one deleted (`ip netns del`)
+    asks for a reconcile."""
 
-    def __init__(self, notify: Callable[[str], None]):
+    def __init__(self, notify: Callable[[str], None], cache: ObservedCache):
         self.notify = notify
+        self.cache = cache
         self.owned: set[str] = set()
 
-    def on_deleted(self, event: FileSystemEvent) -> None:
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write", "closed"):
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path:
+                self.cache.netns_entry(os.path.basename(os.fsdecode(path)))
         name = os.path.basename(os.fsdecode(event.src_path))
-        if name in self.owned:
+        if event.event_type == "deleted" and name in self.owned:
             self.notify(f"netns {name} deleted")
+
+
+class _EtcNetnsEvents(FileSystemEventHandler):
+    """Changes under /etc/netns: the entry they are in is read again at the next
+    reconcile (hosts files are repaired then, as before the cache)."""
+
+    def __init__(self, cache: ObservedCache):
+        self.cache = cache
+        self.tables = ""  # the project's tables directory, once known
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if not path:
+                continue
+            rest = os.path.relpath(os.fsdecode(path), ETC_NETNS_DIR)
+            name = rest.split(os.sep, 1)[0]
+            if name in (".", ".."):
+                continue
+            self.cache.etc_entry(None if name == self.tables else name)
 
 
 class Watcher:
@@ -149,6 +192,12 @@ class Watcher:
         self.last_good: Spec | None = None
         self.owned_netns: set[str] = set()  # as the last successful reconcile left them
         self.reconciles = 0
+        self.cache = ObservedCache()
+        self.kernel: NetlinkKernel | None = None  # kept from one reconcile to the next
+        self.unwatched = False  # /run/netns or /etc/netns unwatched: no cache to trust
+        # The last spec built and the source's files it was built from: a source
+        # that gives the very same files again (nothing changed) is not built again.
+        self.built: tuple[spec_mod.Sources, Spec | SpecError] | None = None
         self.host_said: str | None = None
         self.resolver = runtimes.Resolver(options.engine_urls)
         self.engine_events = runtimes.EngineEvents(
@@ -173,14 +222,20 @@ class Watcher:
             self.triggers.put(STOP)
 
     def _wait(self, timeout: float, reason: str, backing_off: bool) -> str | None:
-        """What triggers the next reconcile: the first trigger to arrive and the
-        rest of its burst (each within the debounce interval of the one before,
-        for at most BURST_MAX), or `reason` when timeout passes; None to stop.
+        """What triggers the next reconcile, or `reason` when timeout passes;
+        None to stop. The first trigger that comes while idle goes at once
+        (leading edge), with whatever is queued by then. Triggers that came
+        while the last reconcile ran are a burst: it and the rest of it (each
+        within the debounce interval of the one before, for at most BURST_MAX)
+        make one reconcile (the trailing one).
         While backing off, kernel events wait for the retry: a failing
         reconcile's own partial writes must not make it fail again at once.
-        The spec and SIGHUP go through at once."""
+        The spec and SIGHUP go through at once; but a spec event about what
+        the failing reconcile read already (the last events of the write it
+        woke up for, seen while it ran) waits too."""
         deadline = time.monotonic() + timeout
         kinds: set[str] = set()
+        during = not self.triggers.empty()  # came while the last reconcile ran
         while True:
             try:
                 item = self.triggers.get(timeout=max(deadline - time.monotonic(), 0.0))
@@ -189,8 +244,20 @@ class Watcher:
             if item == STOP:
                 return None
             kinds.add(item[0])
-            if not (backing_off and item[0] == "kernel"):
+            if not (backing_off and (item[0] == "kernel"
+                                     or (item[0] == "spec" and self.source.unchanged()))):
                 break
+        if not during:
+            # Leading edge: the first event while idle goes at once, with whatever
+            # is queued already; what comes while it runs makes one more, below.
+            while True:
+                try:
+                    item = self.triggers.get_nowait()
+                except queue.Empty:
+                    return ",".join(sorted(kinds))
+                if item == STOP:
+                    return None
+                kinds.add(item[0])
         burst_end = time.monotonic() + BURST_MAX
         while (left := min(self.options.debounce, burst_end - time.monotonic())) > 0:
             try:
@@ -209,12 +276,17 @@ class Watcher:
             signal.signal(signum, self._on_signal)
         logging.getLogger().addHandler(_LibraryLog(self.log))
         observer = Observer()
-        netns_events = _NetnsEvents(self._put("kernel"))
+        netns_events = _NetnsEvents(self._put("kernel"), self.cache)
+        etc_events = _EtcNetnsEvents(self.cache)
         try:
             os.makedirs(NETNS_DIR, exist_ok=True)
             observer.schedule(netns_events, NETNS_DIR)
+            os.makedirs(ETC_NETNS_DIR, exist_ok=True)
+            observer.schedule(etc_events, ETC_NETNS_DIR, recursive=True)
         except OSError as e:  # e.g. the machine's limit of inotify watches
-            text = f"cannot watch files ({e}); changes are seen at the next resync"
+            self.unwatched = True
+            text = (f"cannot watch files ({e}); changes are seen at the next resync, and "
+                    "every reconcile reads the whole kernel")
             self.log.line("error", text, error=text)
         observer.start()
         kernel_events: KernelEvents | None = None
@@ -226,8 +298,9 @@ class Watcher:
         try:
             trigger: str | None = "start"
             backoff = 0.0
+            resync = False
             while trigger is not None and not self.stopping:
-                self.source.refresh()
+                self.source.refresh(resync)
                 outcome = self._reconcile(trigger)
                 if outcome.result == "stopped":
                     break
@@ -235,9 +308,10 @@ class Watcher:
                 if self.last_good is not None:
                     if kernel_events is None or not kernel_events.alive():
                         project = self.last_good.project
+                        etc_events.tables = tables_dir(project)
                         kernel_events = KernelEvents(
                             project, firewall.table_name(project), self._put("kernel"),
-                            lambda text: self.log.line("error", text, error=text))
+                            lambda text: self.log.line("error", text, error=text), self.cache)
                         kernel_events.start()
                     netns_events.owned = {ns for ns in self.owned_netns if "/" not in ns}
                     kernel_events.watch(self.owned_netns)
@@ -247,6 +321,12 @@ class Watcher:
                 if backoff and backoff < wait:
                     wait, reason = backoff, "retry"
                 trigger = self._wait(wait, reason, backing_off=bool(backoff))
+                # A resync trusts nothing kept: the whole kernel is read again,
+                # and so is every file of the spec (the source's refresh).
+                resync = trigger is not None and not {"resync", "sighup"}.isdisjoint(
+                    trigger.split(","))
+                if resync:
+                    self.cache.everything()
         finally:
             # Its threads may still see an event while they stop, and say so.
             logging.getLogger("watchdog").setLevel(logging.ERROR)
@@ -256,6 +336,8 @@ class Watcher:
                 kernel_events.stop()
             self.engine_events.stop()
             self.resolver.close()
+            if self.kernel is not None:
+                self.kernel.close()
             observer.join(timeout=2)
         self.log.line("stop", "stopped", reconciles=self.reconciles)
         return 0
@@ -267,13 +349,15 @@ class Watcher:
         took = time.monotonic() - started
         text = f"reconcile ({trigger}): {outcome.result}, {outcome.actions} action(s) in " \
                f"{took:.3f} s"
+        if outcome.full_read:
+            text += " (read the whole kernel)"
         if outcome.detail:
             text += f"; {outcome.detail}"
         if outcome.steps:
             text += ": " + "; ".join(outcome.steps)
         self.log.line("reconcile", text, trigger=trigger, result=outcome.result,
                       actions=outcome.actions, duration_s=round(took, 4), errors=outcome.errors,
-                      detail=outcome.detail, steps=outcome.steps)
+                      detail=outcome.detail, steps=outcome.steps, full_read=outcome.full_read)
         for error in outcome.errors:
             self.log.line("error", f"  {error}", error=error)
         return outcome
@@ -284,10 +368,25 @@ class Watcher:
         for _attempt in range(3):
             read = self.source.read()
             try:
-                return read, self.source.settle(spec_mod.build(read))
+                return read, self.source.settle(self._build(read))
             except sources.Changed:
                 continue
         raise NetapplyError("the spec kept changing while overlay addresses were allocated")
+
+    def _build(self, read: spec_mod.Sources) -> Spec:
+        """spec.build(read), or what it gave last time when the source gave
+        the very same files again (a file source whose files are unchanged)."""
+        if self.built is None or self.built[0] is not read:
+            result: Spec | SpecError
+            try:
+                result = spec_mod.build(read)
+            except SpecError as e:
+                result = e
+            self.built = (read, result)
+        result = self.built[1]
+        if isinstance(result, SpecError):
+            raise SpecError(list(result.problems))
+        return result
 
     def _hosts_changed(self, spec: Spec) -> None:
         """Says which machines joined or left (live hosts in etcd)."""
@@ -338,7 +437,6 @@ class Watcher:
         return outcome
 
     def _apply(self, spec: Spec) -> Outcome:
-        kernel: NetlinkKernel | None = None
         steps: list[str] = []
         owners: dict[str, str] = {}  # of the resolved spec (runtime containers' paths)
 
@@ -348,11 +446,21 @@ class Watcher:
             if self.stopping:
                 raise Stopping
 
+        reread, renamed = self.cache.take()
+        stored = False
         try:
-            kernel = NetlinkKernel()
+            if self.kernel is None:
+                self.kernel = NetlinkKernel()
+            kernel = self.kernel
+            for name in renamed:  # its socket may be bound to a namespace gone from there
+                kernel.forget(name)
+            kernel.forget_moved_paths()
+            if self.unwatched:
+                reread = None
             # In etcd, the name this machine registered as (if the spec spans machines).
             requested = self.options.host or (self.source.host if spec.hosts else None)
-            chosen = machines.select(spec, requested, engine.local_addresses(kernel))
+            local = engine.local_addresses(kernel) if spec.hosts and not requested else []
+            chosen = machines.select(spec, requested, local)
             host = chosen.host
             if host is not None and host != self.host_said:
                 self.log.line("host", f"this machine is host '{host}' ({chosen.why})",
@@ -362,7 +470,9 @@ class Watcher:
             spec = resolution.spec
             owners.update(spec.ns_owners())
             with lock.project_lock(spec.project, self.options.lock_timeout):
-                snap = engine.snapshot(kernel, spec, host=host)
+                snap = engine.snapshot(kernel, spec, host=host, previous=self.cache.observed,
+                                       reread=reread)
+                observed = snap.observed
                 # Said once each time they change: skipped runtime containers,
                 # a port someone else started holding, other managers.
                 notes = (*resolution.notes, *snap.notes, *fleet.gone(spec))
@@ -371,14 +481,18 @@ class Watcher:
                         self.log.line("note", note, note=note)
                     self.notes_said = notes
                 if not snap.plan.empty:
-                    engine.apply(kernel, spec, snap.plan, progress=progress, host=host)
+                    _, after = engine.apply_verified(kernel, spec, snap.plan, progress=progress,
+                                                     host=host)
+                    observed = after.observed
+            self.cache.store(observed)
+            stored = True
             # Converged: the namespaces with the project's links are the desired
             # ones (made, or attached to by netns_path).
             self.owned_netns = {r.name for r in snap.desired.values() if isinstance(r, Netns)}
             self.owned_netns |= {r.ns for r in snap.desired.values()
                                  if isinstance(r, Veth | Sublink) and r.ns.startswith("/")}
-            self._check_expectations(spec, snap.observed, host)
-            return Outcome("converged", len(steps), steps=steps)
+            self._check_expectations(spec, observed, host)
+            return Outcome("converged", len(steps), steps=steps, full_read=reread is None)
         except Stopping:
             return Outcome("stopped", len(steps), detail="stopped between two actions",
                            steps=steps)
@@ -393,9 +507,8 @@ class Watcher:
             return Outcome("failed", len(steps), [f"internal error: {''.join(lines).strip()}"],
                            steps=steps)
         finally:
-            if kernel is not None:
-                kernel.close()
-
+            if not stored:  # what was taken to be read again is not known to be read
+                self.cache.give_back()
 
     def _check_expectations(self, spec: Spec, observed: ObservedState, host: str | None) -> None:
         """After a converge: check the spec's expectations, and log those that

@@ -11,6 +11,11 @@ changed:
   addresses, routes and static neighbour or forwarding entries on them;
 - in nftables, anything touching the project's table (a `flush ruleset`
   deletes it).
+
+Beside that decision, every message marks the part of the kernel it is about
+as to be read again (Marks: watch mode's cache of the observation, see
+state/cache.py), relevant or not: a namespace, the host namespace, nftables.
+A lost message (ENOBUFS), or a listener that starts (over), marks everything.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from reconciler.drivers import rtnl
 from reconciler.drivers.kernel import NETNS_DIR, NUD_NOARP, NUD_PERMANENT
@@ -33,8 +39,11 @@ from reconciler.resources import DOCKER_USER_CHAIN, DOCKER_USER_TABLE, owner_ali
 RTNLGRP_LINK, RTNLGRP_NEIGH = 1, 3
 RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE = 5, 7
 RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE = 9, 11
+RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE = 8, 19
 GROUPS = (RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE,
-          RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE)
+          RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV4_RULE, RTNLGRP_IPV6_RULE)
+RTM_NEWRULE, RTM_DELRULE = 32, 33
+RCVBUF = 1 << 20  # bytes of notifications a listening socket holds before it loses some
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
@@ -52,9 +61,33 @@ NFT = "\0nftables"  # the nftables socket's key among the namespaces' ones
 Notify = Callable[[str], None]
 
 
+class Marks(Protocol):
+    """Where the parts of the kernel a message is about are marked to be read
+    again (state/cache.py's ObservedCache)."""
+
+    def everything(self) -> None: ...
+    def namespace(self, ns: str) -> None: ...
+    def host(self) -> None: ...
+    def nft(self) -> None: ...
+
+
+class _NoMarks:
+    def everything(self) -> None:
+        pass
+
+    def namespace(self, ns: str) -> None:
+        pass
+
+    def host(self) -> None:
+        pass
+
+    def nft(self) -> None:
+        pass
+
+
 def _subscribed(protocol: int, groups: Iterable[int]) -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     mask = 0
     for group in groups:
         mask |= 1 << (group - 1)
@@ -79,7 +112,9 @@ class KernelEvents:
     given to another). If the thread fails, it says so through on_error, asks
     for a reconcile, and starts over with new sockets."""
 
-    def __init__(self, project: str, nft_table: str, notify: Notify, on_error: Notify):
+    def __init__(self, project: str, nft_table: str, notify: Notify, on_error: Notify,
+                 marks: Marks | None = None):
+        self.marks: Marks = marks if marks is not None else _NoMarks()
         self.alias_prefix = owner_alias(project) + "/"
         self.nft_table = nft_table
         self.notify = notify
@@ -151,6 +186,8 @@ class KernelEvents:
         with selectors.DefaultSelector() as selector:
             host = self._sockets[HOST] = _subscribed(rtnl.NETLINK_ROUTE, GROUPS)
             nft = self._sockets[NFT] = _subscribed(NETLINK_NETFILTER, (NFNLGRP_NFTABLES,))
+            # What changed before these sockets listened is unknown.
+            self.marks.everything()
             self._owned_host_links = self._host_links()
             selector.register(self._wake_r, selectors.EVENT_READ, None)
             selector.register(host, selectors.EVENT_READ, HOST)
@@ -206,6 +243,9 @@ class KernelEvents:
             self._failed.pop(ns, None)
             self._listeners[identity] = (ns, sock)
             selector.register(sock, selectors.EVENT_READ, ns)
+            # What changed there between its last reading and now is unknown.
+            self.marks.namespace(ns)
+            self.notify(f"listening in netns {ns}")
 
     def _host_links(self) -> set[int]:
         with rtnl.Rtnl() as sock:
@@ -222,7 +262,8 @@ class KernelEvents:
             except BlockingIOError:
                 break
             except OSError as e:
-                if e.errno == errno.ENOBUFS:  # messages were lost: look again
+                if e.errno == errno.ENOBUFS:  # messages were lost: look again, at everything
+                    self.marks.everything()
                     found = found or f"{where}: notifications overflowed"
                     continue
                 raise
@@ -231,15 +272,16 @@ class KernelEvents:
                 size, kind, _flags, _seq, _pid = rtnl.HEADER.unpack_from(data, offset)
                 if size < rtnl.HEADER.size:
                     break
-                if found is None:
-                    what = relevant(data[offset:offset + size], kind)
-                    if what is not None:
-                        found = f"{where}: {what}"
+                # Every message is looked at: each marks what it is about.
+                what = relevant(data[offset:offset + size], kind)
+                if found is None and what is not None:
+                    found = f"{where}: {what}"
                 offset += (size + 3) & ~3
         if found is not None:
             self.notify(found)
 
     def _route_relevant(self, ns: str, message: bytes, kind: int) -> str | None:
+        self._mark(ns, message, kind)
         body = rtnl.HEADER.size
         if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
             index = rtnl.IFINFO.unpack_from(message, body)[2]
@@ -278,11 +320,28 @@ class KernelEvents:
             return None
         return None
 
+    def _mark(self, ns: str, message: bytes, kind: int) -> None:
+        """The part of the kernel a message is about is to be read again: its
+        namespace; in the host namespace, everything but the neighbour entries
+        the kernel learns (which observation does not read)."""
+        if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
+            if ns != HOST:
+                return
+            family, _index, state, _flags, _type = rtnl.NDMSG.unpack_from(
+                message, rtnl.HEADER.size)
+            if not state & (STATIC if family == rtnl.AF_BRIDGE else NUD_PERMANENT):
+                return
+        if ns == HOST:
+            self.marks.host()
+        else:
+            self.marks.namespace(ns)
+
     def _nft_relevant(self, message: bytes, kind: int) -> str | None:
         """The project's table, or Docker's DOCKER-USER chain (where the project
         keeps accept rules), or the table holding it, changed."""
         if kind >> 8 != NFNL_SUBSYS_NFTABLES:
             return None
+        self.marks.nft()  # observation reads every table (names, chains, DNAT rules)
         texts = {key: bytes(value).split(b"\0", 1)[0].decode(errors="replace")
                  for key, value in rtnl.attrs(message, rtnl.HEADER.size + NFGENMSG_SIZE)
                  if key in (NFTA_NAME, NFTA_RULE_CHAIN, NFTA_CHAIN_NAME)}

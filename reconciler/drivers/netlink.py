@@ -125,6 +125,9 @@ class NetlinkKernel:
         self._budget = socket_budget()
         self._indexes: dict[str, dict[str, int]] = {}  # ns -> ifname -> index
         self._closer = announce.Closer()  # announcement sockets, closed off the apply's path
+        # The namespace each netns_path's socket was opened in (nsfs identity).
+        self._path_ids: dict[str, tuple[int, int] | None] = {}
+        self._kinds: set[str] = set()  # link kinds known to be supported
 
     # ---- sockets -------------------------------------------------------------
 
@@ -150,12 +153,28 @@ class NetlinkKernel:
                 self._forget(next(iter(self._sockets)))
 
     def _open(self, ns: str) -> Rtnl:
+        if ns.startswith("/"):
+            self._path_ids[ns] = inspect_ns(ns).identity
         return in_namespace(ns, Rtnl)
 
     def _forget(self, ns: str) -> None:
         sock = self._sockets.pop(ns, None)
+        self._path_ids.pop(ns, None)
         if sock is not None:
             sock.close()
+
+    def forget(self, ns: str) -> None:
+        """Close the socket kept for ns (a name of /run/netns that may lead to
+        another namespace now); the next request opens one anew."""
+        self._forget(ns)
+
+    def forget_moved_paths(self) -> None:
+        """Close the sockets of netns_path namespaces whose path leads to another
+        namespace now (or none): a process that ended, its PID used again.
+        For a run that keeps its sockets across reconciles (watch)."""
+        for path, identity in list(self._path_ids.items()):
+            if inspect_ns(path).identity != identity:
+                self._forget(path)
 
     def close(self) -> None:
         self._closer.wait()
@@ -253,10 +272,9 @@ class NetlinkKernel:
         )
 
     def routes(self, ns: str) -> list[RouteInfo]:
-        found = self._call(f"list routes in {_ns_label(ns)}", lambda: self._sock(ns).routes())
-        return [
-            RouteInfo(r.dst, r.via, r.oif, r.proto) for r in found if r.table == RT_TABLE_MAIN
-        ]
+        found = self._call(f"list routes in {_ns_label(ns)}",
+                           lambda: self._sock(ns).routes(RT_TABLE_MAIN))
+        return [RouteInfo(r.dst, r.via, r.oif, r.proto) for r in found]
 
     def read_file(self, path: str) -> str | None:
         """The text of a regular file (bytes that are not UTF-8 replaced), None
@@ -343,11 +361,16 @@ class NetlinkKernel:
         link of that kind is made: rtnetlink asks modprobe for
         "rtnl-link-<kind>" (request_module in net/core/rtnetlink.c), an alias
         that depmod lists in modules.alias of the running kernel."""
+        if kind in self._kinds:  # a driver, once there, stays (or is loaded again)
+            return True
         registered = self._call(
             f"find out whether the kernel supports {kind} links",
             lambda: self._sock("").kind_registered(kind),
         )
-        return registered or _module_alias(f"rtnl-link-{kind}")
+        if registered or _module_alias(f"rtnl-link-{kind}"):
+            self._kinds.add(kind)
+            return True
+        return False
 
     # ---- machine-wide settings -------------------------------------------------
 

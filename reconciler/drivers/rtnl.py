@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import mmap
 import os
@@ -32,6 +33,7 @@ from reconciler.drivers.kernel import (
 
 NETLINK_ROUTE = 0
 NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12  # Linux 4.20: dump requests are checked, and their filters honoured
 SOL_NETLINK = 270
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -55,6 +57,8 @@ AF_BRIDGE = 7
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINK, IFLA_MTU, IFLA_MASTER = 1, 3, 5, 4, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_AF_SPEC, IFLA_NET_NS_FD = 18, 20, 26, 28
+IFLA_EXT_MASK = 29
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # a link dump without its counters (Linux 4.12)
 # IFLA_AF_SPEC holds one nest per address family; IPv6's (AF_INET6) holds the
 # link's address generation mode (linux/if_link.h, enum in6_addr_gen_mode).
 IFLA_INET6_ADDR_GEN_MODE = 8  # u8
@@ -159,6 +163,14 @@ class Rtnl:
         # run with a socket in each of 1,000 namespaces does not hold 64 MiB.
         self._buffer = mmap.mmap(-1, RECV_SIZE)
         self._view = memoryview(self._buffer)
+        # With strict checking, the kernel applies a dump request's filters (a
+        # route table, a link's addresses) instead of sending everything; a
+        # kernel before 4.20 does not know the option, and the parsers filter.
+        try:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            self.strict = True
+        except OSError:
+            self.strict = False
 
     def close(self) -> None:
         self.sock.close()
@@ -228,58 +240,33 @@ class Rtnl:
                         link = U32.unpack_from(value)[0] or None
         return index, link
 
-    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[memoryview, int]]:
+    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[bytes, int]]:
+        """Each message of a dump, copied out of the receive buffer (the
+        parsers slice and search it as bytes)."""
         for _kind, message, offset in self._replies(self._send(kind, NLM_F_DUMP, body)):
-            yield message, offset
+            yield bytes(message), offset
 
     # ---- reads ----------------------------------------------------------------------
 
     def links(self, kind_filter: str | None = None) -> list[LinkInfo]:
         """Every link, or (kind_filter) those of a kind the kernel knows: a kind
         it does not know filters nothing (rtnl_dump_ifinfo in the kernel's
-        net/core/rtnetlink.c)."""
-        body = IFINFO.pack(0, 0, 0, 0, 0)
+        net/core/rtnetlink.c). Without their counters, which nothing reads."""
+        body = IFINFO.pack(0, 0, 0, 0, 0) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
         if kind_filter is not None:
             body += attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, kind_filter))
-        found = []
-        for msg, offset in self._dump(RTM_GETLINK, body):
-            _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
-            ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
-            isolated, hairpin, parent, mode = False, False, None, None
-            vxlan, ipv6_ll = None, False  # no IPv6 on the link: no link-local either
-            for key, value in attrs(msg, offset + IFINFO.size):
-                if key == IFLA_IFNAME:
-                    ifname = _text(value)
-                elif key == IFLA_MTU:
-                    mtu = U32.unpack_from(value)[0]
-                elif key == IFLA_ADDRESS:
-                    mac = _mac(value)
-                elif key == IFLA_IFALIAS:
-                    alias = _text(value) or None
-                elif key == IFLA_MASTER:
-                    master = U32.unpack_from(value)[0] or None
-                elif key == IFLA_LINK:
-                    parent = U32.unpack_from(value)[0] or None
-                elif key == IFLA_AF_SPEC:
-                    ipv6_ll = _ipv6_ll(value)
-                elif key == IFLA_LINKINFO:
-                    info = dict(attrs(bytes(value), 0))
-                    if IFLA_INFO_KIND in info:
-                        kind = _text(info[IFLA_INFO_KIND])
-                    if IFLA_INFO_DATA in info and kind in ("macvlan", "ipvlan"):
-                        mode = _sublink_mode(kind, bytes(info[IFLA_INFO_DATA]))
-                    elif IFLA_INFO_DATA in info and kind == "vxlan":
-                        vxlan = _vxlan_info(bytes(info[IFLA_INFO_DATA]))
-                    slave = info.get(IFLA_INFO_SLAVE_KIND)
-                    if IFLA_INFO_SLAVE_DATA in info and slave and _text(slave) == "bridge":
-                        port = dict(attrs(bytes(info[IFLA_INFO_SLAVE_DATA]), 0))
-                        isolated = bool(port.get(IFLA_BRPORT_ISOLATED, b"\0")[0])
-                        hairpin = bool(port.get(IFLA_BRPORT_MODE, b"\0")[0])
-            if kind not in ("macvlan", "ipvlan"):
-                parent = None  # veths name their peer here
-            found.append(LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias,
-                                  master, isolated, hairpin, parent, mode, vxlan, ipv6_ll))
-        return found
+        return [_link(msg, offset) for msg, offset in self._dump(RTM_GETLINK, body)]
+
+    def link(self, index: int) -> LinkInfo | None:
+        """One link by index; None when there is none (ENODEV)."""
+        body = IFINFO.pack(0, 0, index, 0, 0) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+        try:
+            for _kind, msg, offset in self._replies(self._send(RTM_GETLINK, 0, body)):
+                return _link(bytes(msg), offset)
+        except NetlinkError as e:
+            if e.errno != errno.ENODEV:
+                raise
+        return None
 
     def index(self, ifname: str) -> int:
         if len(ifname.encode()) > IFNAMSIZ:
@@ -293,40 +280,47 @@ class Rtnl:
         found = []
         for msg, offset in self._dump(RTM_GETADDR, IFADDR.pack(0, 0, 0, 0, 0)):
             family, prefixlen, _flags, _scope, index = IFADDR.unpack_from(msg, offset)
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
             local = address = None
-            for key, value in attrs(msg, offset + IFADDR.size):
+            for key, start, end in _spans(msg, offset + IFADDR.size):
                 if key == IFA_LOCAL:
-                    local = bytes(value)
+                    local = msg[start:end]
                 elif key == IFA_ADDRESS:
-                    address = bytes(value)
+                    address = msg[start:end]
             raw = local or address
-            if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
-                found.append(AddrInfo(index, f"{ipaddress.ip_address(raw)}/{prefixlen}"))
+            if raw is not None:
+                found.append(AddrInfo(index, f"{_ip(raw)}/{prefixlen}"))
         return found
 
-    def routes(self) -> list[RouteEntry]:
+    def routes(self, table: int | None = None) -> list[RouteEntry]:
+        """IPv4 and IPv6 routes, of every table or of `table` only (the kernel
+        filters them when it checks dumps strictly, else this does)."""
+        head = RTMSG.pack(0, 0, 0, 0, table or 0, 0, 0, 0, 0)
+        if table is not None and table > 255:
+            head += attr_u32(RTA_TABLE, table)
         found = []
-        for msg, offset in self._dump(RTM_GETROUTE, RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)):
-            family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = (
+        for msg, offset in self._dump(RTM_GETROUTE, head if self.strict else RTMSG.pack(
+                0, 0, 0, 0, 0, 0, 0, 0, 0)):
+            family, dst_len, _src, _tos, in_table, proto, _scope, _type, _flags = (
                 RTMSG.unpack_from(msg, offset)
             )
             if family not in (socket.AF_INET, socket.AF_INET6):
                 continue
             dst = via = None
             oif = None
-            for key, value in attrs(msg, offset + RTMSG.size):
+            for key, start, end in _spans(msg, offset + RTMSG.size):
                 if key == RTA_DST:
-                    dst = ipaddress.ip_address(bytes(value))
+                    dst = msg[start:end]
                 elif key == RTA_GATEWAY:
-                    via = str(ipaddress.ip_address(bytes(value)))
+                    via = _ip(msg[start:end])
                 elif key == RTA_OIF:
-                    oif = U32.unpack_from(value)[0]
+                    oif = U32.unpack_from(msg, start)[0]
                 elif key == RTA_TABLE:
-                    table = U32.unpack_from(value)[0]
-            if dst is None:
-                dst = ipaddress.ip_address("0.0.0.0" if family == socket.AF_INET else "::")
-            net = ipaddress.ip_network(f"{dst}/{dst_len}", strict=False)
-            found.append(RouteEntry(str(net), via, oif, proto, table))
+                    in_table = U32.unpack_from(msg, start)[0]
+            if table is not None and in_table != table:
+                continue
+            found.append(RouteEntry(_net(family, dst, dst_len), via, oif, proto, in_table))
         return found
 
     def rules(self) -> list[tuple[int, int]]:
@@ -436,7 +430,12 @@ class Rtnl:
         without changing anything: a link dump filtered by that kind lists only
         links of it (maybe none) when the kernel knows the kind, and every link
         (lo among them) when it does not."""
-        return all(link.kind == kind for link in self.links(kind))
+        body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+                + attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, kind)))
+        # Only each link's kind is read: a host may have thousands of the kind.
+        # (The whole dump is read: one left unfinished keeps the socket busy.)
+        kinds = [_link_kind(msg, offset) for msg, offset in self._dump(RTM_GETLINK, body)]
+        return all(found == kind for found in kinds)
 
     def link_set(
         self, index: int, *, ifname: str | None = None, mtu: int | None = None,
@@ -565,8 +564,105 @@ def _ipv6_ll(af_spec: memoryview) -> bool:
     return False
 
 
-def _mac(value: memoryview) -> str:
+def _mac(value: memoryview | bytes) -> str:
     return ":".join(f"{b:02x}" for b in value)
+
+
+def _spans(data: bytes, offset: int, end: int = -1) -> Iterator[tuple[int, int, int]]:
+    """(type, start, end) of each attribute from offset to end (of data): positions,
+    not copies, so that the many attributes a reader skips cost one unpack each."""
+    if end < 0:
+        end = len(data)
+    unpack = ATTR.unpack_from
+    while offset + 4 <= end:
+        size, kind = unpack(data, offset)
+        if size < 4:
+            return
+        yield kind & NLA_TYPE_MASK, offset + 4, offset + size
+        offset += (size + 3) & ~3
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ip(raw: bytes) -> str:
+    """An address in the text form the rest of netapply compares (ipaddress's);
+    the same few addresses come back in every dump, so each is formatted once."""
+    return str(ipaddress.ip_address(raw))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _net(family: int, raw: bytes | None, prefixlen: int) -> str:
+    if raw is None:
+        raw = bytes(4 if family == socket.AF_INET else 16)
+    return str(ipaddress.ip_network((raw, prefixlen), strict=False))
+
+
+def _link(msg: bytes, offset: int) -> LinkInfo:
+    _family, _type, index, flags, _change = IFINFO.unpack_from(msg, offset)
+    ifname, kind, mtu, mac, alias, master = "", None, 0, "", None, None
+    isolated, hairpin, parent, mode = False, False, None, None
+    vxlan, ipv6_ll = None, False  # no IPv6 on the link: no link-local either
+    # A link message has some fifty attributes and netapply reads eight: a
+    # plain loop over their headers, rather than a generator, halves the cost.
+    unpack, end, at = ATTR.unpack_from, len(msg), offset + IFINFO.size
+    while at + 4 <= end:
+        size, key = unpack(msg, at)
+        if size < 4:
+            break
+        key &= NLA_TYPE_MASK
+        start, stop = at + 4, at + size
+        at += (size + 3) & ~3
+        if key > IFLA_AF_SPEC or key not in _LINK_ATTRS:
+            continue
+        if key == IFLA_IFNAME:
+            ifname = _cstr(msg, start, stop)
+        elif key == IFLA_MTU:
+            mtu = U32.unpack_from(msg, start)[0]
+        elif key == IFLA_ADDRESS:
+            mac = _mac(msg[start:stop])
+        elif key == IFLA_IFALIAS:
+            alias = _cstr(msg, start, stop) or None
+        elif key == IFLA_MASTER:
+            master = U32.unpack_from(msg, start)[0] or None
+        elif key == IFLA_LINK:
+            parent = U32.unpack_from(msg, start)[0] or None
+        elif key == IFLA_AF_SPEC:
+            ipv6_ll = _ipv6_ll(memoryview(msg)[start:stop])
+        elif key == IFLA_LINKINFO:
+            info = {k: msg[a:b] for k, a, b in _spans(msg, start, stop)}
+            if IFLA_INFO_KIND in info:
+                kind = _text(memoryview(info[IFLA_INFO_KIND]))
+            if IFLA_INFO_DATA in info and kind in ("macvlan", "ipvlan"):
+                mode = _sublink_mode(kind, info[IFLA_INFO_DATA])
+            elif IFLA_INFO_DATA in info and kind == "vxlan":
+                vxlan = _vxlan_info(info[IFLA_INFO_DATA])
+            slave = info.get(IFLA_INFO_SLAVE_KIND)
+            if IFLA_INFO_SLAVE_DATA in info and slave and _text(memoryview(slave)) == "bridge":
+                port = dict(attrs(info[IFLA_INFO_SLAVE_DATA], 0))
+                isolated = bool(port.get(IFLA_BRPORT_ISOLATED, b"\0")[0])
+                hairpin = bool(port.get(IFLA_BRPORT_MODE, b"\0")[0])
+    if kind not in ("macvlan", "ipvlan"):
+        parent = None  # veths name their peer here
+    return LinkInfo(index, ifname, kind, mtu, mac, bool(flags & IFF_UP), alias, master,
+                    isolated, hairpin, parent, mode, vxlan, ipv6_ll)
+
+
+def _link_kind(msg: bytes, offset: int) -> str | None:
+    for key, start, end in _spans(msg, offset + IFINFO.size):
+        if key == IFLA_LINKINFO:
+            for inner, a, b in _spans(msg, start, end):
+                if inner == IFLA_INFO_KIND:
+                    return _cstr(msg, a, b)
+    return None
+
+
+_LINK_ATTRS = frozenset({IFLA_IFNAME, IFLA_MTU, IFLA_ADDRESS, IFLA_IFALIAS, IFLA_MASTER,
+                         IFLA_LINK, IFLA_LINKINFO, IFLA_AF_SPEC})
+
+
+def _cstr(data: bytes, start: int, end: int) -> str:
+    """A NUL-terminated string attribute."""
+    stop = data.find(b"\0", start, end)
+    return data[start:end if stop < 0 else stop].decode(errors="replace")
 
 
 def _vxlan_info(data: bytes) -> VxlanInfo:

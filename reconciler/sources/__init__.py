@@ -44,8 +44,11 @@ class Source(Protocol):
 
     def read(self) -> spec_mod.Sources:
         """The spec's files, parsed (problems inside), with the store's
-        revision (None for files). Raises SpecError when there is nothing to
-        read at all, Unavailable when the store cannot be read now."""
+        revision (None for files). May be the very same Sources as the last
+        read when nothing changed since (files: only a changed file is parsed
+        again), which watch then does not build again. Raises SpecError when
+        there is nothing to read at all, Unavailable when the store cannot be
+        read now."""
         ...
 
     @property
@@ -68,9 +71,15 @@ class Source(Protocol):
         starts are stopped by close()."""
         ...
 
-    def refresh(self) -> None:
+    def unchanged(self) -> bool:
+        """Whether the spec is known to be as the last read() gave it (a
+        change said about files already read); False when not known."""
+        ...
+
+    def refresh(self, resync: bool = False) -> None:
         """Between two reconciles: follow what the spec location leads to now
-        (a swapped directory link)."""
+        (a swapped directory link). resync: the next read() trusts nothing it
+        kept (files: every file is parsed again)."""
         ...
 
     def close(self) -> None:

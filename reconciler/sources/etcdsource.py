@@ -118,8 +118,11 @@ class EtcdSource:
                                        name="etcd-watch", daemon=True)
         self.thread.start()
 
-    def refresh(self) -> None:
-        pass
+    def unchanged(self) -> bool:
+        return False  # not known without listing the store: each event is a new revision
+
+    def refresh(self, resync: bool = False) -> None:
+        pass  # every read() lists the prefix whole
 
     def close(self) -> None:
         self.stopping.set()

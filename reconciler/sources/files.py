@@ -1,6 +1,8 @@
 """The spec as a YAML file or a directory of them, watched with watchdog
 (inotify): a file written in place or renamed over, a directory (or a link
-to one) replaced, as git-sync swaps its link."""
+to one) replaced, as git-sync swaps its link. Each read parses again only
+the files that changed (speccache.py): those a file event named, those whose
+stat differs; everything at a resync and whenever the path leads elsewhere."""
 
 from __future__ import annotations
 
@@ -16,16 +18,20 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from reconciler import spec as spec_mod
 from reconciler import yamlsource
 from reconciler.sources import Notify
+from reconciler.speccache import SpecFiles
 
 
 class _SpecEvents(FileSystemEventHandler):
     """Changes to the spec: the path itself (a file written in place or by
     renaming a new one over it; a directory, or a symbolic link to one, that
-    is replaced, as git-sync swaps its link), or any *.yaml/*.yml file in it."""
+    is replaced, as git-sync swaps its link), or any *.yaml/*.yml file in it.
+    Each file named is parsed again at the next read (a directory replaced
+    is seen by refresh(), which has every file parsed again)."""
 
-    def __init__(self, spec: Path, notify: Notify):
+    def __init__(self, spec: Path, notify: Notify, files: SpecFiles):
         self.spec = spec
         self.notify = notify
+        self.files = files
 
     def _matters(self, path: str | bytes) -> bool:
         found = Path(os.fsdecode(path))
@@ -35,8 +41,11 @@ class _SpecEvents(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
-        paths = [event.src_path, getattr(event, "dest_path", "")]
-        if any(p and self._matters(p) for p in paths):
+        paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        matter = [p for p in paths if self._matters(p)]
+        for path in matter:
+            self.files.touched(path)
+        if matter:
             self.notify(f"spec {event.event_type}")
 
 
@@ -46,6 +55,7 @@ class FileSource:
     def __init__(self, path: str | os.PathLike[str]):
         # Not resolved: a link to the spec directory may be swapped for another.
         self.path = Path(os.path.abspath(path))
+        self.specs = SpecFiles(self.path)  # the files as last read, parsed
         self.observer: BaseObserver | None = None
         self.events: _SpecEvents | None = None
         self.dir_watch: ObservedWatch | None = None
@@ -57,7 +67,10 @@ class FileSource:
         return str(self.path)
 
     def read(self) -> spec_mod.Sources:
-        return spec_mod.read(str(self.path))
+        return self.specs.read()
+
+    def unchanged(self) -> bool:
+        return self.specs.unchanged()
 
     @property
     def host(self) -> str | None:
@@ -68,7 +81,7 @@ class FileSource:
 
     def follow(self, changed: Notify, status: Notify) -> None:
         self.status = status
-        self.events = _SpecEvents(self.path, changed)
+        self.events = _SpecEvents(self.path, changed, self.specs)
         self.observer = Observer()
         try:
             self.observer.schedule(self.events, str(self.path.parent))
@@ -77,10 +90,13 @@ class FileSource:
         self.refresh()
         self.observer.start()
 
-    def refresh(self) -> None:
+    def refresh(self, resync: bool = False) -> None:
         """Watch the spec directory the spec path leads to now: after a link is
         swapped, or the directory is made anew, the new one (the old one's
-        watch goes). Failing that, the resync still comes."""
+        watch goes), and every file is parsed again. Failing that, the
+        resync still comes. resync: every file is parsed again."""
+        if resync:
+            self.specs.touched()
         if self.observer is None or self.events is None:
             return
         target = None
@@ -89,6 +105,7 @@ class FileSource:
                 target = (os.path.realpath(self.path), os.stat(self.path).st_ino)
         if target == self.dir_target:
             return
+        self.specs.touched()  # other files now, whatever their stat says
         try:
             if self.dir_watch is not None:
                 self.observer.unschedule(self.dir_watch)

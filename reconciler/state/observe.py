@@ -15,7 +15,7 @@ unreadable mark must not turn an owned object into a foreign one.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler import firewall, model, ports
@@ -132,6 +132,33 @@ class ObservedState:
     # Parts of the kernel that could not be read and may hold the project's
     # objects, each named with why: nothing may be claimed about them.
     unread: tuple[str, ...] = ()
+    # What each part of the kernel held when it was read (the host namespace,
+    # each namespace, nftables, each /etc/netns entry), so that a later
+    # observation reads again only what may have changed (see Reread).
+    parts: Mapping[str, _Scan] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Reread:
+    """Which parts of the kernel an observation reads again; the others it
+    takes from an earlier observation (`previous`), as they were then.
+
+    The caller answers for that: after an apply, the namespaces the plan
+    wrote to (engine.verify); in watch mode, the parts a kernel notification
+    named since (state/cache.py). `namespaces` and `files` name namespaces
+    (a name in /run/netns or a netns_path); a part the earlier observation
+    does not have is always read."""
+
+    host: bool = True  # the host namespace's links, addresses, routes, entries
+    nft: bool = True
+    netns_dir: bool = True  # which namespaces /run/netns holds
+    namespaces: frozenset[str] = frozenset()
+    files: frozenset[str] = frozenset()  # /etc/netns/<name> entries
+    tables: bool = True  # the project's hosts tables (/etc/netns/.netapply-<project>)
+
+
+HOST_PART, NFT_PART, NETNS_LIST, TABLES_PART = "", "\0nft", "\0netns", "\0tables"
+FILES_PART = "\0files:"  # + the name under /etc/netns
 
 
 @dataclass
@@ -160,6 +187,33 @@ class _Scan:
     host_links: list[tuple[str, int, bool]] = field(default_factory=list)
     host_addresses: list[tuple[model.IPAddress, str]] = field(default_factory=list)
     vxlans: list[tuple[str, int, int]] = field(default_factory=list)
+    nft: _Nft | None = None
+    foreign_hosts: set[str] = field(default_factory=set)
+    names: list[str] = field(default_factory=list)  # NETNS_LIST: the names in /run/netns
+    sublinks: bool = False  # has macvlan/ipvlan links, whose parents are named from the host
+    path_identity: tuple[int, int] | None = None  # of a netns_path namespace, when read
+    wanted: bool = False  # an /etc/netns entry: the spec named it when it was read
+
+    def part(self) -> _Scan:
+        """An empty scan of the same project, to read one part into."""
+        return _Scan(self.project, self.kernel)
+
+    def merge(self, part: _Scan) -> None:
+        """Add what a part held (read now, or kept from an earlier observation)."""
+        self.resources.update(part.resources)
+        self.host_ends.update(part.host_ends)
+        self.inner_ends.update(part.inner_ends)
+        self.foreign_links |= part.foreign_links
+        self.foreign_netns |= part.foreign_netns
+        self.foreign_files.update(part.foreign_files)
+        self.foreign_routes |= part.foreign_routes
+        self.foreign_hosts |= part.foreign_hosts
+        self.unread += part.unread
+        self.host_nets += part.host_nets
+        self.host_names.update(part.host_names)
+        self.host_links += part.host_links
+        self.host_addresses += part.host_addresses
+        self.vxlans += part.vxlans
 
     def alias_parts(self, link: LinkInfo) -> list[str] | None:
         prefix = owner_alias(self.project) + "/"
@@ -195,6 +249,7 @@ SYSCTLS = (firewall.IP_FORWARD,)
 def observe(
     kernel: Kernel, project: str, paths: Iterable[str] = (), kinds: Iterable[str] = (),
     blocks: Mapping[str, tuple[str, str]] | None = None, names: Iterable[str] = (),
+    previous: ObservedState | None = None, reread: Reread | None = None,
 ) -> ObservedState:
     """Read the project's objects. `paths` are netns_path namespaces from the spec,
     which cannot be discovered from the kernel alone (their veths can: the host
@@ -205,38 +260,57 @@ def observe(
     `names`: the spec's named namespaces; what an interrupted run leaves under
     those names (an empty file in /run/netns, an empty directory in /etc/netns)
     is the project's leftover (LeftoverFile).
+    `previous` and `reread`: read again only the parts `reread` names, and take
+    the others from `previous` (an observation of the same project); without
+    them, everything is read.
 
     Raises KernelError when a part cannot be read, a namespace included (the
     process out of descriptors, say): its mark unread, it is neither the
     project's nor foreign."""
     scan = _Scan(project, kernel)
+    kept: Mapping[str, _Scan] = previous.parts if previous is not None and reread else {}
+    again = reread or Reread()
+    parts: dict[str, _Scan] = {}
+
+    def part(key: str, fresh: bool, read: Callable[[_Scan], object]) -> _Scan:
+        found = None if fresh else kept.get(key)
+        if found is None:
+            found = scan.part()
+            read(found)
+        parts[key] = found
+        scan.merge(found)
+        return found
+
     wanted_names = frozenset(names)
     _scan_dirs(scan)
-    _scan_host(scan)
+    part(HOST_PART, again.host, _scan_host)
     for name in SYSCTLS:
         value = kernel.sysctl_get(name)
         if value is not None:
             scan.resources[(Kind.SYSCTL, name)] = Sysctl(name, value)
-    nft = _scan_nft(scan)
-    netns_names = kernel.netns_names()
+    nft = part(NFT_PART, again.nft, _scan_nft).nft
+    assert nft is not None
+    netns_names = part(NETNS_LIST, again.netns_dir,
+                       lambda p: p.names.extend(kernel.netns_names())).names
     for name in netns_names:
-        try:
-            links = kernel.links(name)
-        except KernelError as e:
-            # Gone since it was listed: neither the project's nor in the way.
-            if e.errno not in GONE:  # it may be the project's: its mark is unknown
-                scan.unread.append(f"netns {name} ({e})")
-            continue
-        lo = next((link for link in links if link.ifname == LOOPBACK), None)
-        if lo is not None and lo.alias == owner_alias(project, "netns", name):
-            scan.resources[(Kind.NETNS, name)] = Netns(name, lo_up=lo.up)
-            _scan_container_ns(scan, name, links, owned_ns=True)
-        else:
-            scan.foreign_netns.add(name)
+        earlier = kept.get(name)
+        # A macvlan/ipvlan link names its parent from the host's links.
+        fresh = name in again.namespaces or (
+            again.host and earlier is not None and earlier.sublinks)
+        part(name, fresh, lambda p, name=name: _scan_named_ns(p, name))  # type: ignore[misc]
     _scan_netns_dir(scan, set(netns_names), wanted_names)
-    missing, ids = _scan_paths(scan, sorted(set(paths)))
+    missing, ids = _scan_paths(scan, sorted(set(paths)), kept, again, parts)
     _pair_veths(scan)
-    foreign_hosts = _scan_hosts_files(scan, wanted_names)
+    part(TABLES_PART, again.tables, _scan_own_tables)
+    for entry, kind in sorted(kernel.dir_entries(ETC_NETNS_DIR).items()):
+        if entry != tables_dir(project):
+            earlier = kept.get(FILES_PART + entry)
+            # What is a leftover there depends on whether the spec has the name.
+            fresh = entry in again.files or (
+                earlier is not None and earlier.wanted != (entry in wanted_names))
+            part(FILES_PART + entry, fresh,
+                 lambda p, e=entry, k=kind: _scan_hosts_entry(  # type: ignore[misc]
+                     p, e, k, wanted_names))
     for container, (path, ns) in sorted((blocks or {}).items()):
         text = kernel.read_file(path)
         lines = None if text is None else hosts_block_of(text, project)
@@ -248,7 +322,7 @@ def observe(
         foreign=Foreign(
             links=frozenset(scan.foreign_links),
             netns=frozenset(scan.foreign_netns),
-            hosts=frozenset(foreign_hosts),
+            hosts=frozenset(scan.foreign_hosts),
             routes=frozenset(scan.foreign_routes),
             host_nets=tuple(scan.host_nets),
             host_links=tuple(scan.host_links),
@@ -264,11 +338,31 @@ def observe(
         ns_ids=ids,
         missing_kinds=frozenset(k for k in set(kinds) if not kernel.link_kind_supported(k)),
         unread=(*([nft.unread] if nft.unread else []), *scan.unread),
+        parts=parts,
     )
 
 
+def _scan_named_ns(scan: _Scan, name: str) -> None:
+    """A namespace of /run/netns: the project's (its loopback's mark says so)
+    and what it holds, or another's."""
+    try:
+        links = scan.kernel.links(name)
+    except KernelError as e:
+        # Gone since it was listed: neither the project's nor in the way.
+        if e.errno not in GONE:  # it may be the project's: its mark is unknown
+            scan.unread.append(f"netns {name} ({e})")
+        return
+    lo = next((link for link in links if link.ifname == LOOPBACK), None)
+    if lo is not None and lo.alias == owner_alias(scan.project, "netns", name):
+        scan.resources[(Kind.NETNS, name)] = Netns(name, lo_up=lo.up)
+        _scan_container_ns(scan, name, links, owned_ns=True)
+    else:
+        scan.foreign_netns.add(name)
+
+
 def _scan_paths(
-    scan: _Scan, paths: list[str]
+    scan: _Scan, paths: list[str], kept: Mapping[str, _Scan], again: Reread,
+    parts: dict[str, _Scan],
 ) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
     """Read the namespaces of netns_paths; return the paths that are none (and
     why) and the identities of every namespace a path could collide with. A
@@ -296,7 +390,15 @@ def _scan_paths(
         ids[path] = found.identity
         if found.identity not in read:
             read.add(found.identity)
-            _scan_container_ns(scan, path, scan.kernel.links(path), owned_ns=False)
+            part = kept.get(path)
+            # Kept only while the path leads to the namespace read then.
+            if (part is None or path in again.namespaces or part.path_identity != found.identity
+                    or (again.host and part.sublinks)):
+                part = scan.part()
+                part.path_identity = found.identity
+                _scan_container_ns(part, path, scan.kernel.links(path), owned_ns=False)
+            parts[path] = part
+            scan.merge(part)
     return missing, ids
 
 
@@ -430,8 +532,12 @@ class _Nft:
     unread: str | None = None  # the ruleset, unread, may hold the project's objects
 
 
-def _scan_nft(scan: _Scan) -> _Nft:
+def _scan_nft(scan: _Scan) -> None:
     """The project's table as a Firewall resource; other tables by name."""
+    scan.nft = _read_nft(scan)
+
+
+def _read_nft(scan: _Scan) -> _Nft:
     try:
         items = scan.kernel.nft_ruleset()
     except KernelError as e:
@@ -529,6 +635,7 @@ def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bo
                 owned_ns=owned_ns,
             )
             scan.resources[sublink.key] = sublink
+            scan.sublinks = True
             owned[link.index] = sublink.key
         elif link.ifname != LOOPBACK and not scan.leftover(ns, link, owned_ns):
             scan.foreign_links.add((ns, link.ifname))
@@ -623,46 +730,51 @@ def _scan_netns_dir(scan: _Scan, netns: set[str], names: frozenset[str]) -> None
             scan.in_the_way(path, kind)
 
 
-def _scan_hosts_files(scan: _Scan, names: frozenset[str]) -> set[str]:
-    """Hosts tables in the project's dir, and the hosts files of namespaces: a
-    link into that dir is the project's; anything else there is foreign.
-    Types come first: only regular files are read, no link is followed."""
-    foreign = set()
-    header = f"{HOSTS_HEADER}{scan.project};"
+def _scan_own_tables(scan: _Scan) -> None:
+    """The project's own directory of hosts tables, if there is one."""
     own_dir = tables_dir(scan.project)
-    link_prefix = f"../{own_dir}/"
-    for name, kind in sorted(scan.kernel.dir_entries(ETC_NETNS_DIR).items()):
-        directory = f"{ETC_NETNS_DIR}/{name}"
-        if kind != FileType.DIRECTORY:
-            scan.in_the_way(directory, kind)
-            continue
-        inside = scan.kernel.dir_entries(directory)
-        if name == own_dir:
-            _scan_tables(scan, directory, inside, header)
-            continue
-        if name in names:
-            _scan_leftovers(scan, directory, inside)
-        path = hosts_path(name)
-        hosts = inside.get("hosts")
-        if hosts is None:
-            continue
-        if hosts == FileType.LINK:
-            link = scan.kernel.read_link(path)
-            if link is not None and link.startswith(link_prefix):
-                res = HostsFile(name, link)
-                scan.resources[res.key] = res
-            else:
-                foreign.add(name)
-            continue
-        content = None
-        if hosts in (FileType.FILE, FileType.EMPTY):
-            content = scan.kernel.read_file(path)
-        if content is not None and content.startswith(header):
-            res = HostsFile(name, "")  # written by an earlier version: replace it
+    directory = f"{ETC_NETNS_DIR}/{own_dir}"
+    kind = scan.kernel.file_type(directory)
+    if kind == FileType.DIRECTORY:
+        _scan_tables(scan, directory, scan.kernel.dir_entries(directory),
+                     f"{HOSTS_HEADER}{scan.project};")
+    elif kind is not None:
+        scan.in_the_way(directory, kind)
+
+
+def _scan_hosts_entry(scan: _Scan, name: str, kind: FileType, names: frozenset[str]) -> None:
+    """One entry of /etc/netns other than the project's tables: the hosts file
+    of a namespace. A link into the project's directory is the project's;
+    anything else there is foreign. Types come first: only regular files are
+    read, no link is followed."""
+    directory = f"{ETC_NETNS_DIR}/{name}"
+    scan.wanted = name in names
+    if kind != FileType.DIRECTORY:
+        scan.in_the_way(directory, kind)
+        return
+    inside = scan.kernel.dir_entries(directory)
+    if name in names:
+        _scan_leftovers(scan, directory, inside)
+    path = hosts_path(name)
+    hosts = inside.get("hosts")
+    if hosts is None:
+        return
+    if hosts == FileType.LINK:
+        link = scan.kernel.read_link(path)
+        if link is not None and link.startswith(f"../{tables_dir(scan.project)}/"):
+            res = HostsFile(name, link)
             scan.resources[res.key] = res
         else:
-            foreign.add(name)  # a foreign file, or a directory or FIFO (never opened)
-    return foreign
+            scan.foreign_hosts.add(name)
+        return
+    content = None
+    if hosts in (FileType.FILE, FileType.EMPTY):
+        content = scan.kernel.read_file(path)
+    if content is not None and content.startswith(f"{HOSTS_HEADER}{scan.project};"):
+        res = HostsFile(name, "")  # written by an earlier version: replace it
+        scan.resources[res.key] = res
+    else:
+        scan.foreign_hosts.add(name)  # a foreign file, or a directory or FIFO (never opened)
 
 
 def _scan_tables(scan: _Scan, directory: str, inside: dict[str, FileType], header: str) -> None:

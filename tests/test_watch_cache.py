@@ -1,0 +1,148 @@
+"""Watch mode's observation cache never hides drift: random kernel changes
+while watch runs are all repaired (checked by a fresh, uncached observation),
+and lost notifications (ENOBUFS) make the next observation read everything."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler import engine
+from reconciler import spec as spec_mod
+from reconciler.desired import host_ifname
+from reconciler.drivers import events as events_mod
+from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.state.cache import ObservedCache
+from reconciler.state.observe import ObservedState
+from tests.test_watch import watching
+
+pytestmark = pytest.mark.kernel
+
+SPEC = """\
+version: 1
+project: w
+networks:
+  front: {subnet: 172.30.1.0/24, interface: br-w}
+containers:
+  web: {networks: {front: {ipv4_address: 172.30.1.10}}}
+  db: {networks: {front: {ipv4_address: 172.30.1.11}}}
+  app: {networks: {front: {ipv4_address: 172.30.1.12}}}
+"""
+CONTAINERS = {"web": "172.30.1.10/24", "db": "172.30.1.11/24", "app": "172.30.1.12/24"}
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, capture_output=True)  # the target may be gone already: fine
+
+
+def drift(rng: random.Random) -> str:
+    """One change from outside, to something the project owns; what it was."""
+    name = rng.choice(sorted(CONTAINERS))
+    what = rng.choice(["veth", "address", "route", "table", "netns", "mtu", "bridge mtu"])
+    if what == "veth":
+        _run("ip", "link", "del", host_ifname("w", name, "front"))
+    elif what == "address":
+        _run("ip", "-n", name, "addr", "del", CONTAINERS[name], "dev", "eth0")
+    elif what == "route":
+        _run("ip", "-n", name, "route", "del", "default")
+    elif what == "table":
+        _run("nft", "flush", "ruleset")
+    elif what == "netns":
+        _run("ip", "netns", "del", name)
+    elif what == "mtu":
+        _run("ip", "-n", name, "link", "set", "eth0", "mtu", str(rng.choice([1280, 1400])))
+    else:
+        _run("ip", "link", "set", "br-w", "mtu", "1280")
+    return f"{what} of {name}"
+
+
+def converged(spec: spec_mod.Spec) -> bool:
+    """A fresh observation (new sockets, nothing cached) plans nothing."""
+    kernel = NetlinkKernel()
+    try:
+        return engine.snapshot(kernel, spec).plan.empty
+    except Exception:
+        return False  # the watcher is in the middle of a repair
+    finally:
+        kernel.close()
+
+
+def test_random_drift_while_watch_runs_is_all_repaired(sandbox: Path) -> None:
+    rounds = int(os.environ.get("NETAPPLY_DRIFT_ROUNDS", "12"))
+    seed = int(os.environ.get("NETAPPLY_DRIFT_SEED", str(random.randrange(1 << 30))))
+    rng = random.Random(seed)
+    spec = spec_mod.load_text(SPEC, "w.yaml")
+    with watching(sandbox, SPEC, "--resync", "3600") as watch:
+        watch.started()
+        watch.quiet()
+        done: list[str] = []
+        for _ in range(rounds):
+            # A burst of one to three changes, some while a repair runs.
+            for _ in range(rng.randint(1, 3)):
+                done.append(drift(rng))
+                time.sleep(rng.choice([0, 0, 0.005, 0.05]))
+            deadline = time.monotonic() + 15
+            while not converged(spec):
+                assert time.monotonic() < deadline, f"seed {seed}: not repaired: {done}"
+                time.sleep(0.1)
+        watch.quiet()
+        assert converged(spec), f"seed {seed}: {done}"
+        # No resync ran: the notifications alone found everything.
+        assert not any("resync" in r["trigger"] for r in watch.reconciles())
+        # The repairs read what the notifications named, not everything.
+        assert any(r["actions"] and not r["full_read"] for r in watch.reconciles())
+
+
+def test_lost_notifications_make_the_next_observation_read_everything(
+    sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny receive buffer and a burst of link changes while the listener
+    does not read: the kernel drops notifications (ENOBUFS)."""
+    monkeypatch.setattr(events_mod, "RCVBUF", 1)  # the kernel rounds it up to its least
+    reading = threading.Event()
+    reading.set()
+    real_read = events_mod.KernelEvents._read
+
+    def held_read(self: events_mod.KernelEvents, *args: Any) -> None:
+        reading.wait()
+        real_read(self, *args)
+
+    monkeypatch.setattr(events_mod.KernelEvents, "_read", held_read)
+    heard: list[str] = []
+    cache = ObservedCache()
+    cache.store(ObservedState({}))
+    events = events_mod.KernelEvents("w", "netapply-w", heard.append, heard.append, cache)
+    events.start()
+    try:
+        deadline = time.monotonic() + 5
+        while cache.take()[0] is None:  # the listener's start marks everything
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        subprocess.run(["ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe0p"],
+                       check=True)
+        deadline = time.monotonic() + 5
+        while not (reread := cache.take()[0]) or not reread.host:
+            assert time.monotonic() < deadline, "no mark for a host link change"
+            time.sleep(0.01)
+        assert reread.namespaces == frozenset()  # one part, not everything
+        reading.clear()
+        time.sleep(0.1)
+        batch = "".join(f"link add probe{i} type veth peer name probe{i}p\n"
+                        for i in range(1, 200))
+        subprocess.run(["ip", "-batch", "-"], input=batch, text=True, check=True)
+        reading.set()
+        deadline = time.monotonic() + 5
+        while not any("overflowed" in text for text in heard):
+            assert time.monotonic() < deadline, heard
+            time.sleep(0.01)
+        assert cache.take()[0] is None  # everything is read again
+    finally:
+        reading.set()
+        events.stop()

@@ -527,9 +527,10 @@ def _merge_list(doc: Document, key: str, value: object, merged: dict[str, Any],
     """Append a file's entries of a top-level list, each keeping its position."""
     entries = merged.setdefault(key, [])
     offset = len(entries)
-    if isinstance(value, list):
-        entries.extend(value)
     where.setdefault((key,), doc.where[(key,)])
+    if not isinstance(value, list):
+        return  # not a list: the schema says so, and nothing of it is merged
+    entries.extend(value)
     for path, place in doc.where.items():
         if len(path) >= 2 and path[0] == key:
             where[(key, str(offset + int(path[1])), *path[2:])] = place

@@ -1181,6 +1181,7 @@ GARBAGE = [
     "&a [*a]",
     "version: 1\nproject: shop\nnetworks: &n {a: *n}\n",
     "version: 1\nproject: shop\nnetworks: [1, 2]\n",
+    "version: 1\nproject: shop\nexpect: {proxy: [{from: a, to: b, ping: true}]}\n",
     "version: 1\nproject: shop\ncontainers: {a: {networks: {x: [1]}, ports: [{}, [], 1.5]}}\n",
     "version: 1\nproject: shop\nnetworks: {a: {subnet: !!binary aGVsbG8=}}\n",
     "version: 1\nproject: shop\nnetworks: {a: {subnet: 2020-01-01}}\n",

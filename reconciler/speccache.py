@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from reconciler import spec as spec_mod
 from reconciler import yamlsource
 from reconciler.errors import Problem, SpecError
-from reconciler.model import Spec
 from reconciler.yamlsource import Document
 
 StatKey = tuple[int, int, int, int, int]
@@ -41,14 +40,13 @@ def _stat_key(path: str) -> StatKey | None:
 class SpecFiles:
     """read() is spec.read(path), parsing again only what changed since the
     last call, and giving the very same Sources while every file's bytes are
-    as they were; load() is spec.load(path), building again only then. Not
-    thread-safe but for touched(), which file watchers call."""
+    as they were (watch builds the spec again only then). Not thread-safe but
+    for touched(), which file watchers call."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
         self._files: dict[str, _File] = {}
         self._read: tuple[tuple[tuple[str, str], ...], spec_mod.Sources] | None = None
-        self._built: tuple[spec_mod.Sources, Spec | SpecError] | None = None
         self._touched: set[str] = set()
         self._all_touched = True
         self._lock = threading.Lock()
@@ -104,24 +102,6 @@ class SpecFiles:
             return self.read() is last
         except SpecError:
             return False
-
-    def load(self) -> Spec:
-        """The spec; raises SpecError as spec.load does."""
-        sources = self.read()
-        if self._built is None or self._built[0] is not sources:
-            result: Spec | SpecError
-            try:
-                result = spec_mod.build(sources)
-            except SpecError as e:
-                result = e
-            self._built = (sources, result)
-        return self._result(self._built[1])
-
-    @staticmethod
-    def _result(result: Spec | SpecError) -> Spec:
-        if isinstance(result, SpecError):
-            raise SpecError(list(result.problems))
-        return result
 
     def _names(self) -> list[str] | None:
         """The spec's files, as yamlsource.read lists them; None when it would

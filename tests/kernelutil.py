@@ -130,9 +130,12 @@ def kernel_snapshot() -> dict[str, Any]:
         snap[f"addr:{ns}"] = ip_json(ns, "addr", "show")
         snap[f"route:{ns}"] = ip_json(ns, "route", "show", "table", "all")
         snap[f"neigh:{ns}"] = ip_json(ns, "neigh", "show", "nud", "permanent")
-    snap["fdb"] = json.loads(subprocess.run(
+    # Without the entries the bridge learns from traffic (no state): they come
+    # and go with packets (an expectation's probe), as the neighbours above
+    # are the permanent ones only.
+    snap["fdb"] = [e for e in json.loads(subprocess.run(
         ["bridge", "-j", "fdb", "show"], check=True, capture_output=True, text=True
-    ).stdout or "[]")
+    ).stdout or "[]") if e.get("state")]
     snap["nft"] = json.loads(subprocess.run(
         ["nft", "-j", "list", "ruleset"], check=True, capture_output=True, text=True
     ).stdout)

@@ -193,10 +193,15 @@ class _Scan:
     sublinks: bool = False  # has macvlan/ipvlan links, whose parents are named from the host
     path_identity: tuple[int, int] | None = None  # of a netns_path namespace, when read
     wanted: bool = False  # an /etc/netns entry: the spec named it when it was read
+    # The host's index -> name of the observation a part is read for: a
+    # macvlan/ipvlan link in a container names its parent by the host's index.
+    # Looked up, never merged (a kept part's would be an earlier one's).
+    parent_names: dict[int, str] | None = None
 
     def part(self) -> _Scan:
-        """An empty scan of the same project, to read one part into."""
-        return _Scan(self.project, self.kernel)
+        """An empty scan of the same project, to read one part into (after the
+        host's part: it names macvlan/ipvlan parents)."""
+        return _Scan(self.project, self.kernel, parent_names=self.host_names)
 
     def merge(self, part: _Scan) -> None:
         """Add what a part held (read now, or kept from an earlier observation)."""
@@ -627,7 +632,8 @@ def _scan_container_ns(scan: _Scan, ns: str, links: list[LinkInfo], owned_ns: bo
         elif parts and parts[0] == "sublink" and len(parts) in (3, 4) and link.kind:
             sublink = Sublink(
                 parts[1], parts[2], ns, link.ifname, link.kind,
-                scan.host_names.get(link.parent or 0, "?"), link.mode or "",
+                (scan.parent_names if scan.parent_names is not None else scan.host_names
+                 ).get(link.parent or 0, "?"), link.mode or "",
                 Sublink.own_mac(link.kind, link.mode or "", link.mac),
                 link.mtu, link.up,
                 allocated=parts[3] if len(parts) == 4 else "",

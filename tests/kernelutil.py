@@ -178,3 +178,16 @@ def lock_held(project: str, directory: str) -> Iterator[subprocess.Popen[str]]:
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+
+
+def assert_same_kernel(now: dict[str, Any], before: dict[str, Any]) -> None:
+    """Equal snapshots; on a difference, what each side has that the other has not."""
+    for key in sorted(set(now) | set(before)):
+        a, b = now.get(key), before.get(key)
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list):
+            only_now = [x for x in a if x not in b]
+            only_before = [x for x in b if x not in a]
+            raise AssertionError(f"{key}: now has {only_now}; before had {only_before}")
+        raise AssertionError(f"{key}: now {a!r}; before {b!r}")

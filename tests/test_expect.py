@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_export import assert_same_kernel
-from tests.kernelutil import kernel_snapshot, netns_list, run_cli
+from tests.kernelutil import assert_same_kernel, kernel_snapshot, netns_list, run_cli
 from tests.test_apply import converge
 from tests.test_watch import wait_for, watching
 

@@ -15,6 +15,7 @@ from reconciler import spec as spec_mod
 from tests.kernelutil import (
     REPO,
     addresses,
+    assert_same_kernel,
     kernel_snapshot,
     links,
     lock_held,
@@ -82,19 +83,6 @@ def _kernel() -> Any:
             if isinstance(body, dict):
                 body.pop("handle", None)
     return _comparable(snap, random)
-
-
-def assert_same_kernel(now: dict[str, Any], before: dict[str, Any]) -> None:
-    """Equal snapshots; on a difference, what each side has that the other has not."""
-    for key in sorted(set(now) | set(before)):
-        a, b = now.get(key), before.get(key)
-        if a == b:
-            continue
-        if isinstance(a, list) and isinstance(b, list):
-            only_now = [x for x in a if x not in b]
-            only_before = [x for x in b if x not in a]
-            raise AssertionError(f"{key}: now has {only_now}; before had {only_before}")
-        raise AssertionError(f"{key}: now {a!r}; before {b!r}")
 
 
 def _export(capsys: pytest.CaptureFixture[str], project: str) -> str:

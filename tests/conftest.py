@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.etcdlab import EtcdCluster
 from tests.kernelutil import private_namespace, require_sandbox
 
 
@@ -26,6 +27,18 @@ def sandbox(tmp_path: Path) -> Iterator[Path]:
     require_sandbox()
     with private_namespace():
         yield tmp_path
+
+
+@pytest.fixture
+def cluster(sandbox: Path) -> Iterator[EtcdCluster]:
+    """A 3-member etcd on loopback inside the test's namespace (tests/etcdlab.py),
+    started and stopped by PID."""
+    found = EtcdCluster(sandbox / "etcd")
+    try:
+        found.start()
+        yield found
+    finally:
+        found.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import base64
 import ipaddress
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +37,6 @@ containers:
 
 def members(*names: str, host: str = "a") -> str:
     return SPEC + "".join(f"  {n}: {{host: {host}, networks: [blue]}}\n" for n in names)
-
-
-@pytest.fixture
-def cluster(sandbox: Path) -> Iterator[EtcdCluster]:
-    found = EtcdCluster(sandbox / "etcd")
-    try:
-        found.start()
-        yield found
-    finally:
-        found.stop()
 
 
 def store(cluster: EtcdCluster) -> etcd_mod.Store:

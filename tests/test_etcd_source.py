@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,16 +32,6 @@ containers:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-@pytest.fixture
-def cluster(sandbox: Path) -> Iterator[EtcdCluster]:
-    found = EtcdCluster(sandbox / "etcd")
-    try:
-        found.start()
-        yield found
-    finally:
-        found.stop()
 
 
 def netapply(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

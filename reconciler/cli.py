@@ -134,11 +134,12 @@ def _write_json_problems(stream: Any, problems: list[dict[str, Any]],
     stream.flush()
 
 
-def _labelled(entry: dict[str, Any], fields: dict[str, Any], spec: spec_mod.Spec
-              ) -> dict[str, Any]:
+def _labelled(entry: dict[str, Any], fields: dict[str, Any],
+              labels: dict[str, dict[str, str]]) -> dict[str, Any]:
     """entry, with "labels" (SPEC.md: shown in plan and show output) when
-    `fields` are those of an object of a network that has labels."""
-    found = spec.network_labels().get(str(fields.get("network", "")))
+    `fields` are those of an object of a network that has labels
+    (`labels`: Spec.network_labels())."""
+    found = labels.get(str(fields.get("network", "")))
     if found:
         entry["labels"] = found
     return entry
@@ -593,8 +594,9 @@ class Cli:
         if self.args.output == "json":
             doc = {**copy.deepcopy(saved), "notes": list(notes),
                    "expectations": [c.to_json() for c in planned]}
+            labels = spec.network_labels()
             for change in doc["changes"]:
-                _labelled(change, change["after"] or change["before"], spec)
+                _labelled(change, change["after"] or change["before"], labels)
             self._print_json(doc)
         else:
             self.out.print(render.plan_text(snap.plan, spec.project, notes,
@@ -986,10 +988,10 @@ class Cli:
                 {c.netns_path: _where(c) for c in spec.containers.values() if c.netns_path}),
                 observed)
         if self.args.output == "json":
+            labels = spec.network_labels()
             resources = [
-                _labelled({"kind": str(r.kind), "key": list(r.key), **fields_json(r)},
-                          fields_json(r), spec)
-                for r in owned
+                _labelled({"kind": str(r.kind), "key": list(r.key), **fields}, fields, labels)
+                for r, fields in ((r, fields_json(r)) for r in owned)
             ]
             self._print_json({"project": spec.project, "resources": resources,
                               "runtime_containers": self.resolution.to_json(),

@@ -27,9 +27,10 @@ created is new, neither disrupted nor untouched.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import ports
@@ -86,12 +87,26 @@ class Assessment:
     """The disruption of a whole plan: per change key, what it interrupts;
     and the project's containers on this machine, sorted, split into those
     the plan disrupts and those it leaves untouched (`new`: still to be
-    created, so neither)."""
+    created, so neither). `untouched` and `new` look at every container,
+    and are worked out when first asked for (watch mode never asks)."""
 
     by_change: Mapping[Key, tuple[Disruption, ...]]
     disrupted: tuple[str, ...]
-    untouched: tuple[str, ...]
-    new: tuple[str, ...] = ()
+    # () -> (untouched, new); or given as they are.
+    rest: Callable[[], tuple[tuple[str, ...], tuple[str, ...]]] = field(
+        default=lambda: ((), ()), compare=False, repr=False)
+
+    @functools.cached_property
+    def _rest(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.rest()
+
+    @property
+    def untouched(self) -> tuple[str, ...]:
+        return self._rest[0]
+
+    @property
+    def new(self) -> tuple[str, ...]:
+        return self._rest[1]
 
     def of(self, key: Key) -> tuple[Disruption, ...]:
         return self.by_change.get(key, ())
@@ -121,7 +136,10 @@ def assess(plan: Plan, desired: State, observed: State,
     """What each change of `plan` (made from `desired` and `observed`)
     interrupts, and the summary. `names`: namespace reference -> container
     name, from the spec (a container with no link is known by its namespace
-    only); missing ones are named after their links, else the namespace."""
+    only); missing ones are named after their links, else the namespace.
+    The work is in proportion to the plan, but for what a rule needs of a
+    whole state (a network's members, published ports' owners), and for
+    the untouched and new containers when they are asked for."""
     world = _World(plan, desired, observed, names or {})
     by_change: dict[Key, tuple[Disruption, ...]] = {}
     for change in plan.changes:
@@ -129,42 +147,53 @@ def assess(plan: Plan, desired: State, observed: State,
         if found:
             by_change[change.key] = found
     hit = {c for found in by_change.values() for d in found for c in d.containers}
-    existing = world.containers(observed)
-    return Assessment(
-        by_change,
-        disrupted=tuple(sorted(hit)),
-        untouched=tuple(sorted(existing - hit)),
-        new=tuple(sorted(world.containers(desired) - existing - hit)),
-    )
+
+    def rest() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        existing = world.containers(observed)
+        return (tuple(sorted(existing - hit)),
+                tuple(sorted(world.containers(desired) - existing - hit)))
+
+    return Assessment(by_change, disrupted=tuple(sorted(hit)), rest=rest)
 
 
 class _World:
-    """Lookups over both states that the per-change rules share."""
+    """Lookups over both states that the per-change rules share, each worked
+    out when a rule first needs it."""
 
     def __init__(self, plan: Plan, desired: State, observed: State,
                  names: Mapping[str, str]) -> None:
-        self.desired, self.observed = desired, observed
+        self.plan, self.desired, self.observed = plan, desired, observed
         self.actions = {c.key: c.action for c in plan.changes}
-        self.names: dict[str, str] = {}
-        for state in (desired, observed):
-            for res in state.values():
-                if isinstance(res, Veth | Sublink):
-                    self.names.setdefault(res.ns, res.container)
-        self.names.update(names)
-        # Containers attached to each network now, whose attachment stays.
-        self.members: dict[str, set[str]] = {}
-        for key, res in observed.items():
-            if isinstance(res, Veth | Sublink) and key in desired \
-                    and self.actions.get(key) not in (Action.DELETE, Action.REPLACE):
-                self.members.setdefault(res.network, set()).add(res.container)
+        self.spec_names = names
         # Addresses the plan adds, by link: what a deleted address gives way to.
         self.added: dict[Key, list[str]] = {}
-        for key, res in desired.items():
-            if isinstance(res, Address) and key not in observed:
+        for change in plan.changes:
+            res = change.after
+            if change.action == Action.CREATE and isinstance(res, Address):
                 self.added.setdefault(res.link, []).append(res.cidr.split("/")[0])
 
+    @functools.cached_property
+    def names(self) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for state in (self.desired, self.observed):
+            for res in state.values():
+                if isinstance(res, Veth | Sublink):
+                    names.setdefault(res.ns, res.container)
+        names.update(self.spec_names)
+        return names
+
+    @functools.cached_property
+    def members(self) -> dict[str, set[str]]:
+        """Containers attached to each network now, whose attachment stays."""
+        members: dict[str, set[str]] = {}
+        for key, res in self.observed.items():
+            if isinstance(res, Veth | Sublink) and key in self.desired \
+                    and self.actions.get(key) not in (Action.DELETE, Action.REPLACE):
+                members.setdefault(res.network, set()).add(res.container)
+        return members
+
     def container_of_ns(self, ns: str) -> str:
-        return self.names.get(ns, ns)
+        return self.spec_names.get(ns) or self.names.get(ns, ns)
 
     def containers(self, state: State) -> set[str]:
         """The containers that have something in `state`."""

@@ -8,7 +8,7 @@ import gc
 import ipaddress
 import os
 import resource
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -129,6 +129,10 @@ class Snapshot:
     desired: dict[Key, Resource]
     plan: Plan
     notes: tuple[str, ...] = ()  # facts about the machine the user should know
+    # What it was planned for: a later plan_from with this snapshot as `base`
+    # plans again only what changed since, when the spec is the same object.
+    spec: Spec | None = None
+    host: str | None = None
 
 
 @contextmanager
@@ -146,33 +150,139 @@ def no_gc_pauses() -> Iterator[None]:
 
 
 def plan_from(
-    spec: Spec, observed: ObservedState, destroy: bool = False, host: str | None = None
+    spec: Spec, observed: ObservedState, destroy: bool = False, host: str | None = None,
+    base: Snapshot | None = None,
 ) -> Snapshot:
     """Desired state and plan from an observation (no I/O). `host`: which of
     the spec's hosts this machine is. UnreadError when a part of the kernel
     that may hold the project's objects could not be read, unless destroying
-    (destroy removes the rest, then fails: see apply)."""
+    (destroy removes the rest, then fails: see apply).
+
+    `base`: an earlier snapshot on this machine (watch mode's last
+    reconcile, or the plan an apply verifies). Where what changed since
+    allows (scoped: objects of containers' namespaces, hosts tables, the
+    firewall), only that is planned, and the desired state is taken from
+    base for the same spec; the plan is the one a whole plan makes
+    (tests/test_scoped_plan.py checks that)."""
     if not destroy:
         require_read(observed, "nothing is planned: what the project owns there is unknown")
     with no_gc_pauses():
-        wanted = {} if destroy else desired_mod.build(spec, observed, host)
-        filtering = any(isinstance(r, Firewall) for r in wanted.values())
-        notes = managers.notes(observed.foreign, filtering)
-        notes.extend(_unread_notes(observed))
-        forwarding = (Kind.SYSCTL, firewall.IP_FORWARD)
-        have = observed.resources.get(forwarding)
-        note = managers.forwarding_note(
-            have.value if isinstance(have, Sysctl) else None, forwarding in wanted
-        )
-        if note is not None:
-            notes.append(note)
-        notes.extend(desired_mod.overlay_renumbering(spec, wanted, observed))
-        notes.extend(desired_mod.late_port_holders(observed))
-        plan = planner.plan(wanted, observed.resources)
+        scope = None if destroy or base is None else scoped(spec, observed, host, base)
+        if scope is None:
+            wanted = {} if destroy else desired_mod.build(spec, observed, host)
+            plan = planner.plan(wanted, observed.resources)
+        else:
+            wanted, keys = scope
+            plan = planner.plan({k: wanted[k] for k in keys if k in wanted},
+                                {k: observed.resources[k] for k in keys
+                                 if k in observed.resources})
         plan = replace(plan, disruption=disruption.assess(
             plan, wanted, observed.resources, container_names(machines.share(spec, host))),
             observed=observed)
-        return Snapshot(observed, wanted, plan, tuple(notes))
+        return Snapshot(observed, wanted, plan, tuple(_notes(spec, wanted, observed)),
+                        spec, host)
+
+
+def _notes(spec: Spec, wanted: dict[Key, Resource], observed: ObservedState) -> list[str]:
+    filtering = any(isinstance(r, Firewall) for r in wanted.values())
+    notes = managers.notes(observed.foreign, filtering)
+    notes.extend(_unread_notes(observed))
+    forwarding = (Kind.SYSCTL, firewall.IP_FORWARD)
+    have = observed.resources.get(forwarding)
+    note = managers.forwarding_note(
+        have.value if isinstance(have, Sysctl) else None, forwarding in wanted
+    )
+    if note is not None:
+        notes.append(note)
+    notes.extend(desired_mod.overlay_renumbering(spec, wanted, observed))
+    notes.extend(desired_mod.late_port_holders(observed))
+    return notes
+
+
+# What a plan can be narrowed to (scoped): a change of an object of these
+# kinds can change the plan only for objects of its namespace (a link takes its
+# addresses and routes with it, a namespace its links) ...
+LOCAL_KINDS = frozenset({Kind.NETNS, Kind.VETH, Kind.SUBLINK, Kind.ADDRESS, Kind.ROUTE,
+                         Kind.HOSTS, Kind.LEFTOVER})
+# ... and of these, only for itself: nothing is removed with it.
+SELF_KINDS = frozenset({Kind.HOSTS_TABLE, Kind.HOSTS_BLOCK, Kind.FIREWALL, Kind.DOCKER_USER,
+                        Kind.SYSCTL, Kind.LEFTOVER_FILE})
+
+
+def _scopable(res: Resource | None) -> bool:
+    return res is None or res.kind in SELF_KINDS or (
+        res.kind in LOCAL_KINDS and res.ns not in (HOST_NS, UNSEEN_NS))
+
+
+def changed_keys(before: Mapping[Key, Resource], after: Mapping[Key, Resource]) -> set[Key]:
+    """Keys whose resource differs between two states (or is in one only).
+    Parts an observation kept are the very same objects: compared by identity first."""
+    changed = set(before.keys() ^ after.keys())
+    for key, res in after.items():
+        old = before.get(key)
+        if old is not None and old is not res and old != res:
+            changed.add(key)
+    return changed
+
+
+def _allocation_input(key: Key, before: ObservedState, after: ObservedState) -> bool:
+    """Whether what desired.allocate keeps for an attachment may differ: its
+    link's allocation record, or an address on a link that has none."""
+    old, new = before.resources.get(key), after.resources.get(key)
+    if key[0] in (Kind.VETH, Kind.SUBLINK):
+        return getattr(old, "allocated", None) != getattr(new, "allocated", None)
+    if key[0] == Kind.ADDRESS:
+        link = key[1:4]
+        return not (getattr(before.resources.get(link), "allocated", "")
+                    and getattr(after.resources.get(link), "allocated", ""))
+    return False
+
+
+def scoped(
+    spec: Spec, observed: ObservedState, host: str | None, base: Snapshot
+) -> tuple[dict[Key, Resource], set[Key]] | None:
+    """The desired state and the keys to plan when what changed since `base`
+    (in the kernel, in the desired state, and base's own plan) is objects of
+    containers' namespaces, hosts tables and blocks, the firewall and
+    sysctls; None when anything else did (a bridge, a VXLAN device, the
+    host's routes), and the whole state is planned.
+
+    Why that is the whole plan: the planner decides each key from its
+    desired and observed object and from whether a parent it goes with is
+    removed (planner.plan). Outside the keys planned, the kernel and the
+    desired state are what they were in base, whose plan had no change
+    there. Every change of base's plan is planned again; every object of a
+    namespace concerned is planned, so a link replaced takes its addresses
+    and routes with it, as in a whole plan. What the desired state reads of
+    the kernel besides the project's objects (foreign names, held ports,
+    namespace identities, missing paths and link kinds) must be as it was.
+    The desired state is taken from base for the same spec object unless an
+    allocation input (desired.allocate) changed; built again otherwise."""
+    if base.spec is None or base.host != host:
+        return None
+    old, new = base.observed, observed
+    if (old.foreign != new.foreign or old.missing_paths != new.missing_paths
+            or old.ns_ids != new.ns_ids or old.missing_kinds != new.missing_kinds
+            or old.unread != new.unread):
+        return None
+    touched = changed_keys(old.resources, new.resources)
+    touched.update(c.key for c in (*base.plan.changes, *base.plan.parked))
+    wanted = base.desired
+    if base.spec is not spec or any(_allocation_input(k, old, new) for k in touched):
+        wanted = desired_mod.build(spec, observed, host)
+        touched |= changed_keys(base.desired, wanted)
+    around: list[Resource] = []
+    for key in touched:
+        for res in (old.resources.get(key), new.resources.get(key), base.desired.get(key),
+                    wanted.get(key)):
+            if not _scopable(res):
+                return None
+            if res is not None and res.kind in LOCAL_KINDS:
+                around.append(res)
+    namespaces = {res.ns for res in around}
+    keys = touched | {k for state in (wanted, new.resources) for k, res in state.items()
+                      if res.ns in namespaces}
+    return wanted, keys
 
 
 def container_names(spec: Spec) -> dict[str, str]:
@@ -228,10 +338,13 @@ def observe_project(
 def snapshot(
     kernel: Kernel, spec: Spec, destroy: bool = False, host: str | None = None,
     previous: ObservedState | None = None, reread: Reread | None = None,
+    base: Snapshot | None = None,
 ) -> Snapshot:
     """Observe and plan. With destroy, the desired state is empty. `previous`
-    and `reread`: read again only what reread names (observe_project)."""
-    return plan_from(spec, observe_project(kernel, spec, host, previous, reread), destroy, host)
+    and `reread`: read again only what reread names (observe_project);
+    `base`: plan again only what changed since that snapshot (plan_from)."""
+    return plan_from(spec, observe_project(kernel, spec, host, previous, reread), destroy, host,
+                     base)
 
 
 def written(plan: Plan) -> Reread:
@@ -287,6 +400,7 @@ def apply(
 def apply_verified(
     kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
     progress: Progress | None = None, host: str | None = None, verify_all: bool = False,
+    base: Snapshot | None = None,
 ) -> tuple[Result, Snapshot]:
     """Execute the plan, then re-observe: a non-empty plan afterwards is an error
     that shows what still differs.
@@ -296,6 +410,8 @@ def apply_verified(
     the kernel is taken as the plan saw it, which the desired state is built
     from again. With verify_all, or a plan that does not carry the observation
     it was made from (plan.observed), everything is read again and compared.
+    `base`: the snapshot the plan is of; the desired state is taken from it
+    where what changed allows (plan_from).
 
     Once the plan has started, every failure is an ApplyError whose `done`
     lists the steps done, so callers report it as a failed apply (and roll
@@ -307,7 +423,7 @@ def apply_verified(
     interrupted (Ctrl-C). An exception `progress` raises goes through."""
     result = execute(kernel, spec.project, plan, progress, spec.ns_owners())
     try:
-        after = verify(kernel, spec, plan, destroy, host, verify_all)
+        after = verify(kernel, spec, plan, destroy, host, verify_all, base)
     except KeyboardInterrupt:
         raise ApplyError(VERIFY, NetapplyError("interrupted by the user"), result.done) from None
     except Exception as e:
@@ -319,7 +435,7 @@ def apply_verified(
 
 def verify(
     kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False, host: str | None = None,
-    verify_all: bool = False,
+    verify_all: bool = False, base: Snapshot | None = None,
 ) -> Snapshot:
     """Read the kernel again after `plan` was executed, and raise
     ConvergenceError when what it wrote (or, with verify_all, anything) still
@@ -329,7 +445,8 @@ def verify(
         after = snapshot(kernel, spec, destroy=destroy, host=host)
         _verify(after.plan, "the kernel did not converge after apply")
         return after
-    after = snapshot(kernel, spec, destroy, host, plan.observed, written(plan))
+    after = snapshot(kernel, spec, destroy, host, plan.observed, written(plan),
+                     base if base is not None and base.plan is plan else None)
     keys = {c.key for c in plan.changes} | {
         key for key in after.desired.keys() | after.observed.resources.keys()
         if key[0] in (Kind.FIREWALL, Kind.DOCKER_USER)}

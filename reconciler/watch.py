@@ -15,8 +15,11 @@ entry) to be read again, and only those parts are; the timer's resync, and
 any notification lost (ENOBUFS), read everything again. The spec comes from
 a source (sources/: files or etcd); of a spec on disk, only the files that
 changed are parsed again (speccache.py), and a spec whose files are all as
-they were is not built again. The plan is made whole, from the cached
-state; the verification reads again what the apply wrote.
+they were is not built again. The plan covers what changed since the
+last reconcile (engine.plan_from's base): where only objects of containers'
+namespaces changed, those namespaces are planned and the desired state is
+kept; anything else plans the whole. The verification reads again what
+the apply wrote.
 
 - Triggers arrive on one queue. The first of a burst starts a reconcile at
   once (leading edge); what comes while it runs, or within the debounce
@@ -194,6 +197,9 @@ class Watcher:
         self.reconciles = 0
         self.cache = ObservedCache()
         self.kernel: NetlinkKernel | None = None  # kept from one reconcile to the next
+        # The last reconcile's outcome, what the next one plans against: only
+        # what changed since is planned again (engine.plan_from's base).
+        self.settled: engine.Snapshot | None = None
         self.unwatched = False  # /run/netns or /etc/netns unwatched: no cache to trust
         # The last spec built and the source's files it was built from: a source
         # that gives the very same files again (nothing changed) is not built again.
@@ -448,6 +454,7 @@ class Watcher:
 
         reread, renamed = self.cache.take()
         stored = False
+        base, self.settled = self.settled, None
         try:
             if self.kernel is None:
                 self.kernel = NetlinkKernel()
@@ -471,7 +478,8 @@ class Watcher:
             owners.update(spec.ns_owners())
             with lock.project_lock(spec.project, self.options.lock_timeout):
                 snap = engine.snapshot(kernel, spec, host=host, previous=self.cache.observed,
-                                       reread=reread)
+                                       reread=reread, base=base)
+                settled = snap
                 observed = snap.observed
                 # Said once each time they change: skipped runtime containers,
                 # a port someone else started holding, other managers.
@@ -481,10 +489,11 @@ class Watcher:
                         self.log.line("note", note, note=note)
                     self.notes_said = notes
                 if not snap.plan.empty:
-                    _, after = engine.apply_verified(kernel, spec, snap.plan, progress=progress,
-                                                     host=host)
-                    observed = after.observed
+                    _, settled = engine.apply_verified(kernel, spec, snap.plan,
+                                                       progress=progress, host=host, base=snap)
+                    observed = settled.observed
             self.cache.store(observed)
+            self.settled = settled
             stored = True
             # Converged: the namespaces with the project's links are the desired
             # ones (made, or attached to by netns_path).

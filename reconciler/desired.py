@@ -801,6 +801,8 @@ def overlay_renumbering(
     automatic = {(c.name, a.network) for c in spec.containers.values() for a in c.attachments
                  if a.ipv4_address is None
                  and spec.networks[a.network].driver == Driver.OVERLAY}
+    if not automatic:
+        return []
 
     def ipv4(state: Iterable[Resource]) -> dict[tuple[str, str], str]:
         return {(r.link[1], r.link[2]): r.cidr.split("/")[0] for r in state

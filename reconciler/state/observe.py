@@ -136,6 +136,10 @@ class ObservedState:
     # each namespace, nftables, each /etc/netns entry), so that a later
     # observation reads again only what may have changed (see Reread).
     parts: Mapping[str, _Scan] = field(default_factory=dict, compare=False, repr=False)
+    # Each veth as paired from its two ends (_pair_veths): ends kept unchanged
+    # from an earlier observation pair into the very same Veth.
+    paired: Mapping[tuple[str, str], _Pair] = field(default_factory=dict, compare=False,
+                                                    repr=False)
 
 
 @dataclass(frozen=True)
@@ -158,16 +162,20 @@ class Reread:
 
 
 HOST_PART, NFT_PART, NETNS_LIST, TABLES_PART = "", "\0nft", "\0netns", "\0tables"
+ETC_LIST = "\0etc"  # the entries of /etc/netns
 FILES_PART = "\0files:"  # + the name under /etc/netns
 
 
-@dataclass
+@dataclass(eq=False)
 class _End:
     ns: str
     link: LinkInfo
     master: str | None = None  # network of an owned bridge, "?name" for another device
     master_ifname: str | None = None
     allocated: str = ""  # the allocation record of a host end's mark
+
+
+_Pair = tuple["_End | None", "_End | None", Veth]  # host end, inner end, the Veth of both
 
 
 @dataclass
@@ -189,7 +197,9 @@ class _Scan:
     vxlans: list[tuple[str, int, int]] = field(default_factory=list)
     nft: _Nft | None = None
     foreign_hosts: set[str] = field(default_factory=set)
-    names: list[str] = field(default_factory=list)  # NETNS_LIST: the names in /run/netns
+    names: list[str] = field(default_factory=list)  # NETNS_LIST: the namespaces in /run/netns
+    # NETNS_LIST: every entry of /run/netns, ETC_LIST: of /etc/netns, with its type.
+    entries: dict[str, FileType] = field(default_factory=dict)
     sublinks: bool = False  # has macvlan/ipvlan links, whose parents are named from the host
     path_identity: tuple[int, int] | None = None  # of a netns_path namespace, when read
     wanted: bool = False  # an /etc/netns entry: the spec named it when it was read
@@ -204,16 +214,25 @@ class _Scan:
         return _Scan(self.project, self.kernel, parent_names=self.host_names)
 
     def merge(self, part: _Scan) -> None:
-        """Add what a part held (read now, or kept from an earlier observation)."""
+        """Add what a part held (read now, or kept from an earlier observation).
+        A namespace's part has resources and inner ends, maybe foreign links
+        and routes; the rest is the host's (tested first: a thousand parts)."""
         self.resources.update(part.resources)
-        self.host_ends.update(part.host_ends)
         self.inner_ends.update(part.inner_ends)
-        self.foreign_links |= part.foreign_links
+        if part.foreign_links:
+            self.foreign_links |= part.foreign_links
+        if part.foreign_routes:
+            self.foreign_routes |= part.foreign_routes
+        if part.unread:
+            self.unread += part.unread
+        if not (part.host_ends or part.foreign_netns or part.foreign_files
+                or part.foreign_hosts or part.host_names or part.host_nets
+                or part.host_links or part.host_addresses or part.vxlans):
+            return
+        self.host_ends.update(part.host_ends)
         self.foreign_netns |= part.foreign_netns
         self.foreign_files.update(part.foreign_files)
-        self.foreign_routes |= part.foreign_routes
         self.foreign_hosts |= part.foreign_hosts
-        self.unread += part.unread
         self.host_nets += part.host_nets
         self.host_names.update(part.host_names)
         self.host_links += part.host_links
@@ -295,19 +314,22 @@ def observe(
             scan.resources[(Kind.SYSCTL, name)] = Sysctl(name, value)
     nft = part(NFT_PART, again.nft, _scan_nft).nft
     assert nft is not None
-    netns_names = part(NETNS_LIST, again.netns_dir,
-                       lambda p: p.names.extend(kernel.netns_names())).names
+    listing = part(NETNS_LIST, again.netns_dir, _list_netns_dir)
+    netns_names = listing.names
     for name in netns_names:
         earlier = kept.get(name)
         # A macvlan/ipvlan link names its parent from the host's links.
         fresh = name in again.namespaces or (
             again.host and earlier is not None and earlier.sublinks)
         part(name, fresh, lambda p, name=name: _scan_named_ns(p, name))  # type: ignore[misc]
-    _scan_netns_dir(scan, set(netns_names), wanted_names)
+    _scan_netns_dir(scan, listing.entries, set(netns_names), wanted_names)
     missing, ids = _scan_paths(scan, sorted(set(paths)), kept, again, parts)
-    _pair_veths(scan)
+    paired = _pair_veths(scan, previous.paired if previous is not None and reread else {})
     part(TABLES_PART, again.tables, _scan_own_tables)
-    for entry, kind in sorted(kernel.dir_entries(ETC_NETNS_DIR).items()):
+    # Which entries /etc/netns has: a change of any marks its name (files).
+    etc = part(ETC_LIST, bool(again.files),
+               lambda p: p.entries.update(kernel.dir_entries(ETC_NETNS_DIR)))
+    for entry, kind in sorted(etc.entries.items()):
         if entry != tables_dir(project):
             earlier = kept.get(FILES_PART + entry)
             # What is a leftover there depends on whether the spec has the name.
@@ -344,6 +366,7 @@ def observe(
         missing_kinds=frozenset(k for k in set(kinds) if not kernel.link_kind_supported(k)),
         unread=(*([nft.unread] if nft.unread else []), *scan.unread),
         parts=parts,
+        paired=paired,
     )
 
 
@@ -685,10 +708,22 @@ def _source(addresses: list[Address], link: Key, via: str) -> Key | None:
     return None
 
 
-def _pair_veths(scan: _Scan) -> None:
+def _pair_veths(scan: _Scan, earlier: Mapping[tuple[str, str], _Pair]) -> dict[
+        tuple[str, str], _Pair]:
+    """A Veth of each (container, network) from its host end and its inner end
+    (either may be missing); `earlier`: an earlier observation's pairs, whose
+    Veth is taken again when both ends are the very objects it was made of."""
     netns_owned = {r.name for r in scan.resources.values() if isinstance(r, Netns)}
+    paired: dict[tuple[str, str], _Pair] = {}
     for ident in sorted(scan.host_ends.keys() | scan.inner_ends.keys()):
         host, inner = scan.host_ends.get(ident), scan.inner_ends.get(ident)
+        owned_ns = inner is not None and inner.ns in netns_owned
+        was = earlier.get(ident)
+        if was is not None and was[0] is host and was[1] is inner \
+                and was[2].owned_ns == owned_ns:
+            paired[ident] = was
+            scan.resources[was[2].key] = was[2]
+            continue
         veth = Veth(
             container=ident[0],
             network=ident[1],
@@ -707,9 +742,11 @@ def _pair_veths(scan: _Scan) -> None:
             allocated=host.allocated if host else "",
             ipv6_ll=inner.link.ipv6_ll if inner else False,
             host_ipv6_ll=host.link.ipv6_ll if host else False,
-            owned_ns=inner is not None and inner.ns in netns_owned,
+            owned_ns=owned_ns,
         )
+        paired[ident] = (host, inner, veth)
         scan.resources[veth.key] = veth
+    return paired
 
 
 def _scan_dirs(scan: _Scan) -> None:
@@ -721,11 +758,18 @@ def _scan_dirs(scan: _Scan) -> None:
             scan.in_the_way(path, kind)
 
 
-def _scan_netns_dir(scan: _Scan, netns: set[str], names: frozenset[str]) -> None:
+def _list_netns_dir(part: _Scan) -> None:
+    part.names.extend(part.kernel.netns_names())
+    part.entries.update(part.kernel.dir_entries(NETNS_DIR))
+
+
+def _scan_netns_dir(
+    scan: _Scan, entries: dict[str, FileType], netns: set[str], names: frozenset[str]
+) -> None:
     """Entries of /run/netns that are no network namespace: an empty file (what
     an interrupted `ip netns add` leaves) under a name of the spec is a
     leftover; anything else is in the way of that name."""
-    for name, kind in sorted(scan.kernel.dir_entries(NETNS_DIR).items()):
+    for name, kind in sorted(entries.items()):
         if name in netns:
             continue
         path = f"{NETNS_DIR}/{name}"

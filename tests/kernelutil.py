@@ -13,12 +13,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler import cli
+from reconciler import cli, engine
+from reconciler.desired import host_ifname
+from reconciler.drivers.kernel import TMP_SUFFIX
+from reconciler.drivers.netlink import NetlinkKernel
+from reconciler.model import Spec
+from reconciler.state.observe import ObservedState
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -191,3 +197,95 @@ def assert_same_kernel(now: dict[str, Any], before: dict[str, Any]) -> None:
             only_before = [x for x in b if x not in a]
             raise AssertionError(f"{key}: now has {only_now}; before had {only_before}")
         raise AssertionError(f"{key}: now {a!r}; before {b!r}")
+
+
+def run_quiet(*cmd: str) -> None:
+    """Run a change from outside whose target may be gone already (an earlier
+    change deleted it): failing is fine."""
+    subprocess.run(cmd, capture_output=True)
+
+
+def fresh_observation(spec: Spec) -> ObservedState:
+    """What a new run would observe: new sockets, nothing kept from before."""
+    kernel = NetlinkKernel()
+    try:
+        return engine.observe_project(kernel, spec)
+    finally:
+        kernel.close()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A container's first attachment (eth0), where outside changes aim."""
+
+    project: str
+    container: str  # also its netns name
+    network: str
+    cidr: str  # its address on eth0, with the prefix length
+    bridge: str  # the network's bridge device
+
+
+# Changes from outside to what a project owns, or beside it (foreign objects),
+# by what each does; outside_change() makes them.
+OWNED_CHANGES = ("veth", "address", "route", "table", "netns", "mtu", "bridge mtu",
+                 "bridge down", "hosts file", "hosts table", "hosts leftover")
+FOREIGN_CHANGES = ("foreign address", "foreign route", "foreign link", "host link",
+                   "foreign table", "netns again", "foreign netns", "foreign hosts")
+OUTSIDE_CHANGES = OWNED_CHANGES + FOREIGN_CHANGES
+
+
+def outside_change(what: str, end: Endpoint) -> None:
+    """Make one of OUTSIDE_CHANGES with `ip`, `nft` and file writes, as someone
+    else on the machine would. Its target may be gone already: then it does
+    nothing. "netns again" deletes the container's namespace and makes a new
+    one (foreign) under its name; "hosts table" edits the project's table
+    through the container's hosts link."""
+    ns, foreign = end.container, f"x-{end.container}"
+    hosts = Path("/etc/netns") / ns / "hosts"
+    if what == "veth":
+        run_quiet("ip", "link", "del", host_ifname(end.project, ns, end.network))
+    elif what == "address":
+        run_quiet("ip", "-n", ns, "addr", "del", end.cidr, "dev", "eth0")
+    elif what == "route":
+        run_quiet("ip", "-n", ns, "route", "del", "default")
+    elif what == "table":
+        run_quiet("nft", "flush", "ruleset")
+    elif what == "netns":
+        run_quiet("ip", "netns", "del", ns)
+    elif what == "mtu":
+        run_quiet("ip", "-n", ns, "link", "set", "eth0", "mtu", "1400")
+    elif what == "bridge mtu":
+        run_quiet("ip", "link", "set", end.bridge, "mtu", "1280")
+    elif what == "bridge down":
+        run_quiet("ip", "link", "set", end.bridge, "down")
+    elif what == "hosts file":
+        if hosts.parent.is_dir():
+            hosts.unlink(missing_ok=True)
+            hosts.write_text("127.0.0.1 localhost\n")
+    elif what == "hosts table":
+        if hosts.is_file():  # through the link: the project's table
+            with hosts.open("a") as f:
+                f.write("10.1.2.3 edited\n")
+    elif what == "hosts leftover":  # what an interrupted write of the hosts file leaves
+        if hosts.parent.is_dir():
+            hosts.with_name("hosts" + TMP_SUFFIX).write_text("half")
+    elif what == "foreign address":
+        run_quiet("ip", "-n", ns, "addr", "add", "10.77.0.1/32", "dev", "eth0")
+    elif what == "foreign route":
+        run_quiet("ip", "-n", ns, "route", "add", "10.98.0.0/16", "dev", "eth0")
+    elif what == "foreign link":
+        run_quiet("ip", "-n", ns, "link", "add", "x0", "type", "veth", "peer", "name", "x1")
+    elif what == "host link":
+        run_quiet("ip", "link", "add", foreign, "type", "veth", "peer", "name", f"{foreign}p")
+    elif what == "foreign table":
+        run_quiet("nft", "add", "table", "inet", foreign)
+    elif what == "netns again":
+        run_quiet("ip", "netns", "del", ns)
+        run_quiet("ip", "netns", "add", ns)
+    elif what == "foreign netns":
+        run_quiet("ip", "netns", "add", foreign)
+    elif what == "foreign hosts":
+        (Path("/etc/netns") / foreign).mkdir(exist_ok=True)
+        (Path("/etc/netns") / foreign / "hosts").write_text("127.0.0.1 localhost\n")
+    else:
+        raise ValueError(f"unknown outside change {what!r}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from reconciler.resources import Netns
 from reconciler.state.observe import ObservedState, Reread
 
 
@@ -85,16 +86,27 @@ class ObservedCache:
 
     def take(self) -> tuple[Reread | None, frozenset[str]]:
         """What to read again (None: everything), and the /run/netns names whose
-        namespace may be another now; the marks start anew."""
+        namespace may be another now (for a full read, every name read last
+        time too); the marks start anew."""
         with self._lock:
             marks, self._marks = self._marks, _Marks(everything=False)
         renamed = frozenset(marks.renamed)
         if marks.everything or self.observed is None:
             self.full_reads += 1
-            return None, renamed
+            return None, renamed | self._names()
         return Reread(host=marks.host, nft=marks.nft, netns_dir=marks.netns_dir,
                       namespaces=frozenset(marks.namespaces), files=frozenset(marks.files),
                       tables=marks.tables), renamed
+
+    def _names(self) -> frozenset[str]:
+        """The /run/netns names the last observation read (the project's
+        namespaces and others'). A full read opens their sockets anew: a name
+        may lead to another namespace now, and the event that said so may be
+        the one that was lost (a resync is what finds that out)."""
+        if self.observed is None:
+            return frozenset()
+        owned = {r.name for r in self.observed.resources.values() if isinstance(r, Netns)}
+        return frozenset(owned | self.observed.foreign.netns)
 
     def give_back(self) -> None:
         """A reconcile that took marks did not store an observation (it failed

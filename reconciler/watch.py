@@ -452,6 +452,8 @@ class Watcher:
             if self.stopping:
                 raise Stopping
 
+        if self.unwatched:  # no file events: trust nothing kept, sockets included
+            self.cache.everything()
         reread, renamed = self.cache.take()
         stored = False
         base, self.settled = self.settled, None
@@ -462,8 +464,6 @@ class Watcher:
             for name in renamed:  # its socket may be bound to a namespace gone from there
                 kernel.forget(name)
             kernel.forget_moved_paths()
-            if self.unwatched:
-                reread = None
             # In etcd, the name this machine registered as (if the spec spans machines).
             requested = self.options.host or (self.source.host if spec.hosts else None)
             local = engine.local_addresses(kernel) if spec.hosts and not requested else []

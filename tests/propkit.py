@@ -32,7 +32,7 @@ WRITES = frozenset({
     "netns_add", "netns_del", "bridge_add", "veth_add", "link_set", "link_del", "addr_add",
     "addr_del", "route_add", "route_del", "write_file", "write_link", "remove_file",
     "nft_apply", "sysctl_set", "sublink_add", "vxlan_add", "fdb_add", "fdb_del", "neigh_add",
-    "neigh_del",
+    "neigh_del", "link_addr_gen",
 })
 
 

@@ -308,6 +308,9 @@ def _budgeted(loader_class: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
     return found
 
 
+STR_TAG = "tag:yaml.org,2002:str"
+
+
 class _Walker:
     """Walks the node tree and the constructed data in parallel."""
 
@@ -343,7 +346,13 @@ class _Walker:
         # as in the constructed dict.
         last: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for key_node, value_node in node.value:
-            key = self.loader.construct_object(key_node, deep=True)
+            # A plain text key is its node's value (what construct_yaml_str
+            # gives); only other keys are constructed again (the loader
+            # forgets what it constructed once the document is built).
+            if key_node.tag == STR_TAG and isinstance(key_node, yaml.ScalarNode):
+                key: object = key_node.value
+            else:
+                key = self.loader.construct_object(key_node, deep=True)
             if isinstance(key, str):
                 last[key] = (key_node, value_node)
             else:

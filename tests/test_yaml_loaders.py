@@ -108,3 +108,17 @@ def test_a_long_document_is_counted_before_libyaml_composes_it(
     few = "x: [1, 2, 3]\n"
     assert yamlsource._within_budget(few, yaml.CSafeLoader)
     assert not yamlsource._within_budget(many, yaml.CSafeLoader)
+
+
+def test_keys_are_read_as_their_tags_say() -> None:
+    """A key's text is taken as is only where YAML reads it as text (a plain
+    `b`, a quoted "c", a `!!str 1`); `!!int "3"` is a number, reported."""
+    text = (HEAD + "networks:\n  !!str 1: {subnet: 10.0.0.0/24}\n  b: {subnet: 10.1.0.0/24}\n"
+            '  "c": {}\n  !!int "3": {subnet: 10.2.0.0/24}\n')
+    (fast, fast_problems), (pure, pure_problems) = both(text)
+    assert (fast.data, fast.where, fast_problems) == (pure.data, pure.where, pure_problems)
+    assert pure.data == {"version": 1, "project": "p", "networks": {
+        "1": {"subnet": "10.0.0.0/24"}, "b": {"subnet": "10.1.0.0/24"}, "c": {}}}
+    assert [pure.where[("networks", name)].line for name in ("1", "b", "c")] == [4, 5, 6]
+    assert [str(p) for p in pure_problems] == [
+        "s.yaml:7:3: networks: key '3' is read by YAML as 3, not as text; quote it"]

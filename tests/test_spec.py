@@ -1207,6 +1207,29 @@ def test_entries_python_finds_equal_are_validated_apart(
     assert [p.split(": ", 1)[1] for p in found] == [f"network 'front': {problem}"]
 
 
+def test_an_entry_with_a_bad_name_is_skipped_and_counts_as_defined() -> None:
+    """Names are checked against each section's pattern (ECMA-262: `$` is the
+    very end, so a trailing newline fails); an entry whose name fails is not
+    checked further, and where another names it, it counts as defined."""
+    text = doc("""\
+        hosts:
+          "-a": {address: 192.0.2.1}
+        networks:
+          Front: {subnet: 10.0.0.0/24}
+          back: {subnet: 10.0.0.0/24}
+        containers:
+          "web\\n": {networks: [Front], colour: 1, host: -a}
+          db: {networks: [Front, nowhere], host: -a}
+        """)
+    assert problems(text) == [
+        "s.yaml:10:26: container 'db': network 'nowhere' is not defined in networks",
+        "s.yaml:4:3: hosts: name '-a' must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        "s.yaml:6:3: networks: name 'Front' must match ^[a-z][a-z0-9_-]{0,30}$",
+        "s.yaml:9:32: container 'web\n': unknown key 'colour'",
+        "s.yaml:9:3: containers: name 'web\\n' must match ^[a-z][a-z0-9_.-]{0,62}$",
+    ]  # no overlap of back with the broken Front; Front and -a count as defined
+
+
 def test_the_entry_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(schema, "ENTRY_CACHE", schema.EntryCache(2))
     parsed, _ = yamlsource.parse("containers: {a: {colour: 1}, b: {colour: 2}, c: {}}", "s.yaml")

@@ -24,6 +24,7 @@ import jsonschema
 import jsonschema.validators
 from jsonschema.exceptions import ValidationError
 
+from reconciler import quickschema
 from reconciler.errors import InternalError, Problem, Where
 from reconciler.yamlsource import Document, Path, describe, locate, show
 
@@ -36,16 +37,11 @@ TEXT_HINT = "; quote it so YAML reads it as text"
 def _ecma_pattern(
     validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[ValidationError]:
-    # JSON Schema patterns are ECMA-262: "$" matches only at the very end, while
-    # Python's "$" also matches before a final newline ("web\n" would pass).
+    # JSON Schema patterns are ECMA-262 (quickschema.python_pattern).
     if not validator.is_type(instance, "string"):
         return
-    if not re.search(_python_pattern(pattern), instance):
+    if not re.search(quickschema.python_pattern(pattern), instance):
         yield ValidationError(f"does not match {pattern}")
-
-
-def _python_pattern(pattern: str) -> str:
-    return pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern
 
 
 def document() -> dict[str, Any]:
@@ -62,31 +58,42 @@ def document() -> dict[str, Any]:
     return schema
 
 
+@dataclasses.dataclass(frozen=True)
+class _Schemas:
+    """The schema, in the parts it is checked in."""
+
+    top: Any  # the validator of a document's top level, without its entries
+    # Each section in ENTRY_SECTIONS: the schema of one entry (validated
+    # apart, see EntryCache) and its quick check (None: none).
+    entries: dict[str, dict[str, Any]]
+    quick: dict[str, quickschema.Check | None]
+    # Each section whose names have a pattern (propertyNames, see _bad_names).
+    names: dict[str, NamePattern]
+
+
 @functools.cache
-def _validators() -> tuple[Any, dict[str, dict[str, Any]], dict[str, NamePattern]]:
-    """The validator of a document's top level; the schema of one entry of
-    each section in ENTRY_SECTIONS (validated apart, see EntryCache); the
-    pattern of the names of each section that has one (its propertyNames,
-    checked by _bad_names)."""
+def _schemas() -> _Schemas:
     schema = document()
     # Files of a directory are validated one by one; version and project may
     # live in any of them, so their presence is checked after merging.
     schema.pop("required", None)
-    entry_schemas: dict[str, dict[str, Any]] = {}
-    name_patterns: dict[str, NamePattern] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    names: dict[str, NamePattern] = {}
     for section in ENTRY_SECTIONS:
         section_schema = schema["properties"][section]
-        entry_schemas[section] = section_schema.pop(ENTRY_KEYWORDS[section])
-        names = section_schema.pop("propertyNames", None)
-        if names is not None:
-            if set(names) != {"pattern"}:
+        entries[section] = section_schema.pop(ENTRY_KEYWORDS[section])
+        name_schema = section_schema.pop("propertyNames", None)
+        if name_schema is not None:
+            if set(name_schema) != {"pattern"}:
                 raise InternalError(f"schema: {section}.propertyNames is more than a pattern")
-            pattern = names["pattern"]
-            name_patterns[section] = NamePattern(pattern, re.compile(_python_pattern(pattern)))
+            pattern = name_schema["pattern"]
+            names[section] = NamePattern(
+                pattern, re.compile(quickschema.python_pattern(pattern)))
+    quick = {section: quickschema.checker(entry, schema) for section, entry in entries.items()}
     extend: Any = jsonschema.validators.extend
     cls = extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
     # The entry schemas' $refs point into $defs, which the top schema keeps.
-    return cls(schema), entry_schemas, name_patterns
+    return _Schemas(cls(schema), entries, quick, names)
 
 
 class NamePattern(NamedTuple):
@@ -102,7 +109,7 @@ def _bad_names(data: object) -> Iterator[tuple[str, str, Finding]]:
     jsonschema ten times as long, for every name at every build)."""
     if not isinstance(data, dict):
         return
-    for section, pattern in _validators()[2].items():
+    for section, pattern in _schemas().names.items():
         value = data.get(section)
         if not isinstance(value, dict):
             continue
@@ -188,8 +195,11 @@ def _canonical(value: object) -> Hashable:
 def _validate(section: str, value: object) -> _Entry:
     """The schema's findings on one entry of section (its content only: they
     hold wherever and under whatever name the entry is written)."""
-    validator, entry_schemas, _ = _validators()
-    errors = list(validator.descend(value, entry_schemas[section]))
+    schemas = _schemas()
+    quick = schemas.quick[section]
+    if quick is not None and quick(value):
+        return _VALID
+    errors = list(schemas.top.descend(value, schemas.entries[section]))
     if not errors:
         return _VALID
     # A placeholder name: a finding's wording does not depend on the entry's
@@ -226,9 +236,8 @@ def _entries(data: object) -> Iterator[tuple[str, str | int, _Entry]]:
 
 def problems(doc: Document) -> list[Problem]:
     """Every schema problem of one file, each at its position (file:line:col)."""
-    validator = _validators()[0]
     problems: list[Problem] = []
-    for error in validator.iter_errors(doc.data):
+    for error in _schemas().top.iter_errors(doc.data):
         problems.extend(_place(finding, doc.where) for finding in _translate(error))
     problems.extend(_place(finding, doc.where) for _, _, finding in _bad_names(doc.data))
     for section, name, entry in _entries(doc.data):
@@ -245,7 +254,7 @@ def broken_entries(doc: Document) -> set[tuple[str | int, ...]] | None:
     ("networks", "front"), ("expect", 2). None when a failure is outside any
     entry (a top-level key, a whole section of the wrong type): then no part
     of the document can be trusted to have its shape."""
-    if any(True for _ in _validators()[0].iter_errors(doc.data)):
+    if any(True for _ in _schemas().top.iter_errors(doc.data)):
         return None
     broken: set[tuple[str | int, ...]] = {
         (section, name) for section, name, _ in _bad_names(doc.data)}

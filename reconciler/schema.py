@@ -3,7 +3,9 @@
 A document's top level is validated whole; each entry of its sections (a
 host, network, container, expectation) is validated apart, and what the
 schema says of it is kept by the entry's content (EntryCache): after a small
-edit of a large spec, only the entries edited are validated again.
+edit of a large spec, only the entries edited are validated again. A new
+entry is checked by quickschema first; jsonschema validates only the entries
+that check refuses, to find and word their problems.
 """
 
 from __future__ import annotations

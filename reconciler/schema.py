@@ -1,7 +1,17 @@
-"""The project's JSON Schema, and its errors translated into sentences a user understands."""
+"""The project's JSON Schema, and its errors translated into sentences a user understands.
+
+A document's top level is validated whole; each entry of its sections (a
+host, network, container, expectation) is validated apart, and what the
+schema says of it is kept by the entry's content (EntryCache): after a small
+edit of a large spec, only the entries edited are validated again. A new
+entry is checked by quickschema first; jsonschema validates only the entries
+that check refuses, to find and word their problems.
+"""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -9,13 +19,14 @@ import functools
 import importlib.resources
 import json
 import re
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Any, NamedTuple
 
 import jsonschema
 import jsonschema.validators
 from jsonschema.exceptions import ValidationError
 
+from reconciler import quickschema
 from reconciler.errors import InternalError, Problem, Where
 from reconciler.yamlsource import Document, Path, describe, locate, show
 
@@ -28,12 +39,10 @@ TEXT_HINT = "; quote it so YAML reads it as text"
 def _ecma_pattern(
     validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[ValidationError]:
-    # JSON Schema patterns are ECMA-262: "$" matches only at the very end, while
-    # Python's "$" also matches before a final newline ("web\n" would pass).
+    # JSON Schema patterns are ECMA-262 (quickschema.python_pattern).
     if not validator.is_type(instance, "string"):
         return
-    python_pattern = pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern
-    if not re.search(python_pattern, instance):
+    if not re.search(quickschema.python_pattern(pattern), instance):
         yield ValidationError(f"does not match {pattern}")
 
 
@@ -51,21 +60,193 @@ def document() -> dict[str, Any]:
     return schema
 
 
+@dataclasses.dataclass(frozen=True)
+class _Schemas:
+    """The schema, in the parts it is checked in."""
+
+    top: Any  # the validator of a document's top level, without its entries
+    # Each section in ENTRY_SECTIONS: the schema of one entry (validated
+    # apart, see EntryCache) and its quick check (None: none).
+    entries: dict[str, dict[str, Any]]
+    quick: dict[str, quickschema.Check | None]
+    # Each section whose names have a pattern (propertyNames, see _bad_names).
+    names: dict[str, NamePattern]
+
+
 @functools.cache
-def _validator() -> Any:
+def _schemas() -> _Schemas:
     schema = document()
     # Files of a directory are validated one by one; version and project may
     # live in any of them, so their presence is checked after merging.
     schema.pop("required", None)
+    entries: dict[str, dict[str, Any]] = {}
+    names: dict[str, NamePattern] = {}
+    for section in ENTRY_SECTIONS:
+        section_schema = schema["properties"][section]
+        entries[section] = section_schema.pop(ENTRY_KEYWORDS[section])
+        name_schema = section_schema.pop("propertyNames", None)
+        if name_schema is not None:
+            if set(name_schema) != {"pattern"}:
+                raise InternalError(f"schema: {section}.propertyNames is more than a pattern")
+            pattern = name_schema["pattern"]
+            names[section] = NamePattern(
+                pattern, re.compile(quickschema.python_pattern(pattern)))
+    quick = {section: quickschema.checker(entry, schema) for section, entry in entries.items()}
     extend: Any = jsonschema.validators.extend
     cls = extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
-    return cls(schema)
+    # The entry schemas' $refs point into $defs, which the top schema keeps.
+    return _Schemas(cls(schema), entries, quick, names)
+
+
+class NamePattern(NamedTuple):
+    """A section's propertyNames pattern, as written and as Python reads it."""
+
+    written: str
+    compiled: re.Pattern[str]
+
+
+def _bad_names(data: object) -> Iterator[tuple[str, str, Finding]]:
+    """(section, name, finding) of each entry name its section's pattern
+    refuses, as jsonschema's propertyNames reports it (checked here: it takes
+    jsonschema ten times as long, for every name at every build)."""
+    if not isinstance(data, dict):
+        return
+    for section, pattern in _schemas().names.items():
+        value = data.get(section)
+        if not isinstance(value, dict):
+            continue
+        for name in value:
+            if isinstance(name, str) and not pattern.compiled.search(name):
+                cause = f"name {show(name)} must match {pattern.written}"
+                yield section, name, ((section,), cause, (section, name))
+
+
+ENTRY_SECTIONS = ("hosts", "networks", "containers", "expect")
+# The keyword of each section's schema that holds the schema of one entry.
+ENTRY_KEYWORDS = {"hosts": "additionalProperties", "networks": "additionalProperties",
+                  "containers": "additionalProperties", "expect": "items"}
+# What a schema failure says, without where it is: (path of the failing value,
+# cause, path of what to point at or None for the value itself). Paths inside
+# an entry are relative to it: the same finding holds wherever the entry is.
+Finding = tuple[tuple[str | int, ...], str, "tuple[str | int, ...] | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """What the schema says about one entry's content."""
+
+    findings: tuple[Finding, ...] = ()
+    # Inside the entry: (path of a mapping, its keys the schema does not know).
+    unknown: tuple[tuple[tuple[str | int, ...], tuple[str, ...]], ...] = ()
+
+
+_VALID = _Entry()
+
+
+class EntryCache:
+    """The schema's findings on entries by content, across the builds of one
+    process (watch, a long test run): `size` entries at most, the least
+    recently used dropped first."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.results: collections.OrderedDict[tuple[str, Hashable], _Entry] = \
+            collections.OrderedDict()
+        self.validated = 0  # entries validated, not found here (for tests)
+
+    def get(self, section: str, value: object) -> _Entry:
+        key = (section, _canonical(value))
+        # Taken out and put back (last: the most recently used) rather than
+        # moved: no step can fail when two threads build at once (at worst
+        # both validate the entry).
+        found = self.results.pop(key, None)
+        if found is None:
+            found = _validate(section, value)
+            self.validated += 1
+        self.results[key] = found
+        while len(self.results) > self.size:
+            with contextlib.suppress(KeyError):
+                self.results.popitem(last=False)
+        return found
+
+
+# Twice the 10,000 containers of a large spec: an edit of one entry validates
+# that one only (watch, a directory of files), in about 20 MiB at most (an
+# entry kept takes about 1 KiB: its content's canonical form, its findings).
+ENTRY_CACHE = EntryCache(20_000)
+
+
+def _canonical(value: object) -> Hashable:
+    """A hashable form of parsed YAML data, equal only for data the schema
+    (and its messages) cannot tell apart: types are kept (1, 1.0 and true
+    are equal in Python, not in the schema), floats and other scalars by
+    their repr (-0.0 shows as -0.0), mappings in their key order (unknown
+    keys are reported in it)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return (kind, value)
+    if kind is dict:
+        assert isinstance(value, dict)
+        return (dict, tuple((_canonical(k), _canonical(v)) for k, v in value.items()))
+    if kind is list or kind is tuple:
+        assert isinstance(value, list | tuple)
+        return (kind, tuple(_canonical(item) for item in value))
+    return (kind, repr(value))
+
+
+def _validate(section: str, value: object) -> _Entry:
+    """The schema's findings on one entry of section (its content only: they
+    hold wherever and under whatever name the entry is written)."""
+    schemas = _schemas()
+    quick = schemas.quick[section]
+    if quick is not None and quick(value):
+        return _VALID
+    errors = list(schemas.top.descend(value, schemas.entries[section]))
+    if not errors:
+        return _VALID
+    # A placeholder name: a finding's wording does not depend on the entry's
+    # name or index (describe() puts those in the context only).
+    base = (section, "")
+    findings = [f for error in errors for f in _translate(error, base)]
+    unknown = []
+    for error in _leaf_errors(errors):
+        if error.validator == "additionalProperties" and error.validator_value is False:
+            known = _schema(error).get("properties", {})
+            instance: Any = error.instance
+            unknown.append((tuple(error.absolute_path),
+                            tuple(k for k in instance if k not in known)))
+    return _Entry(tuple((path[2:], cause, None if at is None else at[2:])
+                        for path, cause, at in findings), tuple(unknown))
+
+
+def _entries(data: object) -> Iterator[tuple[str, str | int, _Entry]]:
+    """(section, entry name or index, the schema's findings) of every entry
+    of the sections of a document's data that have their section's type (a
+    section of another type is a top-level failure, and has no entries)."""
+    if not isinstance(data, dict):
+        return
+    for section in ENTRY_SECTIONS:
+        value = data.get(section)
+        if ENTRY_KEYWORDS[section] == "items":
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    yield section, index, ENTRY_CACHE.get(section, item)
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                yield section, name, ENTRY_CACHE.get(section, item)
 
 
 def problems(doc: Document) -> list[Problem]:
+    """Every schema problem of one file, each at its position (file:line:col)."""
     problems: list[Problem] = []
-    for error in _validator().iter_errors(doc.data):
-        problems.extend(_translate(error, doc.where))
+    for error in _schemas().top.iter_errors(doc.data):
+        problems.extend(_place(finding, doc.where) for finding in _translate(error))
+    problems.extend(_place(finding, doc.where) for _, _, finding in _bad_names(doc.data))
+    for section, name, entry in _entries(doc.data):
+        for path, cause, at in entry.findings:
+            base = (section, name)
+            problems.append(_place(
+                ((*base, *path), cause, None if at is None else (*base, *at)), doc.where))
     unique = {(p.where, p.message): p for p in problems}
     return list(unique.values())
 
@@ -75,20 +256,13 @@ def broken_entries(doc: Document) -> set[tuple[str | int, ...]] | None:
     ("networks", "front"), ("expect", 2). None when a failure is outside any
     entry (a top-level key, a whole section of the wrong type): then no part
     of the document can be trusted to have its shape."""
-    broken: set[tuple[str | int, ...]] = set()
-    for error in _validator().iter_errors(doc.data):
-        path = tuple(error.absolute_path)
-        if path and path[0] in ENTRY_SECTIONS and len(path) >= 2:
-            broken.add(path[:2])
-        elif path and path[0] in ENTRY_SECTIONS and "propertyNames" in \
-                error.absolute_schema_path:
-            broken.add((path[0], str(error.instance)))  # a name that does not match
-        else:
-            return None
+    if any(True for _ in _schemas().top.iter_errors(doc.data)):
+        return None
+    broken: set[tuple[str | int, ...]] = {
+        (section, name) for section, name, _ in _bad_names(doc.data)}
+    broken.update((section, name) for section, name, entry in _entries(doc.data)
+                  if entry.findings)
     return broken
-
-
-ENTRY_SECTIONS = ("hosts", "networks", "containers", "expect")
 
 
 def without_unknown_keys(doc: Document) -> Document:
@@ -96,21 +270,18 @@ def without_unknown_keys(doc: Document) -> Document:
     misspelt `mtuu`, a `colour`): they mean nothing, so the rest of their
     entry can still be checked (spec.py: every problem at once). The keys
     are reported by problems() all the same."""
+    drops = [((section, name, *path), keys) for section, name, entry in _entries(doc.data)
+             for path, keys in entry.unknown if keys]
+    if not drops:
+        return doc
     data = copy.deepcopy(doc.data)
-    changed = False
-    for error in _leaf_errors(_validator().iter_errors(doc.data)):
-        path = tuple(error.absolute_path)
-        if error.validator != "additionalProperties" or error.validator_value is not False \
-                or len(path) < 2 or path[0] not in ENTRY_SECTIONS:
-            continue
+    for path, keys in drops:
         node: Any = data
         for step in path:
             node = node[step]
-        known = _schema(error).get("properties", {})
-        for key in [k for k in node if k not in known]:
-            del node[key]
-            changed = True
-    return dataclasses.replace(doc, data=data) if changed else doc
+        for key in keys:
+            node.pop(key, None)  # an entry may hold the same mapping twice (an alias)
+    return dataclasses.replace(doc, data=data)
 
 
 def _leaf_errors(errors: Iterable[ValidationError]) -> Iterator[ValidationError]:
@@ -124,26 +295,28 @@ def _leaf_errors(errors: Iterable[ValidationError]) -> Iterator[ValidationError]
             yield from _leaf_errors(branch)
 
 
-def _translate(error: ValidationError, where: dict[Path, Where]) -> list[Problem]:
-    path: tuple[str | int, ...] = tuple(error.absolute_path)
+def _translate(error: ValidationError, base: tuple[str | int, ...] = ()) -> list[Finding]:
+    """What error says, as findings; base: the path of the value the error's
+    validation started at (its absolute_path is relative to that)."""
+    path: tuple[str | int, ...] = (*base, *error.absolute_path)
     keyword = error.validator
     expected: Any = error.validator_value
     if keyword in ("anyOf", "oneOf"):
         branch = _matching_branch(error)
         if branch is not None:
-            return [p for sub in branch for p in _translate(sub, where)]
+            return [f for sub in branch for f in _translate(sub, base)]
     if keyword == "additionalProperties" and expected is False:
-        return _unknown_keys(error, path, where)
+        return _unknown_keys(error, path)
     if keyword == "required":
         instance: Any = error.instance
         missing = [key for key in expected if key not in instance]
-        return [_problem(where, path, _label(path, key) + " is required") for key in missing]
+        return [(path, _label(path, key) + " is required", None) for key in missing]
     if "propertyNames" in error.absolute_schema_path:
         # The error is about a name; point at it (the validated instance is the key).
         name = str(error.instance)
         cause = f"name {show(name)} must match {expected}"
-        return [_problem(where, path, cause, at=(*path, name))]
-    return [_problem(where, path, _cause(error, _label(path)))]
+        return [(path, cause, (*path, name))]
+    return [(path, _cause(error, _label(path)), None)]
 
 
 def _matching_branch(error: ValidationError) -> list[ValidationError] | None:
@@ -162,12 +335,10 @@ def _matching_branch(error: ValidationError) -> list[ValidationError] | None:
     return None
 
 
-def _unknown_keys(
-    error: ValidationError, path: tuple[str | int, ...], where: dict[Path, Where]
-) -> list[Problem]:
+def _unknown_keys(error: ValidationError, path: tuple[str | int, ...]) -> list[Finding]:
     known = sorted(_schema(error).get("properties", {}))
     field = _label(path)
-    problems = []
+    findings: list[Finding] = []
     instance: Any = error.instance
     for key in instance:
         if key in known:
@@ -176,8 +347,8 @@ def _unknown_keys(
         close = difflib.get_close_matches(key, known, n=1)
         if close:
             cause += f" (did you mean {show(close[0])}?)"
-        problems.append(_problem(where, path, cause, at=(*path, key)))
-    return problems
+        findings.append((path, cause, (*path, key)))
+    return findings
 
 
 def _schema(error: ValidationError) -> dict[str, Any]:
@@ -238,13 +409,10 @@ def _label(path: tuple[str | int, ...], key: str | None = None) -> str:
     return field or (key or "")
 
 
-def _problem(
-    where: dict[Path, Where],
-    path: tuple[str | int, ...],
-    cause: str,
-    at: tuple[str | int, ...] | None = None,
-) -> Problem:
-    """A problem about the object at path, positioned at `at` (default: path itself)."""
+def _place(finding: Finding, where: dict[Path, Where]) -> Problem:
+    """A problem about the object at the finding's path, positioned at its
+    `at` (default: the path itself) or the nearest ancestor written."""
+    path, cause, at = finding
     ctx, _ = describe(path)
     position = locate(where, tuple(str(part) for part in (path if at is None else at)))
     return Problem(position, f"{ctx}: {cause}")

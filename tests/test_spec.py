@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import textwrap
@@ -11,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from reconciler import reserved, schema, spec
+from reconciler import reserved, schema, spec, yamlsource
 from reconciler.errors import InternalError, SpecError, Where
 from reconciler.model import Driver, NetworkMode, Port, Route, bridge_ifname
 
@@ -1158,6 +1159,88 @@ def test_an_unknown_key_hides_nothing_else_of_its_entry() -> None:
         "container 'a': ipv4_address 10.9.9.9 is outside network 'n1' (172.31.5.0/24)",
         "container 'a': unknown key 'aliasses' in networks.n1 (did you mean 'aliases'?)",
     ]
+
+
+# --- the schema's findings cached by entry content -----------------------------------
+
+# An entry with three schema problems (an unknown key inside networks, an
+# unknown key, a value of the wrong type): its findings are cached by content.
+BAD_ENTRY = "{networks: {front: {ipv4_adress: 172.30.1.5}}, colour: red, ports: 8080}"
+
+
+def test_a_cached_entry_is_reported_where_it_is_now(tmp_path: Path) -> None:
+    """The same bad entry, found in the cache, moved to another line, under
+    another name and into another file: its problems are where it is now."""
+    assert problems(with_nets(f"containers:\n  db: {{}}\n  web: {BAD_ENTRY}\n")) == [
+        "s.yaml:8:28: container 'web': unknown key 'ipv4_adress' in networks.front"
+        " (did you mean 'ipv4_address'?)",
+        "s.yaml:8:55: container 'web': unknown key 'colour'",
+        "s.yaml:8:68: container 'web': ports must be a list (got 8080)",
+    ]
+    validated = schema.ENTRY_CACHE.validated
+    write(tmp_path, "a.yaml", HEAD + NETS + "containers:\n  db: {}\n")
+    write(tmp_path, "b.yaml", f"containers:\n\n  api:   {BAD_ENTRY}\n")
+    with pytest.raises(SpecError) as caught:
+        spec.load(tmp_path)
+    b = tmp_path / "b.yaml"
+    assert [str(p) for p in caught.value.problems] == [
+        f"{b}:3:30: container 'api': unknown key 'ipv4_adress' in networks.front"
+        " (did you mean 'ipv4_address'?)",
+        f"{b}:3:57: container 'api': unknown key 'colour'",
+        f"{b}:3:70: container 'api': ports must be a list (got 8080)",
+    ]
+    assert schema.ENTRY_CACHE.validated == validated  # every entry was found in the cache
+
+
+@pytest.mark.parametrize("first, then, problem", [
+    ("internal: true", "internal: 1", "internal must be true or false (got 1)"),
+    ("mtu: 1", "mtu: true", "mtu must be a whole number (got true)"),
+    ("mtu: 0.0", "mtu: -0.0", "mtu must be between 68 and 65535 (got -0.0)"),
+])
+def test_entries_python_finds_equal_are_validated_apart(
+        first: str, then: str, problem: str) -> None:
+    """true == 1 and 0.0 == -0.0 in Python, not to the schema (nor in its
+    messages): a cached result of one is not taken for the other."""
+    with contextlib.suppress(SpecError):
+        spec.load_text(doc(f"networks:\n  front: {{subnet: 172.30.1.0/24, {first}}}\n"))
+    found = problems(doc(f"networks:\n  front: {{subnet: 172.30.1.0/24, {then}}}\n"))
+    assert [p.split(": ", 1)[1] for p in found] == [f"network 'front': {problem}"]
+
+
+def test_an_entry_with_a_bad_name_is_skipped_and_counts_as_defined() -> None:
+    """Names are checked against each section's pattern (ECMA-262: `$` is the
+    very end, so a trailing newline fails); an entry whose name fails is not
+    checked further, and where another names it, it counts as defined."""
+    text = doc("""\
+        hosts:
+          "-a": {address: 192.0.2.1}
+        networks:
+          Front: {subnet: 10.0.0.0/24}
+          back: {subnet: 10.0.0.0/24}
+        containers:
+          "web\\n": {networks: [Front], colour: 1, host: -a}
+          db: {networks: [Front, nowhere], host: -a}
+        """)
+    assert problems(text) == [
+        "s.yaml:10:26: container 'db': network 'nowhere' is not defined in networks",
+        "s.yaml:4:3: hosts: name '-a' must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        "s.yaml:6:3: networks: name 'Front' must match ^[a-z][a-z0-9_-]{0,30}$",
+        "s.yaml:9:32: container 'web\n': unknown key 'colour'",
+        "s.yaml:9:3: containers: name 'web\\n' must match ^[a-z][a-z0-9_.-]{0,62}$",
+    ]  # no overlap of back with the broken Front; Front and -a count as defined
+
+
+def test_the_entry_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schema, "ENTRY_CACHE", schema.EntryCache(2))
+    parsed, _ = yamlsource.parse("containers: {a: {colour: 1}, b: {colour: 2}, c: {}}", "s.yaml")
+    assert len(schema.problems(parsed)) == 2
+    assert (len(schema.ENTRY_CACHE.results), schema.ENTRY_CACHE.validated) == (2, 3)
+    parsed, _ = yamlsource.parse("containers: {c: {}, b: {colour: 2}}", "s.yaml")
+    assert len(schema.problems(parsed)) == 1
+    assert schema.ENTRY_CACHE.validated == 3  # b and c were kept, a was dropped
+    parsed, _ = yamlsource.parse("containers: {a: {colour: 1}}", "s.yaml")
+    assert len(schema.problems(parsed)) == 1
+    assert schema.ENTRY_CACHE.validated == 4
 
 
 def test_a_broken_top_level_key_stops_before_the_semantic_checks() -> None:

@@ -108,3 +108,49 @@ def test_a_long_document_is_counted_before_libyaml_composes_it(
     few = "x: [1, 2, 3]\n"
     assert yamlsource._within_budget(few, yaml.CSafeLoader)
     assert not yamlsource._within_budget(many, yaml.CSafeLoader)
+
+
+def test_keys_are_read_as_their_tags_say() -> None:
+    """A key's text is taken as is only where YAML reads it as text (a plain
+    `b`, a quoted "c", a `!!str 1`); `!!int "3"` is a number, reported."""
+    text = (HEAD + "networks:\n  !!str 1: {subnet: 10.0.0.0/24}\n  b: {subnet: 10.1.0.0/24}\n"
+            '  "c": {}\n  !!int "3": {subnet: 10.2.0.0/24}\n')
+    (fast, fast_problems), (pure, pure_problems) = both(text)
+    assert (fast.data, fast.where, fast_problems) == (pure.data, pure.where, pure_problems)
+    assert pure.data == {"version": 1, "project": "p", "networks": {
+        "1": {"subnet": "10.0.0.0/24"}, "b": {"subnet": "10.1.0.0/24"}, "c": {}}}
+    assert [pure.where[("networks", name)].line for name in ("1", "b", "c")] == [4, 5, 6]
+    assert [str(p) for p in pure_problems] == [
+        "s.yaml:7:3: networks: key '3' is read by YAML as 3, not as text; quote it"]
+
+
+def test_libyaml_counts_nodes_as_it_composes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past C_UNCOUNTED_CHARS, a document is counted while libyaml composes
+    it, not in a pass of its own; an alias counts as one node, as the pure
+    loader counts it (each '*' of the text is taken for one)."""
+    assert yamlsource.C_SAFE_LOADER is not None
+    monkeypatch.setattr(yamlsource, "MAX_NODES", 50)
+    monkeypatch.setattr(yamlsource, "C_UNCOUNTED_CHARS", 10)
+    counted: list[str] = []
+    within_budget = yamlsource._within_budget
+
+    def spy(text: str, loader_class: type[yaml.SafeLoader]) -> bool:
+        counted.append(text)
+        return within_budget(text, loader_class)
+
+    monkeypatch.setattr(yamlsource, "_within_budget", spy)
+    nodes_40 = "x: [" + ", ".join(str(i) for i in range(39)) + "]\n"  # 41 with the root
+    # 46 nodes and 9 aliases: too many only with the aliases counted.
+    aliased = "a: &a 1\n" + nodes_40 + "y: [" + ", ".join(["*a"] * 9) + "]\n"
+    for text, fits in [(nodes_40, True), (aliased, False),
+                       ("a: &a 1\n" + "b: [" + ", ".join(["*a"] * 20) + "]\n", True)]:
+        taken = yamlsource._parse_c(text, "s.yaml", yamlsource.C_SAFE_LOADER)
+        _, pure_problems = yamlsource.parse(text, "s.yaml", fast=False)
+        assert (taken is not None) == fits == (pure_problems == []), text
+        if not fits:
+            assert "more than 50 keys and values" in str(pure_problems[0])
+    assert counted == []
+    monkeypatch.setattr(yamlsource, "C_ALIAS_SLACK", 5)  # more '*' than that: events counted
+    many_stars = "# " + "*" * 10 + "\n" + nodes_40
+    assert yamlsource._parse_c(many_stars, "s.yaml", yamlsource.C_SAFE_LOADER) is not None
+    assert counted == [many_stars]

@@ -1,0 +1,136 @@
+"""quickschema's yes-or-no check says exactly what jsonschema's validation
+says of each entry of a spec, for values of every shape YAML can give."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis_jsonschema import from_schema
+
+from reconciler import quickschema, schema
+
+SCHEMAS = schema._schemas()
+SECTIONS = sorted(SCHEMAS.entries)
+
+
+def _keys(node: Any) -> set[str]:
+    """Every property name the schema mentions (so that generated mappings
+    use them, with right and wrong values)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        found.update(node.get("properties", {}))
+        for value in node.values():
+            found |= _keys(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _keys(value)
+    return found
+
+
+KEYS = sorted(_keys(schema.document()))
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 70_000), st.sampled_from([2**40, -(2**40)]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1500.0, 68.5]),
+    st.sampled_from(["", "a", "eth0", "lo", ".", "..", "x" * 16, "bridge", "l3s", "tcp", "udp",
+                     "docker", "none", "host", "web\n", "10.0.0.1", "Web", "8080:80", "é"]),
+    st.text(max_size=6), st.dates(), st.just(datetime.datetime(2020, 1, 1, 12, 0)),
+    st.binary(max_size=3),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(KEYS) | st.text(max_size=3), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+def jsonschema_says_valid(section: str, value: Any) -> bool:
+    return not any(True for _ in SCHEMAS.top.descend(value, SCHEMAS.entries[section]))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(section=st.sampled_from(SECTIONS), value=VALUES)
+def test_the_quick_check_agrees_with_jsonschema(section: str, value: Any) -> None:
+    quick = SCHEMAS.quick[section]
+    assert quick is not None
+    assert quick(value) == jsonschema_says_valid(section, value)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_the_quick_check_accepts_what_the_schema_allows(section: str, data: st.DataObject) -> None:
+    entry = {**SCHEMAS.entries[section], "$defs": schema.document()["$defs"]}
+    value = data.draw(from_schema(entry))
+    quick = SCHEMAS.quick[section]
+    assert quick is not None and quick(value)
+    assert jsonschema_says_valid(section, value)
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*path, index))
+    return found
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_the_quick_check_agrees_on_valid_entries_changed_in_one_place(
+        section: str, data: st.DataObject) -> None:
+    """Where a wrong verdict would let a problem through: an entry the schema
+    allows, with one value replaced, one key added or one removed."""
+    entry = {**SCHEMAS.entries[section], "$defs": schema.document()["$defs"]}
+    value = data.draw(from_schema(entry))
+    path = data.draw(st.sampled_from(_paths(value)))
+    parent: Any = value
+    for step in path[:-1]:
+        parent = parent[step]
+    change = data.draw(st.sampled_from(["replace", "add", "remove"]))
+    if not path or change == "replace":
+        replacement = data.draw(VALUES)
+        if path:
+            parent[path[-1]] = replacement
+        else:
+            value = replacement
+    elif change == "add" and isinstance(parent[path[-1]], dict):
+        parent[path[-1]][data.draw(st.sampled_from(KEYS))] = data.draw(VALUES)
+    elif isinstance(parent, dict):
+        del parent[path[-1]]
+    quick = SCHEMAS.quick[section]
+    assert quick is not None
+    assert quick(value) == jsonschema_says_valid(section, value)
+
+
+@pytest.mark.parametrize("value, valid", [
+    ({"mtu": True}, False), ({"mtu": 1500.0}, True), ({"mtu": 1500.5}, False),
+    ({"mtu": math.nan}, False), ({"mtu": -0.0}, False), ({"mtu": 65535.0}, True),
+    ({"mtu": 67}, False), ({"interface": "br-x\n"}, False), ({"driver": "bridge"}, True),
+    ({"labels": {"a": 1}}, False), ({"colour": "red"}, False),
+])
+def test_the_quick_check_on_networks(value: dict[str, Any], valid: bool) -> None:
+    network = {"subnet": "10.0.0.0/24", **value}
+    quick = SCHEMAS.quick["networks"]
+    assert quick is not None
+    assert quick(network) is valid
+    assert jsonschema_says_valid("networks", network) is valid
+
+
+@pytest.mark.parametrize("keyword", [
+    {"patternProperties": {"^a": {}}}, {"oneOf": [{}]}, {"$ref": "#/definitions/x"},
+    {"type": "ipaddress"}, {"enum": [1, 2]}, {"const": 1}, {"items": {}, "prefixItems": []},
+])
+def test_a_keyword_not_handled_gives_no_check(keyword: dict[str, Any]) -> None:
+    """A schema that grows a keyword quickschema does not know is validated
+    by jsonschema alone, never waved through."""
+    assert quickschema.checker({"type": "object", **keyword}, {"$defs": {}}) is None

@@ -225,12 +225,20 @@ def changed_keys(before: Mapping[Key, Resource], after: Mapping[Key, Resource]) 
     return changed
 
 
-def _allocation_input(key: Key, before: ObservedState, after: ObservedState) -> bool:
+def _allocation_input(
+    key: Key, before: ObservedState, after: ObservedState, wanted: Mapping[Key, Resource]
+) -> bool:
     """Whether what desired.allocate keeps for an attachment may differ: its
-    link's allocation record, or an address on a link that has none."""
+    link's allocation record, or an address on a link that has none. A
+    record that became the one `wanted` (built from `before`) holds is no
+    change: allocating again from the addresses it allocated gives them
+    again (explicit ones win, kept ones stay, and the ones it chose are now
+    kept), so the desired state would be the same."""
     old, new = before.resources.get(key), after.resources.get(key)
     if key[0] in (Kind.VETH, Kind.SUBLINK):
-        return getattr(old, "allocated", None) != getattr(new, "allocated", None)
+        record = getattr(new, "allocated", None)
+        return getattr(old, "allocated", None) != record and (
+            record is None or record != getattr(wanted.get(key), "allocated", None))
     if key[0] == Kind.ADDRESS:
         link = key[1:4]
         return not (getattr(before.resources.get(link), "allocated", "")
@@ -268,7 +276,8 @@ def scoped(
     touched = changed_keys(old.resources, new.resources)
     touched.update(c.key for c in (*base.plan.changes, *base.plan.parked))
     wanted = base.desired
-    if base.spec is not spec or any(_allocation_input(k, old, new) for k in touched):
+    if base.spec is not spec or any(_allocation_input(k, old, new, base.desired)
+                                    for k in touched):
         wanted = desired_mod.build(spec, observed, host)
         touched |= changed_keys(base.desired, wanted)
     around: list[Resource] = []

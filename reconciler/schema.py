@@ -21,14 +21,13 @@ import importlib.resources
 import json
 import re
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from typing import Any, NamedTuple
-
-import jsonschema
-import jsonschema.validators
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from reconciler.errors import InternalError, Problem, Where
 from reconciler.yamlsource import Document, Path, describe, locate, show
+
+if TYPE_CHECKING:  # jsonschema is imported only to word a document's problems (_Schemas.top)
+    from jsonschema.exceptions import ValidationError
 
 # Package data, so that it ships in the wheel and is found wherever the
 # package is installed (site-packages, a zip, an editable checkout).
@@ -46,6 +45,8 @@ def python_pattern(pattern: str) -> str:
 def _ecma_pattern(
     validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[ValidationError]:
+    from jsonschema.exceptions import ValidationError
+
     if not validator.is_type(instance, "string"):
         return
     if not re.search(python_pattern(pattern), instance):
@@ -66,28 +67,52 @@ def document() -> dict[str, Any]:
     return schema
 
 
-@dataclasses.dataclass(frozen=True)
 class _Schemas:
-    """The schema, in the parts it is checked in."""
+    """The schema, in the parts it is checked in. What checks them is made
+    when first needed: jsonschema (its import and validator, some 50 ms) only
+    for a document the quick checks refuse."""
 
-    top: Any  # the validator of a document's top level, without its entries
-    # Each section in ENTRY_SECTIONS: the schema of one entry (validated
-    # apart, see EntryCache) and its quick check (None: none).
-    entries: dict[str, dict[str, Any]]
-    quick: dict[str, Callable[[Any], bool]]
-    # Each section whose names have a pattern (propertyNames, see _bad_names).
-    names: dict[str, NamePattern]
+    def __init__(self, schema: dict[str, Any], entries: dict[str, dict[str, Any]],
+                 names: dict[str, NamePattern]) -> None:
+        self.schema = schema  # a document's top level, without its entries
+        # Each section in ENTRY_SECTIONS: the schema of one entry (validated
+        # apart, see EntryCache).
+        self.entries = entries
+        # Each section whose names have a pattern (propertyNames, see _bad_names).
+        self.names = names
+        self._quick: dict[str | None, Callable[[Any], bool]] = {}
+
+    @functools.cached_property
+    def top(self) -> Any:
+        """jsonschema's validator of a document's top level."""
+        import jsonschema.validators
+
+        extend: Any = jsonschema.validators.extend
+        cls = extend(jsonschema.validators.Draft202012Validator, {"pattern": _ecma_pattern})
+        # The entry schemas' $refs point into $defs, which the top schema keeps.
+        return cls(self.schema)
+
+    def quick(self, section: str | None) -> Callable[[Any], bool]:
+        """The quick check of one entry of section, or (None) of a document's top level."""
+        check = self._quick.get(section)
+        if check is None:
+            schema = self.schema if section is None else self.entries[section]
+            check = self._quick[section] = _quick(schema, self.schema["$defs"])
+        return check
 
 
-def _quick(entry: dict[str, Any], defs: dict[str, Any]) -> Callable[[Any], bool]:
-    """Whether a value is valid against an entry's schema (its `$ref`s point
-    into defs), compiled by fastjsonschema, which implements the draft-07
+def _quick(schema: dict[str, Any], defs: dict[str, Any]) -> Callable[[Any], bool]:
+    """Whether a value is valid against a schema (its `$ref`s point into
+    defs), compiled by fastjsonschema, which implements the draft-07
     keywords; the schema uses no keyword 2020-12 added. Only a yes says
     anything: what it refuses, jsonschema validates and words
     (tests/test_quickschema.py: the two agree)."""
     import fastjsonschema
 
-    check = fastjsonschema.compile({"$defs": defs, **entry})
+    # Without $id, whose URL fastjsonschema would fetch to resolve "#/$defs/..."
+    # against: the $refs are resolved in this very document, and nothing is fetched.
+    whole = {k: v for k, v in schema.items() if k not in ("$id", "$schema")}
+    check = fastjsonschema.compile({**whole, "$defs": defs})
 
     def valid(value: Any) -> bool:
         try:
@@ -117,11 +142,7 @@ def _schemas() -> _Schemas:
             pattern = name_schema["pattern"]
             names[section] = NamePattern(
                 pattern, re.compile(python_pattern(pattern)))
-    quick = {section: _quick(entry, schema["$defs"]) for section, entry in entries.items()}
-    extend: Any = jsonschema.validators.extend
-    cls = extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
-    # The entry schemas' $refs point into $defs, which the top schema keeps.
-    return _Schemas(cls(schema), entries, quick, names)
+    return _Schemas(schema, entries, names)
 
 
 class NamePattern(NamedTuple):
@@ -224,7 +245,7 @@ def _validate(section: str, value: object) -> _Entry:
     """The schema's findings on one entry of section (its content only: they
     hold wherever and under whatever name the entry is written)."""
     schemas = _schemas()
-    if schemas.quick[section](value):
+    if schemas.quick(section)(value):
         return _VALID
     errors = list(schemas.top.descend(value, schemas.entries[section]))
     if not errors:
@@ -261,10 +282,19 @@ def _entries(data: object) -> Iterator[tuple[str, str | int, _Entry]]:
                 yield section, name, ENTRY_CACHE.get(section, item)
 
 
+def _top_errors(data: object) -> list[ValidationError]:
+    """jsonschema's errors of a document's top level (entries aside); none
+    without asking it when the quick check passes."""
+    schemas = _schemas()
+    if schemas.quick(None)(data):
+        return []
+    return list(schemas.top.iter_errors(data))
+
+
 def problems(doc: Document) -> list[Problem]:
     """Every schema problem of one file, each at its position (file:line:col)."""
     problems: list[Problem] = []
-    for error in _schemas().top.iter_errors(doc.data):
+    for error in _top_errors(doc.data):
         problems.extend(_place(finding, doc.where) for finding in _translate(error))
     problems.extend(_place(finding, doc.where) for _, _, finding in _bad_names(doc.data))
     for section, name, entry in _entries(doc.data):
@@ -281,7 +311,7 @@ def broken_entries(doc: Document) -> set[tuple[str | int, ...]] | None:
     ("networks", "front"), ("expect", 2). None when a failure is outside any
     entry (a top-level key, a whole section of the wrong type): then no part
     of the document can be trusted to have its shape."""
-    if any(True for _ in _schemas().top.iter_errors(doc.data)):
+    if _top_errors(doc.data):
         return None
     broken: set[tuple[str | int, ...]] = {
         (section, name) for section, name, _ in _bad_names(doc.data)}

@@ -6,11 +6,13 @@ engine never looks at raw YAML.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from reconciler.errors import Where
 
@@ -187,15 +189,20 @@ class Spec:
         output), for the networks that have any."""
         return {n.name: dict(n.labels) for n in self.networks.values() if n.labels}
 
-    def ns_owners(self) -> dict[str, str]:
+    def ns_owners(self) -> Mapping[str, str]:
         """Namespace (a name or a path, as resources key it) -> the names of the
         containers in it ("web", or "web, sidecar" when they share one), for
-        progress lines that say whose network a step changes."""
+        progress lines that say whose network a step changes. Worked out once
+        per spec (watch mode asks at every reconcile); read-only."""
+        return self._ns_owners
+
+    @functools.cached_property
+    def _ns_owners(self) -> Mapping[str, str]:
         owners: dict[str, list[str]] = {}
         for c in self.containers.values():
             if c.ns is not None:
                 owners.setdefault(c.ns, []).append(c.name)
-        return {ns: ", ".join(sorted(names)) for ns, names in owners.items()}
+        return MappingProxyType({ns: ", ".join(sorted(names)) for ns, names in owners.items()})
 
     def locate(self, *path: str) -> Where | None:
         """The position of the longest prefix of path that was written in the files."""

@@ -194,6 +194,7 @@ class Watcher:
         self.stopping = False
         self.last_good: Spec | None = None
         self.owned_netns: set[str] = set()  # as the last successful reconcile left them
+        self.owned_from: object = None  # the desired state owned_netns was found in
         self.reconciles = 0
         self.cache = ObservedCache()
         self.kernel: NetlinkKernel | None = None  # kept from one reconcile to the next
@@ -496,10 +497,14 @@ class Watcher:
             self.settled = settled
             stored = True
             # Converged: the namespaces with the project's links are the desired
-            # ones (made, or attached to by netns_path).
-            self.owned_netns = {r.name for r in snap.desired.values() if isinstance(r, Netns)}
-            self.owned_netns |= {r.ns for r in snap.desired.values()
-                                 if isinstance(r, Veth | Sublink) and r.ns.startswith("/")}
+            # ones (made, or attached to by netns_path); looked for again only in
+            # a desired state that is not the last one's.
+            if snap.desired is not self.owned_from:
+                self.owned_from = snap.desired
+                self.owned_netns = {r.name for r in snap.desired.values()
+                                    if isinstance(r, Netns)}
+                self.owned_netns |= {r.ns for r in snap.desired.values()
+                                     if isinstance(r, Veth | Sublink) and r.ns.startswith("/")}
             self._check_expectations(spec, observed, host)
             return Outcome("converged", len(steps), steps=steps, full_read=reread is None)
         except Stopping:

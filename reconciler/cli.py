@@ -25,7 +25,7 @@ from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.errors import ApplyError, NetapplyError, Problem, SpecError
 from reconciler.executor import Result, describe, internal
 from reconciler.model import Container, Runtime
-from reconciler.planner import Action, Change, Plan
+from reconciler.planner import Action, Change
 from reconciler.resources import fields_json, is_shared
 from reconciler.state.observe import ObservedState, observe
 
@@ -743,7 +743,7 @@ class Cli:
             spec, snap = world.spec, world.snap
         timeout = None if destroy else self.args.confirm_timeout
         if destroy or not (self._rollback_on_failure() or timeout is not None):
-            result = self._execute(spec, kernel, snap.plan, destroy)
+            result = self._execute(spec, kernel, snap, destroy)
             self._complete(spec, result, destroy)
             return EXIT_OK if destroy or self._expectations_hold(spec, kernel) else EXIT_ERROR
         # From here to the end of a rollback, SIGINT, a hang-up (the operator's
@@ -772,7 +772,7 @@ class Cli:
             if interruptions.signum is not None:
                 self.err.print(f"Interrupted by {interruptions.name}; nothing was changed.")
                 return 130
-            why = self._apply_and_wait(spec, kernel, snap.plan, timeout, interruptions)
+            why = self._apply_and_wait(spec, kernel, snap, timeout, interruptions)
         finally:
             if timeout is not None:
                 lock.discard_pending(spec.project)
@@ -780,13 +780,13 @@ class Cli:
             return EXIT_OK
         return self._roll_back(spec, kernel, snap.observed, why)
 
-    def _apply_and_wait(self, spec: spec_mod.Spec, kernel: NetlinkKernel, plan: Plan,
+    def _apply_and_wait(self, spec: spec_mod.Spec, kernel: NetlinkKernel, snap: engine.Snapshot,
                         timeout: float | None, interruptions: _Interruptions) -> str:
         """"" when the change is kept, else why it is to be rolled back, with
         the failure reported. Raises nothing but BaseExceptions a signal
         cannot cause (SystemExit)."""
         try:
-            result = self._execute(spec, kernel, plan, False, interruptions.check)
+            result = self._execute(spec, kernel, snap, False, interruptions.check)
             interruptions.check()  # a signal during the verification
             self._complete(spec, result, False)
             if not self._expectations_hold(spec, kernel):
@@ -927,10 +927,12 @@ class Cli:
         for text in done:
             self.err.print(f"  {escape(text)}")
 
-    def _execute(self, spec: spec_mod.Spec, kernel: NetlinkKernel, plan: Plan,
+    def _execute(self, spec: spec_mod.Spec, kernel: NetlinkKernel, snap: engine.Snapshot,
                  destroy: bool, check: Callable[[], None] | None = None) -> Result:
-        """engine.apply with progress on stdout; `check` runs after each step
-        (it stops the apply between two steps by raising)."""
+        """engine.apply of snap's plan with progress on stdout; `check` runs
+        after each step (it stops the apply between two steps by raising).
+        The verification takes what it can from snap (engine.verify's base)."""
+        plan = snap.plan
         self.done = []
         steps = sum(1 for _ in plan.steps())
         owners = spec.ns_owners()
@@ -950,7 +952,7 @@ class Cli:
                         check()
 
                 return engine.apply(kernel, spec, plan, destroy, advance, self.host,
-                                    getattr(self.args, "verify_all", False))
+                                    getattr(self.args, "verify_all", False), snap)
 
         # Not a terminal: plain lines, written as they are (no markup, no
         # terminal checks per line, which cost rich about 30 per container).
@@ -964,7 +966,7 @@ class Cli:
                 check()
 
         return engine.apply(kernel, spec, plan, destroy, log, self.host,
-                            getattr(self.args, "verify_all", False))
+                            getattr(self.args, "verify_all", False), snap)
 
     def _confirm(self, project: str, destroy: bool) -> bool:
         if not sys.stdin.isatty():

@@ -401,9 +401,10 @@ VERIFY = "verify the kernel after the apply"
 def apply(
     kernel: Kernel, spec: Spec, plan: Plan, destroy: bool = False,
     progress: Progress | None = None, host: str | None = None, verify_all: bool = False,
+    base: Snapshot | None = None,
 ) -> Result:
     """Execute the plan and verify it (apply_verified), returning what was done."""
-    return apply_verified(kernel, spec, plan, destroy, progress, host, verify_all)[0]
+    return apply_verified(kernel, spec, plan, destroy, progress, host, verify_all, base)[0]
 
 
 def apply_verified(

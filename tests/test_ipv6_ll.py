@@ -127,3 +127,22 @@ def test_a_network_that_loses_ipv6_loses_the_link_local_addresses_of_its_links(
     assert inet6(None, DUAL_HOST) == []
     assert inet6(None, "br-dual") == []
     assert plan(capsys, path) == []
+
+
+def test_links_whose_mtu_was_set_below_ipv6s_minimum_from_outside_are_repaired(
+    sandbox: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Below 1280 a link has no IPv6, and its address generation mode cannot be
+    # set (EAFNOSUPPORT); with its MTU back, the kernel gives it IPv6 again,
+    # address generation on: a link-local address on an IPv4-only network.
+    path = write_spec(sandbox, ipv6=True)
+    apply(capsys, path)
+    ends = (("a", "eth0"), (None, PLAIN_HOST), ("b", "eth0"), (None, DUAL_HOST))
+    for ns, ifname in ends:
+        cmd = ["ip", *(["-n", ns] if ns else []), "link", "set", "dev", ifname, "mtu", "1000"]
+        subprocess.run(cmd, check=True)
+    apply(capsys, path)
+    assert [mode(ns, ifname) for ns, ifname in ends] == ["none", "none", "eui64", "eui64"]
+    assert inet6("a", "eth0") == []
+    assert inet6(None, PLAIN_HOST) == []
+    assert plan(capsys, path) == []

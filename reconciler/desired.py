@@ -656,6 +656,7 @@ def allocate(spec: Spec, observed: ObservedState, host: str | None = None) -> li
     so each member starts looking at a place in the pool derived from its name.
     Deterministic for a given spec and observed state."""
     kept = _observed_addresses(observed)
+    explicit = _explicit(spec)
     endpoints = []
     by_network: dict[str, list[tuple[Container, Attachment]]] = {}
     for c in sorted(spec.containers.values(), key=lambda c: c.name):
@@ -670,14 +671,16 @@ def allocate(spec: Spec, observed: ObservedState, host: str | None = None) -> li
             if not members:
                 continue
         v4 = _allocate_family(
-            spec, network, members, {} if spread else kept, 4,
+            spec, explicit.get((network.name, 4), ()), network, members,
+            {} if spread else kept, 4,
             pool=network.ip_range or network.subnet, subnet=network.subnet,
             gateway=network.gateway, spread=spread,
         )
         v6: dict[str, IPAddress] = {}
         if network.ipv6_subnet is not None:
             v6 = _allocate_family(
-                spec, network, members, {} if spread else kept, 6, pool=network.ipv6_subnet,
+                spec, explicit.get((network.name, 6), ()), network, members,
+                {} if spread else kept, 6, pool=network.ipv6_subnet,
                 subnet=network.ipv6_subnet, gateway=network.ipv6_gateway, spread=spread,
             )
         for container, attachment in members:
@@ -720,8 +723,22 @@ def _record(ep: Endpoint) -> str:
     return f"{ep.ipv4},{ep.ipv6}" if ep.ipv6 is not None else str(ep.ipv4)
 
 
+def _explicit(spec: Spec) -> dict[tuple[str, int], list[IPAddress]]:
+    """(network, IP version) -> the explicit addresses of the spec's
+    attachments to it, on every machine: looked up once per allocation, not
+    once per network (10,000 containers on 1,000 networks: 10 million steps)."""
+    found: dict[tuple[str, int], list[IPAddress]] = {}
+    for container in spec.containers.values():
+        for attachment in container.attachments:
+            for ip in (attachment.ipv4_address, attachment.ipv6_address):
+                if ip is not None:
+                    found.setdefault((attachment.network, ip.version), []).append(ip)
+    return found
+
+
 def _allocate_family(
     spec: Spec,
+    claimed: Iterable[IPAddress],  # every explicit address on the network (_explicit)
     network: Network,
     members: list[tuple[Container, Attachment]],
     kept: dict[Key, list[IPAddress]],
@@ -742,11 +759,7 @@ def _allocate_family(
             taken.add(explicit)
     # An explicit address is never handed out, even one of a container on
     # another machine: the spec holds addresses unique per network name.
-    for container in spec.containers.values():
-        for attachment in container.attachments:
-            explicit = attachment.ipv4_address if version == 4 else attachment.ipv6_address
-            if attachment.network == network.name and explicit is not None:
-                taken.add(explicit)
+    taken.update(claimed)
     # Sticky: keep what the endpoint has, if still in the pool and not claimed.
     for container, _attachment in members:
         if container.name in chosen:

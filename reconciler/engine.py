@@ -358,12 +358,15 @@ def snapshot(
 
 def written(plan: Plan) -> Reread:
     """The parts of the kernel a plan writes to: the host namespace if any of
-    its objects is there, the namespaces of the others (before and after a
-    change), /run/netns when it makes or deletes a namespace, the /etc/netns
-    entries of hosts files and leftovers, and the project's tables. The
+    its objects is there (of a veth's host end: the host namespace but for
+    its links, of which that end and its bridge), the namespaces of the
+    others (before and after a change), /run/netns when it makes or deletes
+    a namespace, the /etc/netns entries of hosts files and leftovers, and
+    the project's tables. The
     firewall is always read again (and always verified)."""
     namespaces: set[str] = set()
     files: set[str] = set()
+    links: set[int | str] = set()
     host = netns_dir = tables = False
     for change in (*plan.changes, *plan.parked):
         for res in (change.before, change.after):
@@ -389,8 +392,11 @@ def written(plan: Plan) -> Reread:
             if isinstance(res, Netns):
                 netns_dir = True
             if isinstance(res, Veth):
-                host = True  # its host end
-    return Reread(host=host, nft=True, netns_dir=netns_dir, namespaces=frozenset(namespaces),
+                # Its host end, and the bridge it is a port of (a port can change
+                # a bridge's MTU), are read again; the host's other links are not.
+                links.update(name for name in (res.host_ifname, res.master_ifname) if name)
+    return Reread(host=host, host_links=frozenset(links) if links else None, nft=True,
+                  netns_dir=netns_dir, namespaces=frozenset(namespaces),
                   files=frozenset(files), tables=tables)
 
 

@@ -124,8 +124,8 @@ class Stream:
     def namespace(self, ns: str) -> None:
         self._meet(lambda: self.cache.namespace(ns))
 
-    def host(self) -> None:
-        self._meet(self.cache.host)
+    def host(self, index: int | None = None) -> None:
+        self._meet(lambda: self.cache.host(index))
 
     def nft(self) -> None:
         self._meet(self.cache.nft)

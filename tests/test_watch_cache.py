@@ -4,6 +4,7 @@ and lost notifications (ENOBUFS) make the next observation read everything."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -109,10 +110,14 @@ def test_lost_notifications_make_the_next_observation_read_everything(
         subprocess.run(["ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe0p"],
                        check=True)
         deadline = time.monotonic() + 5
-        while not (reread := cache.take()[0]) or not reread.host:
+        while not (reread := cache.take()[0]) or not reread.host_links:
             assert time.monotonic() < deadline, "no mark for a host link change"
             time.sleep(0.01)
         assert reread.namespaces == frozenset()  # one part, not everything
+        # Of the host, the new links by index, not a dump of every link.
+        probe = json.loads(subprocess.run(["ip", "-j", "link", "show", "probe0"], check=True,
+                                          capture_output=True, text=True).stdout)[0]
+        assert not reread.host and probe["ifindex"] in reread.host_links
         reading.clear()
         time.sleep(0.1)
         batch = "".join(f"link add probe{i} type veth peer name probe{i}p\n"

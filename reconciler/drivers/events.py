@@ -67,7 +67,8 @@ class Marks(Protocol):
 
     def everything(self) -> None: ...
     def namespace(self, ns: str) -> None: ...
-    def host(self) -> None: ...
+    def host(self, index: int | None = None) -> None:
+        """The host namespace changed: its link `index`, or (None) anything else."""
     def nft(self) -> None: ...
 
 
@@ -78,7 +79,7 @@ class _NoMarks:
     def namespace(self, ns: str) -> None:
         pass
 
-    def host(self) -> None:
+    def host(self, index: int | None = None) -> None:
         pass
 
     def nft(self) -> None:
@@ -322,8 +323,9 @@ class KernelEvents:
 
     def _mark(self, ns: str, message: bytes, kind: int) -> None:
         """The part of the kernel a message is about is to be read again: its
-        namespace; in the host namespace, everything but the neighbour entries
-        the kernel learns (which observation does not read)."""
+        namespace; in the host namespace, the link a link message is about,
+        and for any other message everything but the neighbour entries the
+        kernel learns (which observation does not read)."""
         if kind in (rtnl.RTM_NEWNEIGH, rtnl.RTM_DELNEIGH):
             if ns != HOST:
                 return
@@ -331,10 +333,12 @@ class KernelEvents:
                 message, rtnl.HEADER.size)
             if not state & (STATIC if family == rtnl.AF_BRIDGE else NUD_PERMANENT):
                 return
-        if ns == HOST:
-            self.marks.host()
-        else:
+        if ns != HOST:
             self.marks.namespace(ns)
+        elif kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+            self.marks.host(rtnl.IFINFO.unpack_from(message, rtnl.HEADER.size)[2])
+        else:
+            self.marks.host()
 
     def _nft_relevant(self, message: bytes, kind: int) -> str | None:
         """The project's table, or Docker's DOCKER-USER chain (where the project

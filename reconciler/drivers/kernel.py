@@ -130,6 +130,9 @@ class Kernel(Protocol):
         """What ns names ("" is the namespace netapply runs in), found without
         blocking: a file that is no namespace (a FIFO, a device) is never opened."""
     def links(self, ns: str) -> list[LinkInfo]: ...
+    def link(self, ns: str, ref: int | str) -> LinkInfo | None:
+        """One link of ns by index or name, as links() gives it; None when
+        there is none."""
     def addresses(self, ns: str) -> list[AddrInfo]: ...
     def routes(self, ns: str) -> list[RouteInfo]: ...
     def read_file(self, path: str) -> str | None:

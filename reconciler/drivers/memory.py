@@ -238,6 +238,9 @@ class MemoryKernel:
             for link in space.links.values()
         ]
 
+    def link(self, ns: str, ref: int | str) -> LinkInfo | None:
+        return next((link for link in self.links(ns) if ref in (link.index, link.ifname)), None)
+
     def addresses(self, ns: str) -> list[AddrInfo]:
         space = self._ns(ns, f"list addresses in {ns}")
         return [AddrInfo(index, str(iface)) for index, iface in space.addresses]

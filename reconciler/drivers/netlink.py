@@ -266,6 +266,11 @@ class NetlinkKernel:
         self._indexes[ns] = {link.ifname: link.index for link in found}
         return found
 
+    def link(self, ns: str, ref: int | str) -> LinkInfo | None:
+        # The name -> index table is left as it is: only a whole dump replaces it
+        # (a name read here may have been another link's a moment ago).
+        return self._call(f"read link {ref} in {_ns_label(ns)}", lambda: self._sock(ns).link(ref))
+
     def addresses(self, ns: str) -> list[AddrInfo]:
         return self._call(
             f"list addresses in {_ns_label(ns)}", lambda: self._sock(ns).addresses()

@@ -257,9 +257,15 @@ class Rtnl:
             body += attr(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, kind_filter))
         return [_link(msg, offset) for msg, offset in self._dump(RTM_GETLINK, body)]
 
-    def link(self, index: int) -> LinkInfo | None:
-        """One link by index; None when there is none (ENODEV)."""
+    def link(self, ref: int | str) -> LinkInfo | None:
+        """One link by index or name, as links() reads it; None when there is
+        none (ENODEV)."""
+        index = ref if isinstance(ref, int) else 0
         body = IFINFO.pack(0, 0, index, 0, 0) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+        if isinstance(ref, str):
+            if len(ref.encode()) > IFNAMSIZ:
+                return None  # no such name can exist
+            body += attr_str(IFLA_IFNAME, ref)
         try:
             for _kind, msg, offset in self._replies(self._send(RTM_GETLINK, 0, body)):
                 return _link(bytes(msg), offset)

@@ -154,6 +154,10 @@ class Reread:
     does not have is always read."""
 
     host: bool = True  # the host namespace's links, addresses, routes, entries
+    # Without `host`: the host namespace read again but for its links, of which
+    # only these (by index or name) are read again, one by one; the others are
+    # taken as they were (None: the host namespace is not read again at all).
+    host_links: frozenset[int | str] | None = None
     nft: bool = True
     netns_dir: bool = True  # which namespaces /run/netns holds
     namespaces: frozenset[str] = frozenset()
@@ -198,6 +202,7 @@ class _Scan:
     nft: _Nft | None = None
     foreign_hosts: set[str] = field(default_factory=set)
     names: list[str] = field(default_factory=list)  # NETNS_LIST: the namespaces in /run/netns
+    links: list[LinkInfo] = field(default_factory=list)  # HOST_PART: the host's links
     # NETNS_LIST: every entry of /run/netns, ETC_LIST: of /etc/netns, with its type.
     entries: dict[str, FileType] = field(default_factory=dict)
     sublinks: bool = False  # has macvlan/ipvlan links, whose parents are named from the host
@@ -307,7 +312,14 @@ def observe(
 
     wanted_names = frozenset(names)
     _scan_dirs(scan)
-    part(HOST_PART, again.host, _scan_host)
+    host_kept = kept.get(HOST_PART)
+    if not again.host and again.host_links is not None and host_kept is not None:
+        links = _patched_links(kernel, host_kept.links, again.host_links)
+        part(HOST_PART, True, lambda p: _scan_host(p, links))
+        host_read = True
+    else:
+        part(HOST_PART, again.host, _scan_host)
+        host_read = again.host
     for name in SYSCTLS:
         value = kernel.sysctl_get(name)
         if value is not None:
@@ -320,10 +332,10 @@ def observe(
         earlier = kept.get(name)
         # A macvlan/ipvlan link names its parent from the host's links.
         fresh = name in again.namespaces or (
-            again.host and earlier is not None and earlier.sublinks)
+            host_read and earlier is not None and earlier.sublinks)
         part(name, fresh, lambda p, name=name: _scan_named_ns(p, name))  # type: ignore[misc]
     _scan_netns_dir(scan, listing.entries, set(netns_names), wanted_names)
-    missing, ids = _scan_paths(scan, sorted(set(paths)), kept, again, parts)
+    missing, ids = _scan_paths(scan, sorted(set(paths)), kept, again, host_read, parts)
     paired = _pair_veths(scan, previous.paired if previous is not None and reread else {})
     part(TABLES_PART, again.tables, _scan_own_tables)
     # Which entries /etc/netns has: a change of any marks its name (files).
@@ -389,7 +401,7 @@ def _scan_named_ns(scan: _Scan, name: str) -> None:
 
 
 def _scan_paths(
-    scan: _Scan, paths: list[str], kept: Mapping[str, _Scan], again: Reread,
+    scan: _Scan, paths: list[str], kept: Mapping[str, _Scan], again: Reread, host_read: bool,
     parts: dict[str, _Scan],
 ) -> tuple[dict[str, str], dict[str, tuple[int, int]]]:
     """Read the namespaces of netns_paths; return the paths that are none (and
@@ -421,7 +433,7 @@ def _scan_paths(
             part = kept.get(path)
             # Kept only while the path leads to the namespace read then.
             if (part is None or path in again.namespaces or part.path_identity != found.identity
-                    or (again.host and part.sublinks)):
+                    or (host_read and part.sublinks)):
                 part = scan.part()
                 part.path_identity = found.identity
                 _scan_container_ns(part, path, scan.kernel.links(path), owned_ns=False)
@@ -430,8 +442,41 @@ def _scan_paths(
     return missing, ids
 
 
-def _scan_host(scan: _Scan) -> None:
-    links = scan.kernel.links(HOST_NS)
+def _patched_links(
+    kernel: Kernel, kept: list[LinkInfo], refs: frozenset[int | str]
+) -> list[LinkInfo]:
+    """The host's links as kept, with those refs name (by index or name) read
+    again one by one: gone ones left out, new ones added, in index order (a
+    dump's order, kernel 6.x: net->dev_by_index). A link that now has the name
+    of a kept one replaces it. A link the host's addresses, routes or ports
+    name by an index not kept is read too (a VPN's link that came up, whose
+    address the host's part reports by the link's name)."""
+    by_index = {link.index: link for link in kept}
+    for ref in sorted(refs, key=str):
+        found = kernel.link(HOST_NS, ref)
+        for index in [i for i, link in by_index.items()
+                      if ref in (i, link.ifname)
+                      or (found is not None and link.ifname == found.ifname)]:
+            del by_index[index]
+        if found is not None:
+            by_index[found.index] = found
+    named = {a.index for a in kernel.addresses(HOST_NS)}
+    named.update(r.oif for r in kernel.routes(HOST_NS) if r.oif is not None)
+    named.update(r.oif for r, _, _ in kernel.policy_routes() if r.oif is not None)
+    named.update(link.master for link in by_index.values() if link.master)
+    for index in sorted(named - by_index.keys()):
+        found = kernel.link(HOST_NS, index)
+        if found is not None:
+            by_index[found.index] = found
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def _scan_host(scan: _Scan, links: list[LinkInfo] | None = None) -> None:
+    """The host namespace: its links (dumped, or `links` as _patched_links
+    gives them), addresses, routes, bridges' sysctls, overlay entries."""
+    if links is None:
+        links = scan.kernel.links(HOST_NS)
+    scan.links = links
     names = {link.index: link.ifname for link in links}
     owned: dict[int, Key] = {}
     bridges: dict[int, str] = {}

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from reconciler import desired, engine, planner
 from reconciler import spec as spec_mod
+from reconciler.drivers.events import KernelEvents
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.resources import Kind, Veth
+from reconciler.state.cache import ObservedCache
 from reconciler.state.observe import ObservedState, Reread
 
 pytestmark = pytest.mark.kernel
@@ -117,3 +120,36 @@ def test_a_plan_that_writes_a_host_end_reads_it_and_its_bridge_only() -> None:
     reread = engine.written(planner.plan({veth.key: veth}, {}))
     assert not reread.host
     assert reread.host_links == frozenset({veth.host_ifname, veth.master_ifname})
+
+
+def test_a_port_flag_toggled_from_outside_is_marked_and_read(
+    applied: tuple[NetlinkKernel, spec_mod.Spec, ObservedState],
+) -> None:
+    """`bridge link set ... isolated on` changes the port, told by an
+    RTM_NEWLINK of the bridge family: the listener marks that link, and
+    reading it alone sees the flag as a full read does."""
+    kernel, spec, before = applied
+    veth = before.resources[(Kind.VETH, "db", "front")]
+    assert isinstance(veth, Veth) and not veth.isolated
+    cache = ObservedCache()
+    cache.store(before)
+    events = KernelEvents("hl", "netapply-hl", lambda _: None, lambda _: None, cache)
+    events.start()
+    try:
+        deadline = time.monotonic() + 5
+        while cache.take()[0] is None:  # the listener's start marks everything
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        subprocess.run(["bridge", "link", "set", "dev", veth.host_ifname, "isolated", "on"],
+                       check=True)
+        index = _index(veth.host_ifname)
+        while not ((reread := cache.take()[0]) and reread.host_links
+                   and index in reread.host_links):
+            assert time.monotonic() < deadline, "no mark for the port"
+            time.sleep(0.01)
+    finally:
+        events.stop()
+    fresh = engine.observe_project(kernel, spec)
+    changed = fresh.resources[veth.key]
+    assert isinstance(changed, Veth) and changed.isolated
+    _same(engine.observe_project(kernel, spec, None, before, reread), fresh)

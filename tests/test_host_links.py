@@ -153,3 +153,19 @@ def test_a_port_flag_toggled_from_outside_is_marked_and_read(
     changed = fresh.resources[veth.key]
     assert isinstance(changed, Veth) and changed.isolated
     _same(engine.observe_project(kernel, spec, None, before, reread), fresh)
+
+
+def test_a_link_read_alone_updates_which_index_a_name_is(sandbox: Path) -> None:
+    """After a rename from outside read by index, a change by the old name
+    goes to the link that has that name now, never to the renamed one
+    through its remembered index."""
+    kernel = NetlinkKernel()
+    _ip("link", "add", "hla", "type", "veth", "peer", "name", "hlap")
+    kernel.links("")  # learns hla -> its index
+    first = _index("hla")
+    _ip("link", "set", "dev", "hla", "name", "hlb")
+    _ip("link", "add", "hla", "type", "veth", "peer", "name", "hlcp")
+    assert kernel.link("", first) is not None  # read alone, as a marked link is
+    kernel.link_set("", "hla", mtu=1400)
+    mtus = {link.ifname: link.mtu for link in kernel.links("")}
+    assert mtus["hla"] == 1400 and mtus["hlb"] == 1500

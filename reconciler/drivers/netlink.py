@@ -267,9 +267,19 @@ class NetlinkKernel:
         return found
 
     def link(self, ns: str, ref: int | str) -> LinkInfo | None:
-        # The name -> index table is left as it is: only a whole dump replaces it
-        # (a name read here may have been another link's a moment ago).
-        return self._call(f"read link {ref} in {_ns_label(ns)}", lambda: self._sock(ns).link(ref))
+        found = self._call(f"read link {ref} in {_ns_label(ns)}",
+                           lambda: self._sock(ns).link(ref))
+        # The name -> index table learns what was read, as from a dump: the
+        # link's old names (a rename from outside) and a name or index that
+        # names no link any more are forgotten, so that no change is ever made
+        # by a remembered index that is another link's now.
+        known = self._indexes.setdefault(ns, {})
+        gone = found.index if found is not None else ref if isinstance(ref, int) else None
+        for name in [n for n, i in known.items() if i == gone or n == ref]:
+            del known[name]
+        if found is not None:
+            known[found.ifname] = found.index
+        return found
 
     def addresses(self, ns: str) -> list[AddrInfo]:
         return self._call(

@@ -24,6 +24,7 @@ from reconciler.desired import host_ifname
 from reconciler.drivers.kernel import TMP_SUFFIX
 from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.model import Spec
+from reconciler.state.cache import ObservedCache
 from reconciler.state.observe import ObservedState
 
 CLONE_NEWNS = 0x00020000
@@ -87,6 +88,15 @@ def ip_json(ns: str | None, *args: str) -> Any:
     cmd = ["ip", "-j"] + (["-n", ns] if ns else []) + list(args)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out or "[]")
+
+
+def until_started(cache: ObservedCache, within: float = 5.0) -> None:
+    """Until a kernel listener that just started has marked everything (what
+    its start does), taking that mark: what is marked next is the test's."""
+    deadline = time.monotonic() + within
+    while cache.take()[0] is None:
+        assert time.monotonic() < deadline, "the listener did not start"
+        time.sleep(0.01)
 
 
 def links(ns: str | None = None) -> dict[str, dict[str, Any]]:

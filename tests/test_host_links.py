@@ -6,7 +6,6 @@ result is what a full read gives; a link left out of host_links is not seen
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from reconciler.drivers.netlink import NetlinkKernel
 from reconciler.resources import Kind, Veth
 from reconciler.state.cache import ObservedCache
 from reconciler.state.observe import ObservedState, Reread
+from tests.kernelutil import ip_json, until_started
 
 pytestmark = pytest.mark.kernel
 
@@ -39,9 +39,7 @@ def _ip(*args: str) -> None:
 
 
 def _index(name: str) -> int:
-    out = subprocess.run(["ip", "-j", "link", "show", name], check=True,
-                         capture_output=True, text=True).stdout
-    return int(json.loads(out)[0]["ifindex"])
+    return int(ip_json(None, "link", "show", name)[0]["ifindex"])
 
 
 @pytest.fixture
@@ -136,13 +134,11 @@ def test_a_port_flag_toggled_from_outside_is_marked_and_read(
     events = KernelEvents("hl", "netapply-hl", lambda _: None, lambda _: None, cache)
     events.start()
     try:
-        deadline = time.monotonic() + 5
-        while cache.take()[0] is None:  # the listener's start marks everything
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        until_started(cache)
         subprocess.run(["bridge", "link", "set", "dev", veth.host_ifname, "isolated", "on"],
                        check=True)
         index = _index(veth.host_ifname)
+        deadline = time.monotonic() + 5
         while not ((reread := cache.take()[0]) and reread.host_links
                    and index in reread.host_links):
             assert time.monotonic() < deadline, "no mark for the port"

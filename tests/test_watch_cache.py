@@ -20,7 +20,7 @@ from reconciler import spec as spec_mod
 from reconciler.drivers import events as events_mod
 from reconciler.state.cache import ObservedCache
 from reconciler.state.observe import ObservedState
-from tests.kernelutil import Endpoint, fresh_observation, outside_change
+from tests.kernelutil import Endpoint, fresh_observation, outside_change, until_started
 from tests.test_watch import watching
 
 pytestmark = pytest.mark.kernel
@@ -103,10 +103,7 @@ def test_lost_notifications_make_the_next_observation_read_everything(
     events = events_mod.KernelEvents("w", "netapply-w", heard.append, heard.append, cache)
     events.start()
     try:
-        deadline = time.monotonic() + 5
-        while cache.take()[0] is None:  # the listener's start marks everything
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        until_started(cache)
         subprocess.run(["ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe0p"],
                        check=True)
         deadline = time.monotonic() + 5

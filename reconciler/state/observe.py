@@ -30,6 +30,7 @@ from reconciler.drivers.kernel import (
     FileType,
     Kernel,
     LinkInfo,
+    RouteInfo,
 )
 from reconciler.drivers.ops import (
     LOOPBACK,
@@ -314,8 +315,9 @@ def observe(
     _scan_dirs(scan)
     host_kept = kept.get(HOST_PART)
     if not again.host and again.host_links is not None and host_kept is not None:
-        links = _patched_links(kernel, host_kept.links, again.host_links)
-        part(HOST_PART, True, lambda p: _scan_host(p, links))
+        reads = _HostReads.of(kernel)
+        links = _patched_links(kernel, host_kept.links, again.host_links, reads)
+        part(HOST_PART, True, lambda p: _scan_host(p, links, reads))
         host_read = True
     else:
         part(HOST_PART, again.host, _scan_host)
@@ -442,8 +444,23 @@ def _scan_paths(
     return missing, ids
 
 
+@dataclass(frozen=True)
+class _HostReads:
+    """What the host's part reads besides its links: read once, whether the
+    links are dumped or patched (_patched_links looks at them too)."""
+
+    addresses: list[AddrInfo]
+    routes: list[RouteInfo]
+    policy_routes: list[tuple[RouteInfo, int, int]]
+
+    @staticmethod
+    def of(kernel: Kernel) -> _HostReads:
+        return _HostReads(kernel.addresses(HOST_NS), kernel.routes(HOST_NS),
+                          kernel.policy_routes())
+
+
 def _patched_links(
-    kernel: Kernel, kept: list[LinkInfo], refs: frozenset[int | str]
+    kernel: Kernel, kept: list[LinkInfo], refs: frozenset[int | str], reads: _HostReads
 ) -> list[LinkInfo]:
     """The host's links as kept, with those refs name (by index or name) read
     again one by one: gone ones left out, new ones added, in index order (a
@@ -460,9 +477,9 @@ def _patched_links(
             del by_index[index]
         if found is not None:
             by_index[found.index] = found
-    named = {a.index for a in kernel.addresses(HOST_NS)}
-    named.update(r.oif for r in kernel.routes(HOST_NS) if r.oif is not None)
-    named.update(r.oif for r, _, _ in kernel.policy_routes() if r.oif is not None)
+    named = {a.index for a in reads.addresses}
+    named.update(r.oif for r in reads.routes if r.oif is not None)
+    named.update(r.oif for r, _, _ in reads.policy_routes if r.oif is not None)
     named.update(link.master for link in by_index.values() if link.master)
     for index in sorted(named - by_index.keys()):
         found = kernel.link(HOST_NS, index)
@@ -471,7 +488,9 @@ def _patched_links(
     return [by_index[i] for i in sorted(by_index)]
 
 
-def _scan_host(scan: _Scan, links: list[LinkInfo] | None = None) -> None:
+def _scan_host(
+    scan: _Scan, links: list[LinkInfo] | None = None, reads: _HostReads | None = None
+) -> None:
     """The host namespace: its links (dumped, or `links` as _patched_links
     gives them), addresses, routes, bridges' sysctls, overlay entries."""
     if links is None:
@@ -508,10 +527,12 @@ def _scan_host(scan: _Scan, links: list[LinkInfo] | None = None) -> None:
     scan.host_names = names
     if vxlans:
         _scan_overlays(scan, vxlans, bridges, names)
-    infos = scan.kernel.addresses(HOST_NS)
+    if reads is None:
+        reads = _HostReads.of(scan.kernel)
+    infos = reads.addresses
     _scan_addresses(scan, HOST_NS, owned, names, infos)
     ours = set(owned) | {end.link.index for end in scan.host_ends.values()}
-    _scan_host_nets(scan, ours, names, infos)
+    _scan_host_nets(scan, ours, names, reads)
 
 
 def _master(link: LinkInfo, bridges: dict[int, str], names: dict[int, str]) -> str | None:
@@ -557,10 +578,10 @@ def _scan_overlays(
 
 
 def _scan_host_nets(
-    scan: _Scan, owned: set[int], names: dict[int, str], infos: list[AddrInfo]
+    scan: _Scan, owned: set[int], names: dict[int, str], reads: _HostReads
 ) -> None:
     """What the machine reaches through interfaces that are not the project's."""
-    for info in infos:
+    for info in reads.addresses:
         if info.index in owned:
             continue
         iface = ipaddress.ip_interface(info.cidr)
@@ -570,9 +591,9 @@ def _scan_host_nets(
             scan.host_nets.append((iface.network, f"address {iface} on {where}"))
     # The main table, and every table a policy rule looks up (a VPN's: the
     # host would route a network's traffic there, not to the bridge).
-    tables = [(route, "") for route in scan.kernel.routes(HOST_NS)]
+    tables = [(route, "") for route in reads.routes]
     tables += [(route, f" in table {table} (looked up by rule {pref})")
-               for route, table, pref in scan.kernel.policy_routes()]
+               for route, table, pref in reads.policy_routes]
     for route, where_table in tables:
         net = ipaddress.ip_network(route.dst)
         if (route.oif is not None and route.oif in owned) or _special(net) or _default_like(net):

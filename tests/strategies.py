@@ -145,6 +145,24 @@ def spec_dicts(
     return {**doc, "hosts": HOSTS} if machines else doc
 
 
+def with_container_added(data: st.DataObject, doc: dict[str, Any]) -> dict[str, Any]:
+    """doc with a container of CONTAINERS it lacks added on one of its
+    networks (on one of its hosts, if it has some); doc must lack one."""
+    absent = [c for c in CONTAINERS if c not in doc["containers"]]
+    network = data.draw(st.sampled_from(sorted(doc["networks"])), label="network")
+    added: dict[str, Any] = {"networks": [network]}
+    if "hosts" in doc:
+        added["host"] = data.draw(st.sampled_from(sorted(doc["hosts"])), label="host")
+    name = data.draw(st.sampled_from(absent), label="added")
+    return {**doc, "containers": {**doc["containers"], name: added}}
+
+
+def with_container_removed(data: st.DataObject, doc: dict[str, Any]) -> dict[str, Any]:
+    """doc without one of its containers; doc must have one."""
+    name = data.draw(st.sampled_from(sorted(doc["containers"])), label="removed")
+    return {**doc, "containers": {k: v for k, v in doc["containers"].items() if k != name}}
+
+
 @st.composite
 def _attachment(
     draw: st.DrawFn, network: dict[str, Any], name: str, position: int, used_v4: set[str],

@@ -28,6 +28,8 @@ from tests.strategies import (
     pick_drifts,
     spec_dicts,
     spec_yaml,
+    with_container_added,
+    with_container_removed,
 )
 
 
@@ -93,16 +95,11 @@ def test_adding_or_removing_a_container_keeps_other_endpoints(data: st.DataObjec
     kernel = attach_namespace(MemoryKernel())
     converge(kernel, load(doc))
     before = propkit.endpoints(owned(kernel))
-    changed: dict[str, Any] = {**doc, "containers": dict(doc["containers"])}
     absent = [c for c in CONTAINERS if c not in doc["containers"]]
     if absent and data.draw(st.booleans(), label="add"):
-        network = data.draw(st.sampled_from(sorted(doc["networks"])), label="network")
-        added: dict[str, Any] = {"networks": [network]}
-        if "hosts" in doc:
-            added["host"] = data.draw(st.sampled_from(sorted(doc["hosts"])), label="host")
-        changed["containers"][data.draw(st.sampled_from(absent))] = added
+        changed = with_container_added(data, doc)
     else:
-        del changed["containers"][data.draw(st.sampled_from(sorted(doc["containers"])))]
+        changed = with_container_removed(data, doc)
     _note_spec("S'", changed)
     converge(kernel, load(changed))
     after = propkit.endpoints(owned(kernel))

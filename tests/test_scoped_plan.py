@@ -25,6 +25,8 @@ from tests.strategies import (
     pick_drifts,
     spec_dicts,
     spec_yaml,
+    with_container_added,
+    with_container_removed,
 )
 
 
@@ -47,14 +49,10 @@ def _edited(data: st.DataObject, doc: dict[str, Any]) -> dict[str, Any]:
     if how == "other spec":
         return data.draw(spec_dicts(), label="S2")
     if how == "add" and absent:
-        network = data.draw(st.sampled_from(sorted(doc["networks"])), label="network")
-        added: dict[str, Any] = {"networks": [network]}
-        if "hosts" in doc:
-            added["host"] = data.draw(st.sampled_from(sorted(doc["hosts"])), label="host")
-        changed["containers"][data.draw(st.sampled_from(absent), label="added")] = added
-    elif how == "remove" and doc["containers"]:
-        del changed["containers"][data.draw(st.sampled_from(sorted(doc["containers"])))]
-    elif doc["containers"]:
+        return with_container_added(data, doc)
+    if how == "remove" and doc["containers"]:
+        return with_container_removed(data, doc)
+    if doc["containers"]:
         name = data.draw(st.sampled_from(sorted(doc["containers"])), label="detached")
         container = dict(changed["containers"][name])
         container["networks"] = list(container.get("networks", []))[:-1]

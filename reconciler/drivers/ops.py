@@ -143,29 +143,25 @@ def _new_link_ipv6(kernel: Kernel, ns: str, ifname: str, enabled: bool) -> None:
 IPV6_MIN_MTU = 1280
 
 
-def _raise_mtu_for_ipv6(
-    kernel: Kernel, ns: str, ifname: str, mtu: int, new_mtu: int, ipv6_ll: bool,
-    new_ipv6_ll: bool,
-) -> tuple[int, bool]:
-    """A link whose MTU was set below 1280 from outside has no IPv6, and its
-    address generation mode cannot be set (EAFNOSUPPORT); raised to 1280 or
-    more, the kernel gives it IPv6 again, the mode taken from
-    net.ipv6.conf.default.addr_gen_mode (EUI-64 unless changed) and, when the
-    link is up, a new link-local address. So that MTU is set first, and the
-    mode is then set whatever it was. Returns (MTU, address generation) of
-    the link as _set_link and _set_ipv6 are then to take them as before."""
-    if mtu < IPV6_MIN_MTU <= new_mtu:
-        kernel.link_set(ns, ifname, mtu=new_mtu)
-        return new_mtu, not new_ipv6_ll
-    return mtu, ipv6_ll
-
-
-def _set_ipv6(kernel: Kernel, ns: str, ifname: str, before: bool, after: bool) -> None:
+def _set_ipv6(
+    kernel: Kernel, ns: str, ifname: str, before: bool, after: bool, mtu: int, new_mtu: int
+) -> int:
     """Address generation of a link that may be up: switched off, its link-local
     addresses go too; switched on, the kernel makes one when the link next
-    comes up (it does not when the mode is set over netlink)."""
+    comes up (it does not when the mode is set over netlink).
+
+    A link whose MTU was set below 1280 from outside has no IPv6, and its
+    mode cannot be set (EAFNOSUPPORT); raised to 1280 or more, the kernel
+    gives it IPv6 again, the mode taken from net.ipv6.conf.default.addr_gen_mode
+    (EUI-64 unless changed) and, when the link is up, a new link-local
+    address. So such an MTU (`mtu` -> `new_mtu`) is set first, and the mode
+    is then set whatever it was. Returns the link's MTU now, for _set_link."""
+    if mtu < IPV6_MIN_MTU <= new_mtu:
+        kernel.link_set(ns, ifname, mtu=new_mtu)
+        mtu, before = new_mtu, not after
     if before != after:
         kernel.link_addr_gen(ns, ifname, after, drop_link_local=not after)
+    return mtu
 
 
 def _forget_flows(kernel: Kernel, before: Firewall | None, after: Firewall | None) -> None:
@@ -212,9 +208,8 @@ def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> N
     elif isinstance(before, Netns) and isinstance(after, Netns):
         kernel.link_set(after.name, LOOPBACK, up=after.lo_up)
     elif isinstance(before, Bridge) and isinstance(after, Bridge):
-        mtu, ipv6_ll = _raise_mtu_for_ipv6(kernel, "", before.ifname, before.mtu, after.mtu,
-                                           before.ipv6_ll, after.ipv6_ll)
-        _set_ipv6(kernel, "", before.ifname, ipv6_ll, after.ipv6_ll)
+        mtu = _set_ipv6(kernel, "", before.ifname, before.ipv6_ll, after.ipv6_ll, before.mtu,
+                        after.mtu)
         _set_link(kernel, "", before.ifname, after.ifname, mtu, after.mtu,
                   before.mac, after.mac, before.up, after.up)
         if before.localnet != after.localnet:
@@ -222,9 +217,8 @@ def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> N
         if after.rp_loose and not before.rp_loose:
             kernel.sysctl_set(rp_filter_sysctl(after.ifname), RP_LOOSE)
     elif isinstance(before, Sublink) and isinstance(after, Sublink):
-        mtu, ipv6_ll = _raise_mtu_for_ipv6(kernel, after.ns, before.ifname, before.mtu,
-                                           after.mtu, before.ipv6_ll, after.ipv6_ll)
-        _set_ipv6(kernel, after.ns, before.ifname, ipv6_ll, after.ipv6_ll)
+        mtu = _set_ipv6(kernel, after.ns, before.ifname, before.ipv6_ll, after.ipv6_ll,
+                        before.mtu, after.mtu)
         _set_link(kernel, after.ns, before.ifname, after.ifname, mtu, after.mtu,
                   before.mac or None, after.mac or None, before.up, after.up)
         if before.mac != after.mac:
@@ -233,9 +227,8 @@ def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> N
             kernel.link_set(after.ns, after.ifname, alias=link_alias(
                 project, "sublink", after.container, after.network, allocated=after.allocated))
     elif isinstance(before, Vxlan) and isinstance(after, Vxlan):
-        mtu, ipv6_ll = _raise_mtu_for_ipv6(kernel, "", before.ifname, before.mtu, after.mtu,
-                                           before.ipv6_ll, after.ipv6_ll)
-        _set_ipv6(kernel, "", before.ifname, ipv6_ll, after.ipv6_ll)
+        mtu = _set_ipv6(kernel, "", before.ifname, before.ipv6_ll, after.ipv6_ll, before.mtu,
+                        after.mtu)
         _set_link(kernel, "", before.ifname, after.ifname, mtu, after.mtu, None, None,
                   before.up, after.up)
         _set_master(kernel, after.ifname, before.master, after.master, after.master_ifname)
@@ -243,13 +236,10 @@ def update(kernel: Kernel, project: str, before: Resource, after: Resource) -> N
     elif isinstance(before, Neigh) and isinstance(after, Neigh):
         kernel.neigh_add(after.ifname, after.ip, after.mac, replace=True)
     elif isinstance(before, Veth) and isinstance(after, Veth):
-        mtu, ipv6_ll = _raise_mtu_for_ipv6(kernel, after.ns, before.ifname, before.mtu,
-                                           after.mtu, before.ipv6_ll, after.ipv6_ll)
-        host_mtu, host_ipv6_ll = _raise_mtu_for_ipv6(
-            kernel, "", before.host_ifname, before.host_mtu, after.host_mtu,
-            before.host_ipv6_ll, after.host_ipv6_ll)
-        _set_ipv6(kernel, after.ns, before.ifname, ipv6_ll, after.ipv6_ll)
-        _set_ipv6(kernel, "", before.host_ifname, host_ipv6_ll, after.host_ipv6_ll)
+        mtu = _set_ipv6(kernel, after.ns, before.ifname, before.ipv6_ll, after.ipv6_ll,
+                        before.mtu, after.mtu)
+        host_mtu = _set_ipv6(kernel, "", before.host_ifname, before.host_ipv6_ll,
+                             after.host_ipv6_ll, before.host_mtu, after.host_mtu)
         _set_link(kernel, after.ns, before.ifname, after.ifname, mtu, after.mtu,
                   before.mac, after.mac, before.up, after.up)
         _set_link(kernel, "", before.host_ifname, after.host_ifname, host_mtu,

@@ -92,7 +92,7 @@ class Assessment:
 
     by_change: Mapping[Key, tuple[Disruption, ...]]
     disrupted: tuple[str, ...]
-    # () -> (untouched, new); or given as they are.
+    # () -> (untouched, new), from both states: called once, when first asked.
     rest: Callable[[], tuple[tuple[str, ...], tuple[str, ...]]] = field(
         default=lambda: ((), ()), compare=False, repr=False)
 
@@ -162,7 +162,7 @@ class _World:
 
     def __init__(self, plan: Plan, desired: State, observed: State,
                  names: Mapping[str, str]) -> None:
-        self.plan, self.desired, self.observed = plan, desired, observed
+        self.desired, self.observed = desired, observed
         self.actions = {c.key: c.action for c in plan.changes}
         self.spec_names = names
         # Addresses the plan adds, by link: what a deleted address gives way to.
